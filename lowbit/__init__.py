@@ -1,0 +1,42 @@
+"""lowbit: low-precision number formats for deep learning, bit-exact and PyTorch-native.
+
+>>> import torch, lowbit as lb
+>>> fmt = lb.parse_format("posit8_es2")
+>>> fmt.encode(torch.tensor([1.0, -1.0]))
+tensor([ 64, 192], dtype=torch.uint8)
+"""
+
+from lowbit.errors import CheckpointError, FormatSpecError, LowbitError
+from lowbit.formats import (
+    ROUNDING_MODES,
+    Explanation,
+    FixedPoint,
+    IntegerFormat,
+    Minifloat,
+    NumberFormat,
+    Posit,
+    Rounding,
+    ScalarFormat,
+    explain,
+    parse_format,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "LowbitError",
+    "FormatSpecError",
+    "CheckpointError",
+    "NumberFormat",
+    "ScalarFormat",
+    "Posit",
+    "Minifloat",
+    "FixedPoint",
+    "IntegerFormat",
+    "Rounding",
+    "ROUNDING_MODES",
+    "parse_format",
+    "explain",
+    "Explanation",
+]

@@ -1,0 +1,111 @@
+"""The ``lowbit`` command line: a thin layer over library calls.
+
+    lowbit formats                 families, spec grammar and presets
+    lowbit info FORMAT [--json]    a format's spec card
+    lowbit explain VALUE FORMAT    a value's bit pattern, fields and rounding
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from lowbit.errors import LowbitError
+from lowbit.formats import PRESETS, ROUNDING_MODES, VALID_FORMS, explain, format_card, parse_format
+from lowbit.formats.base import ScalarFormat
+
+
+def _scalar(spec: str) -> ScalarFormat:
+    fmt = parse_format(spec)
+    if not isinstance(fmt, ScalarFormat):
+        raise LowbitError(f"{spec!r} is not a scalar element format; this command needs one")
+    return fmt
+
+
+def cmd_formats(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="lowbit formats", show_lines=False)
+    for col in ("family", "preset", "bits", "max", "min positive", "values"):
+        table.add_column(col, justify="right" if col not in ("family", "preset") else "left")
+    for family, presets in PRESETS.items():
+        for i, spec in enumerate(presets):
+            card = format_card(_scalar(spec))
+            table.add_row(
+                family if i == 0 else "", spec, str(card["bits"]), f"{card['max']:.6g}",
+                f"{card['min_positive']:.6g}", str(card["num_values"]),
+            )
+    console.print(table)
+    print("Spec grammar:")
+    for form in VALID_FORMS:
+        print(f"  {form}")
+    print(f"Rounding modes: {', '.join(ROUNDING_MODES)}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    card = format_card(_scalar(args.format))
+    if args.json:
+        print(json.dumps(card, indent=2))
+        return 0
+    width = max(len(k) for k in card)
+    for key, value in card.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} = {v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value!r}"
+        print(f"{key.replace('_', ' '):<{width}}  {value}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        value = float(args.value)
+    except ValueError:
+        raise LowbitError(f"VALUE must be a number (e.g. -5.75, 1e-3, nan, inf), got {args.value!r}") from None
+    print(explain(value, _scalar(args.format), rounding=args.rounding))
+    if repr(value) != args.value.strip() and args.value.strip().lower() not in ("nan", "inf", "-inf", "+inf"):
+        print(f"  (VALUE read as the float64 {value!r})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lowbit import __version__
+
+    parser = argparse.ArgumentParser(prog="lowbit", description="Low-precision number formats for deep learning.")
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("formats", help="list format families, presets and the spec grammar")
+    p.set_defaults(func=cmd_formats)
+
+    p = sub.add_parser("info", help="print a format's spec card")
+    p.add_argument("format", metavar="FORMAT", help="a format spec, e.g. posit8_es2, e4m3fn, fixed8_f4, int8")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("explain", help="show a value's bit pattern, fields and rounding in a format")
+    p.add_argument("value", metavar="VALUE", help="a number, e.g. -5.75")
+    p.add_argument("format", metavar="FORMAT", help="a format spec, e.g. fp32, posit8_es2, int8")
+    p.add_argument("--rounding", default="nearest_even", choices=ROUNDING_MODES)
+    p.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (LowbitError, ValueError, TypeError) as err:
+        print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Number formats: posit, minifloat, fixed point, integer; spec strings; cards; bit fields."""
+
+from lowbit.formats.base import NumberFormat, ScalarFormat
+from lowbit.formats.bitfields import Explanation, explain
+from lowbit.formats.card import count_values, format_card
+from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.minifloat import Minifloat
+from lowbit.formats.posit import Posit
+from lowbit.formats.rounding import ROUNDING_MODES, Rounding
+from lowbit.formats.spec import PRESETS, VALID_FORMS, parse_format
+
+__all__ = [
+    "NumberFormat",
+    "ScalarFormat",
+    "Posit",
+    "Minifloat",
+    "FixedPoint",
+    "IntegerFormat",
+    "Rounding",
+    "ROUNDING_MODES",
+    "parse_format",
+    "PRESETS",
+    "VALID_FORMS",
+    "format_card",
+    "count_values",
+    "explain",
+    "Explanation",
+]

@@ -1,0 +1,211 @@
+"""The NumberFormat interface shared by every lowbit format.
+
+A format is a frozen, hashable value object whose facts (bits, max, min_positive, value table)
+are computed from its parameters. Scalar element formats (posit, minifloat, fixed point,
+integer) map every element independently to a bit pattern ("code") and back; they implement
+two float64/int64 primitives and inherit everything else from `ScalarFormat`.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from typing import Any
+
+import torch
+
+from lowbit.formats._float64 import check_float_dtype, check_float_tensor, round_float64_to
+from lowbit.formats.rounding import Rounding, check_rounding
+
+__all__ = ["NumberFormat", "ScalarFormat", "code_dtype_for"]
+
+MAX_TABLE_BITS = 16
+
+
+def code_dtype_for(bits: int) -> torch.dtype:
+    """Smallest torch integer dtype that holds every code in [0, 2**bits)."""
+    if bits <= 8:
+        return torch.uint8
+    if bits <= 15:
+        return torch.int16
+    if bits <= 31:
+        return torch.int32
+    return torch.int64
+
+
+class NumberFormat(abc.ABC):
+    """A number format: something that can quantize a tensor.
+
+    Subclasses are frozen dataclasses; ``str(fmt)`` is the canonical spec string and
+    ``lowbit.parse_format(str(fmt)) == fmt``.
+    """
+
+    family: str = ""
+
+    @abc.abstractmethod
+    def __str__(self) -> str: ...
+
+    def __repr__(self) -> str:
+        return f"parse_format({str(self)!r})"
+
+    @property
+    def spec(self) -> str:
+        """The canonical spec string (same as ``str(fmt)``)."""
+        return str(self)
+
+    @abc.abstractmethod
+    def quantize(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+        out: "torch.Tensor | None" = None,
+    ) -> torch.Tensor:
+        """Round ``x`` to this format; the result has x's dtype, shape and device."""
+
+
+class ScalarFormat(NumberFormat):
+    """A format whose elements are encoded independently as ``bits``-bit codes.
+
+    Subclasses implement ``_encode64`` (float64 -> int64 codes) and ``_decode64``
+    (int64 codes -> float64 values) on flat tensors, plus ``bits``, ``max`` and
+    ``min_positive``; encode/decode/quantize/values are shared.
+    """
+
+    @property
+    @abc.abstractmethod
+    def bits(self) -> int:
+        """Storage bits per element."""
+
+    @property
+    @abc.abstractmethod
+    def max(self) -> float:
+        """Largest finite value."""
+
+    @property
+    @abc.abstractmethod
+    def min_positive(self) -> float:
+        """Smallest positive value."""
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        """The integer dtype ``encode`` returns (smallest that holds [0, 2**bits))."""
+        return code_dtype_for(self.bits)
+
+    @abc.abstractmethod
+    def _encode64(self, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None") -> torch.Tensor:
+        """float64 tensor -> int64 codes (the reference implementation)."""
+
+    @abc.abstractmethod
+    def _decode64(self, codes: torch.Tensor) -> torch.Tensor:
+        """Valid int64 codes -> float64 values (NaN for NaN/NaR codes)."""
+
+    def _invalid_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Mask of codes in [0, 2**bits) that this format does not use (e.g. int8n's -128)."""
+        return torch.zeros_like(codes, dtype=torch.bool)
+
+    # ----------------------------------------------------------------- public operations
+    def encode(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+    ) -> torch.Tensor:
+        """Round ``x`` to this format and return the bit patterns.
+
+        Returns an integer tensor (``self.code_dtype``) of the same shape and device as ``x``,
+        with values in ``[0, 2**bits)``.
+        """
+        x = check_float_tensor(x)
+        mode = check_rounding(rounding, generator)
+        codes = self._encode64(x.detach().to(torch.float64).reshape(-1), mode, generator)
+        return codes.to(self.code_dtype).reshape(x.shape)
+
+    def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Values of bit patterns ``codes`` (any integer dtype), as a ``dtype`` tensor.
+
+        NaN/NaR codes decode to NaN. Codes outside ``[0, 2**bits)`` raise ValueError.
+        """
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"codes must be an integer torch.Tensor, got {type(codes).__name__}")
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
+        dtype = check_float_dtype(dtype)
+        flat = codes.reshape(-1).to(torch.int64)
+        if flat.numel():
+            bad = (flat < 0) | (flat >= (1 << self.bits)) | self._invalid_codes(flat)
+            if bool(bad.any()):
+                example = int(flat[bad][0])
+                raise ValueError(
+                    f"codes must be valid {self.bits}-bit patterns of {self} "
+                    f"(integers in [0, {(1 << self.bits) - 1}]{self._invalid_note()}); got {example}"
+                )
+        return round_float64_to(self._decode64(flat), dtype).reshape(codes.shape)
+
+    def _invalid_note(self) -> str:
+        return ""
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+        out: "torch.Tensor | None" = None,
+    ) -> torch.Tensor:
+        """Round ``x`` to the nearest representable value (per ``rounding``), in x's dtype.
+
+        Equals ``decode(encode(x), x.dtype)``. ``out=`` takes a preallocated tensor like
+        ``x`` (``x`` itself for in-place).
+
+        >>> import torch, lowbit as lb
+        >>> lb.parse_format("posit8_es2").quantize(torch.tensor([0.3, 100.0]))
+        tensor([  0.3125,  96.0000])
+        """
+        x = check_float_tensor(x)
+        mode = check_rounding(rounding, generator)
+        if out is not None:
+            _check_out(out, x)
+        flat = x.detach().to(torch.float64).reshape(-1)
+        values = self._decode64(self._encode64(flat, mode, generator))
+        result = round_float64_to(values, x.dtype).reshape(x.shape)
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+
+    def values(self) -> torch.Tensor:
+        """All distinct finite values, sorted ascending, as float64 (formats of ≤ 16 bits).
+
+        -0 and +0 count as one value.
+        """
+        return self._value_table().clone()
+
+    @functools.cached_property
+    def _table(self) -> torch.Tensor:
+        """float64 value of every code 0..2**bits-1 (NaN where a code is NaN/invalid)."""
+        if self.bits > MAX_TABLE_BITS:
+            raise ValueError(f"values() needs a format of at most {MAX_TABLE_BITS} bits; {self} has {self.bits}")
+        codes = torch.arange(1 << self.bits, dtype=torch.int64)
+        v = self._decode64(codes)
+        return torch.where(self._invalid_codes(codes), torch.full_like(v, float("nan")), v)
+
+    def _value_table(self) -> torch.Tensor:
+        v = self._table
+        v = v[torch.isfinite(v)]
+        return torch.unique(v + 0.0)  # +0.0 folds -0 into 0; unique sorts
+
+    def card(self) -> "dict[str, Any]":
+        """Facts about this format (see ``lowbit info``)."""
+        from lowbit.formats.card import format_card
+
+        return format_card(self)
+
+
+def _check_out(out: object, x: torch.Tensor) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor like x, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(
+            f"out must match x in shape, dtype and device: x is {tuple(x.shape)} {x.dtype} {x.device}, "
+            f"out is {tuple(out.shape)} {out.dtype} {out.device}"
+        )

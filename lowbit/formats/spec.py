@@ -1,0 +1,130 @@
+"""Spec strings: parse one, print the canonical one.
+
+One spelling per format (``str(fmt)``); aliases such as ``fp16`` or ``fp8_e4m3fn`` parse to the
+same object and print back canonically. Ambiguous names (``posit8``: es=0 in SoftPosit but es=2
+in the 2022 standard) are refused with the spellings to use instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Callable
+
+from lowbit.errors import FormatSpecError
+from lowbit.formats.base import NumberFormat
+from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.minifloat import Minifloat
+from lowbit.formats.posit import Posit
+
+__all__ = ["parse_format", "VALID_FORMS", "PRESETS", "ALIASES"]
+
+VALID_FORMS = (
+    "posit<n>_es<es>[_s<k>]  (2 <= n <= 32, 0 <= es <= 5; e.g. posit8_es2, posit6_es1_s-4)",
+    "e<E>m<M>[b<bias>][fn|fnuz|fnu][_sat]  (minifloat; e.g. e4m3fn, e5m2, e4m3b11fnuz, e8m0fnu, e2m1fn, e6m1)",
+    "fp32 | fp16 | bf16 | fp8_<minifloat> | fp6_<minifloat> | fp4_<minifloat>  (aliases)",
+    "fixed<w>_f<f> | ufixed<w>_f<f>  (fixed point; e.g. fixed8_f4)",
+    "int<b> | uint<b> | int<b>n  (integer grid; e.g. int8, uint4, int8n)",
+)
+
+ALIASES: dict[str, str] = {
+    "fp32": "e8m23",
+    "float32": "e8m23",
+    "float": "e8m23",
+    "fp16": "e5m10",
+    "float16": "e5m10",
+    "half": "e5m10",
+    "bf16": "e8m7",
+    "bfloat16": "e8m7",
+    "e8m0": "e8m0fnu",
+}
+
+# Named presets shown by `lowbit formats` (every one parses; tests check that).
+PRESETS: dict[str, tuple[str, ...]] = {
+    "posit": ("posit8_es0", "posit8_es2", "posit16_es1", "posit16_es2", "posit32_es2", "posit6_es1_s-4"),
+    "minifloat": (
+        "e8m23", "e5m10", "e8m7", "e4m3fn", "e4m3", "e4m3fnuz", "e4m3b11fnuz", "e5m2", "e5m2fnuz",
+        "e3m4", "e3m2fn", "e2m3fn", "e2m1fn", "e8m0fnu", "e4m3fn_sat",
+    ),
+    "fixed": ("fixed8_f4", "fixed16_f8", "ufixed8_f4"),
+    "integer": ("int8", "int8n", "uint8", "int4", "uint4"),
+}
+
+_POSIT = re.compile(r"posit(\d+)_es(\d+)(?:_s([+-]?\d+))?")
+_MINIFLOAT = re.compile(r"e(\d+)m(\d+)(?:b([+-]?\d+))?(fnuz|fnu|fn)?(_sat)?")
+_FIXED = re.compile(r"(u?)fixed(\d+)_f(\d+)")
+_INTEGER = re.compile(r"(u?)int(\d+)(n?)")
+_PREFIXED = re.compile(r"(?:fp|float)(?:4|6|8)_(.+)")
+
+
+def _posit(m: re.Match[str]) -> NumberFormat:
+    return Posit(int(m[1]), int(m[2]), int(m[3] or 0))
+
+
+def _minifloat(m: re.Match[str]) -> NumberFormat:
+    policy = m[4] or "ieee"
+    bias = int(m[3]) if m[3] is not None else None
+    return Minifloat(int(m[1]), int(m[2]), policy=policy, bias=bias, saturate=bool(m[5]))
+
+
+def _fixed(m: re.Match[str]) -> NumberFormat:
+    return FixedPoint(int(m[2]), int(m[3]), signed=not m[1])
+
+
+def _integer(m: re.Match[str]) -> NumberFormat:
+    return IntegerFormat(int(m[2]), signed=not m[1], narrow=bool(m[3]))
+
+
+_GRAMMAR: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], NumberFormat]], ...] = (
+    (_POSIT, _posit),
+    (_MINIFLOAT, _minifloat),
+    (_FIXED, _fixed),
+    (_INTEGER, _integer),
+)
+
+
+def parse_format(spec: "str | NumberFormat") -> NumberFormat:
+    """Parse a format spec string (a NumberFormat passes through unchanged).
+
+    >>> str(parse_format("fp8_e4m3fn")), str(parse_format("posit6_es1_s-4"))
+    ('e4m3fn', 'posit6_es1_s-4')
+
+    Raises FormatSpecError (a ValueError) naming the valid forms and the closest preset.
+    """
+    if isinstance(spec, NumberFormat):
+        return spec
+    if not isinstance(spec, str):
+        raise FormatSpecError(f"format spec must be a string such as 'posit8_es2', got {type(spec).__name__}")
+    text = spec.strip().lower()
+    text = ALIASES.get(text, text)
+    prefixed = _PREFIXED.fullmatch(text)
+    if prefixed:
+        text = prefixed[1]
+    for pattern, build in _GRAMMAR:
+        m = pattern.fullmatch(text)
+        if m:
+            try:
+                return build(m)
+            except FormatSpecError as err:
+                raise FormatSpecError(f"bad format spec {spec!r}: {err}") from None
+    raise FormatSpecError(_unknown_message(spec, text))
+
+
+def _unknown_message(spec: str, text: str) -> str:
+    hint = ""
+    m = re.fullmatch(r"posit(\d+)", text)
+    if m:
+        n = m[1]
+        hint = (
+            f" 'posit{n}' is ambiguous (es=0 in SoftPosit, es=2 in the 2022 Posit Standard): "
+            f"write posit{n}_es2 or posit{n}_es0."
+        )
+    elif text in ("fp8", "float8", "e4m3fn_", "fp6", "fp4"):
+        hint = " Name the split, e.g. e4m3fn or e5m2 (fp8), e3m2fn or e2m3fn (fp6), e2m1fn (fp4)."
+    else:
+        known = [p for group in PRESETS.values() for p in group] + list(ALIASES)
+        close = difflib.get_close_matches(text, known, n=3, cutoff=0.5)
+        if close:
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?"
+    forms = "\n  ".join(VALID_FORMS)
+    return f"unknown format spec {spec!r}.{hint}\nValid forms:\n  {forms}"
