@@ -21,6 +21,8 @@ from lowbit.formats import (
     parse_format,
 )
 
+from lowbit import kernels  # installs the fast paths
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -39,4 +41,5 @@ __all__ = [
     "parse_format",
     "explain",
     "Explanation",
+    "kernels",
 ]

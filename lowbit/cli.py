@@ -97,9 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _protect_negative_value(argv: "list[str]") -> "list[str]":
+    """Let ``lowbit explain -1e-3 fp16`` / ``-inf`` through: argparse would read them as options."""
+    if argv and argv[0] == "explain" and len(argv) >= 2 and argv[1].startswith("-") and "--" not in argv:
+        try:
+            float(argv[1])
+        except ValueError:
+            return argv
+        return [argv[0], "--", *argv[1:]]
+    return argv
+
+
 def main(argv: "Sequence[str] | None" = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_protect_negative_value(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
     except (LowbitError, ValueError, TypeError) as err:

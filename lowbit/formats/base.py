@@ -15,11 +15,21 @@ from typing import Any
 import torch
 
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, round_float64_to
-from lowbit.formats.rounding import Rounding, check_rounding
+from lowbit.formats.rounding import Rounding, check_rounding, draw_seed, uniform_stream
 
 __all__ = ["NumberFormat", "ScalarFormat", "code_dtype_for"]
 
 MAX_TABLE_BITS = 16
+
+# Fast paths are installed from above (lowbit.kernels) so that this layer imports nothing of
+# them. The accelerator's encode/quantize/decode return None when they do not apply.
+_accelerator: Any = None
+
+
+def install_accelerator(accelerator: Any) -> None:
+    """Register the module whose encode/quantize/decode functions are tried before the reference."""
+    global _accelerator
+    _accelerator = accelerator
 
 
 def code_dtype_for(bits: int) -> torch.dtype:
@@ -93,8 +103,11 @@ class ScalarFormat(NumberFormat):
         return code_dtype_for(self.bits)
 
     @abc.abstractmethod
-    def _encode64(self, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None") -> torch.Tensor:
-        """float64 tensor -> int64 codes (the reference implementation)."""
+    def _encode64(self, x: torch.Tensor, mode: Rounding, u: "torch.Tensor | None" = None) -> torch.Tensor:
+        """Flat float64 tensor -> int64 codes (the reference implementation).
+
+        ``u``: for stochastic rounding, one uniform per element (see `uniform_stream`).
+        """
 
     @abc.abstractmethod
     def _decode64(self, codes: torch.Tensor) -> torch.Tensor:
@@ -110,18 +123,28 @@ class ScalarFormat(NumberFormat):
         x: torch.Tensor,
         rounding: "str | Rounding" = "nearest_even",
         generator: "torch.Generator | None" = None,
+        *,
+        backend: "str | None" = None,
     ) -> torch.Tensor:
         """Round ``x`` to this format and return the bit patterns.
 
         Returns an integer tensor (``self.code_dtype``) of the same shape and device as ``x``,
-        with values in ``[0, 2**bits)``.
+        with values in ``[0, 2**bits)``. ``backend`` picks the implementation ("auto",
+        "reference", "numba"; default: `lowbit.kernels.get_backend()`); all give the same bits.
         """
         x = check_float_tensor(x)
         mode = check_rounding(rounding, generator)
-        codes = self._encode64(x.detach().to(torch.float64).reshape(-1), mode, generator)
+        if _accelerator is not None:
+            fast = _accelerator.encode(self, x, mode, generator, backend)
+            if fast is not None:
+                return fast
+        flat = x.detach().to(torch.float64).reshape(-1)
+        codes = self._encode64(flat, mode, _uniforms(mode, generator, flat))
         return codes.to(self.code_dtype).reshape(x.shape)
 
-    def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def decode(
+        self, codes: torch.Tensor, dtype: torch.dtype = torch.float32, *, backend: "str | None" = None
+    ) -> torch.Tensor:
         """Values of bit patterns ``codes`` (any integer dtype), as a ``dtype`` tensor.
 
         NaN/NaR codes decode to NaN. Codes outside ``[0, 2**bits)`` raise ValueError.
@@ -131,6 +154,10 @@ class ScalarFormat(NumberFormat):
         if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
             raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
         dtype = check_float_dtype(dtype)
+        if _accelerator is not None:
+            fast = _accelerator.decode(self, codes, dtype, backend)
+            if fast is not None:
+                return fast
         flat = codes.reshape(-1).to(torch.int64)
         if flat.numel():
             bad = (flat < 0) | (flat >= (1 << self.bits)) | self._invalid_codes(flat)
@@ -151,6 +178,8 @@ class ScalarFormat(NumberFormat):
         rounding: "str | Rounding" = "nearest_even",
         generator: "torch.Generator | None" = None,
         out: "torch.Tensor | None" = None,
+        *,
+        backend: "str | None" = None,
     ) -> torch.Tensor:
         """Round ``x`` to the nearest representable value (per ``rounding``), in x's dtype.
 
@@ -158,15 +187,19 @@ class ScalarFormat(NumberFormat):
         ``x`` (``x`` itself for in-place).
 
         >>> import torch, lowbit as lb
-        >>> lb.parse_format("posit8_es2").quantize(torch.tensor([0.3, 100.0]))
-        tensor([  0.3125,  96.0000])
+        >>> lb.parse_format("posit8_es2").quantize(torch.tensor([0.3, 100.0])).tolist()
+        [0.3125, 96.0]
         """
         x = check_float_tensor(x)
         mode = check_rounding(rounding, generator)
         if out is not None:
             _check_out(out, x)
+        if _accelerator is not None:
+            fast = _accelerator.quantize(self, x, mode, generator, out, backend)
+            if fast is not None:
+                return fast
         flat = x.detach().to(torch.float64).reshape(-1)
-        values = self._decode64(self._encode64(flat, mode, generator))
+        values = self._decode64(self._encode64(flat, mode, _uniforms(mode, generator, flat)))
         result = round_float64_to(values, x.dtype).reshape(x.shape)
         if out is None:
             return result
@@ -209,3 +242,9 @@ def _check_out(out: object, x: torch.Tensor) -> None:
             f"out must match x in shape, dtype and device: x is {tuple(x.shape)} {x.dtype} {x.device}, "
             f"out is {tuple(out.shape)} {out.dtype} {out.device}"
         )
+
+
+def _uniforms(mode: Rounding, generator: "torch.Generator | None", flat: torch.Tensor) -> "torch.Tensor | None":
+    if mode is not Rounding.STOCHASTIC:
+        return None
+    return uniform_stream(draw_seed(generator), 0, flat.numel(), flat.device)

@@ -78,7 +78,7 @@ class _UniformGrid(ScalarFormat):
             k = torch.where(codes >= (1 << (w - 1)), codes - (1 << w), codes)
         return k.to(torch.float64) * pow2(torch.full_like(k, -self.frac_bits))
 
-    def _encode64(self, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None") -> torch.Tensor:
+    def _encode64(self, x: torch.Tensor, mode: Rounding, u: "torch.Tensor | None" = None) -> torch.Tensor:
         negative = torch.signbit(x)
         nan = torch.isnan(x)
         bound = float(2.0 ** (self.word_bits + 1))
@@ -94,14 +94,14 @@ class _UniformGrid(ScalarFormat):
             at_half=rem == 0.5,
             inexact=rem > 0,
             p_up=rem,
-            generator=generator,
+            u=u,
         )
         k = (kept + up.to(torch.float64)).to(torch.int64)
         k = torch.where(negative, -k, k).clamp(self.k_min, self.k_max)
         return k & ((1 << self.word_bits) - 1)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class FixedPoint(_UniformGrid):
     """Two's complement fixed point: ``word_bits`` bits, ``frac_bits`` of them fractional.
 
@@ -128,7 +128,7 @@ class FixedPoint(_UniformGrid):
         return f"{'' if self.signed else 'u'}fixed{self.word_bits}_f{self.frac_bits}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class IntegerFormat(_UniformGrid):
     """An integer grid: ``int8`` (−128..127), ``uint8`` (0..255), ``int8n`` (−127..127).
 

@@ -38,7 +38,7 @@ def default_bias(exp_bits: int, policy: str) -> int:
     return (1 << (exp_bits - 1)) if policy == "fnuz" else (1 << (exp_bits - 1)) - 1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Minifloat(ScalarFormat):
     """A binary floating-point format with ``exp_bits`` exponent and ``man_bits`` mantissa bits.
 
@@ -75,8 +75,13 @@ class Minifloat(ScalarFormat):
             )
         if self.bias is None:
             object.__setattr__(self, "bias", default_bias(self.exp_bits, self.policy))
-        if not isinstance(self.bias, int) or isinstance(self.bias, bool) or abs(self.bias) > 600:
-            raise FormatSpecError(f"minifloat bias={self.bias!r} is not valid; allowed: an int with |bias| <= 600")
+        top = (1 << self.exp_bits) - 1
+        lo, hi = top - 1000, 1000 - self.man_bits  # keep every value and rounding point inside float64
+        if not isinstance(self.bias, int) or isinstance(self.bias, bool) or not lo <= self.bias <= hi:
+            raise FormatSpecError(
+                f"minifloat bias={self.bias!r} puts e{self.exp_bits}m{self.man_bits} values outside float64; "
+                f"allowed: an int in {lo}..{hi}"
+            )
         if self.max_code_magnitude <= 0:
             raise FormatSpecError(f"minifloat {self} has no finite nonzero value")
 
@@ -194,7 +199,7 @@ class Minifloat(ScalarFormat):
             value = torch.where(mag == (1 << (e + m)) - 1, nan, value)
         return value
 
-    def _encode64(self, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None") -> torch.Tensor:
+    def _encode64(self, x: torch.Tensor, mode: Rounding, u: "torch.Tensor | None" = None) -> torch.Tensor:
         e, m = self.exp_bits, self.man_bits
         negative = torch.signbit(x)
         a = x.abs()
@@ -217,7 +222,7 @@ class Minifloat(ScalarFormat):
             at_half=rem == 0.5,
             inexact=rem > 0,
             p_up=rem,
-            generator=generator,
+            u=u,
         )
         rounded = (kept + up.to(torch.float64)) * pow2(qexp)
         rounded = torch.where(finite_nonzero, rounded, torch.zeros_like(rounded))

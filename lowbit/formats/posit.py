@@ -27,7 +27,7 @@ __all__ = ["Posit"]
 _LONG = 62  # width of the integer that holds the leading bits of the exact posit bit string
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Posit(ScalarFormat):
     """Posit⟨n, es⟩ scaled by 2^scale.
 
@@ -119,7 +119,7 @@ class Posit(ScalarFormat):
         value = torch.where(negative, -value, value)
         return torch.where(codes == self.nar_code, torch.full_like(value, float("nan")), value)
 
-    def _encode64(self, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None") -> torch.Tensor:
+    def _encode64(self, x: torch.Tensor, mode: Rounding, u: "torch.Tensor | None" = None) -> torch.Tensor:
         n, es = self.n, self.es
         negative = torch.signbit(x)
         a = x.abs()
@@ -166,7 +166,7 @@ class Posit(ScalarFormat):
             at_half=guard & ~rest,
             inexact=guard | rest,
             p_up=p_up,
-            generator=generator,
+            u=u,
         )
         mag = (mag + up.to(torch.int64)).clamp(1, self._maxpos_magnitude)
         mag = torch.where(above, torch.full_like(mag, self._maxpos_magnitude), mag)

@@ -13,7 +13,7 @@ import enum
 
 import torch
 
-__all__ = ["Rounding", "ROUNDING_MODES", "check_rounding", "round_up"]
+__all__ = ["Rounding", "ROUNDING_MODES", "check_rounding", "round_up", "draw_seed", "uniform_stream"]
 
 
 class Rounding(str, enum.Enum):
@@ -58,14 +58,15 @@ def round_up(
     at_half: torch.Tensor,
     inexact: torch.Tensor,
     p_up: "torch.Tensor | None" = None,
-    generator: "torch.Generator | None" = None,
+    u: "torch.Tensor | None" = None,
 ) -> torch.Tensor:
     """Whether each magnitude is rounded *up* (away from zero) from its truncated value.
 
     negative: the input's sign; odd: the truncated magnitude's last kept digit is odd;
     above_half / at_half: the discarded remainder is more than / exactly half a unit;
     inexact: the remainder is nonzero; p_up: for stochastic rounding, the probability of
-    rounding up (the remainder as a fraction of the gap to the next magnitude).
+    rounding up (the remainder as a fraction of the gap to the next magnitude); u: the uniform
+    numbers in [0, 1) of `uniform_stream` (round up where u < p_up).
     """
     if mode is Rounding.NEAREST_EVEN:
         return above_half | (at_half & odd)
@@ -77,9 +78,8 @@ def round_up(
         return inexact & negative
     if mode is Rounding.CEIL:
         return inexact & ~negative
-    if p_up is None:
-        raise ValueError("stochastic rounding needs p_up")
-    u = torch.rand(p_up.shape, generator=generator, dtype=torch.float64, device=p_up.device)
+    if p_up is None or u is None:
+        raise ValueError("stochastic rounding needs p_up and u")
     return u < p_up
 
 
@@ -92,3 +92,33 @@ def rounds_toward_zero(mode: Rounding, negative: torch.Tensor) -> torch.Tensor:
     if mode is Rounding.CEIL:
         return negative.clone()
     return torch.zeros_like(negative)
+
+
+# ---------------------------------------------------------------- stochastic rounding stream
+# Stochastic rounding draws one 64-bit seed from the caller's torch.Generator, then element i
+# (in row-major order) uses u_i = splitmix64(seed + (i + 1)·φ) >> 11 as a 53-bit uniform. The
+# stream is counter based, so the torch reference and the fast kernels produce the same bits for
+# the same generator state, whatever the device, thread count or chunking.
+_PHI = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def draw_seed(generator: "torch.Generator | None") -> int:
+    """One seed from ``generator`` (or torch's default generator); advances its state."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 1 << 62, (1,), generator=generator, dtype=torch.int64, device=device))
+
+
+def _shift_right_logical(z: torch.Tensor, s: int) -> torch.Tensor:
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def uniform_stream(seed: int, start: int, count: int, device: "torch.device | str" = "cpu") -> torch.Tensor:
+    """Uniforms u_start … u_(start+count−1) in [0, 1), float64, multiples of 2^-53."""
+    i = torch.arange(start + 1, start + count + 1, dtype=torch.int64, device=device)
+    z = seed + i * _PHI  # int64 arithmetic wraps mod 2^64 like the uint64 original
+    z = (z ^ _shift_right_logical(z, 30)) * _MIX1
+    z = (z ^ _shift_right_logical(z, 27)) * _MIX2
+    z = z ^ _shift_right_logical(z, 31)
+    return _shift_right_logical(z, 11).to(torch.float64) * 2.0**-53
