@@ -22,6 +22,7 @@ from lowbit.formats import (
 )
 
 from lowbit import kernels  # installs the fast paths
+from lowbit.simulate import Quantizer, fake_quantize
 
 __version__ = "0.1.0"
 
@@ -42,4 +43,6 @@ __all__ = [
     "explain",
     "Explanation",
     "kernels",
+    "fake_quantize",
+    "Quantizer",
 ]
