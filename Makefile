@@ -4,11 +4,11 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 TORCH_PIN = torch==2.13.0
 
-.PHONY: install install-test demo test
+.PHONY: install install-test demo test bench
 
 install:
 	$(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e ".[fast]"
 
 install-test: install
 	$(PIP) install --quiet -e ".[test]"
@@ -22,3 +22,7 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PIP) install --quiet -e ".[bench]"
+	$(PYTHON) benchmarks/bench_formats.py --out benchmarks/results

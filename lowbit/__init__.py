@@ -6,9 +6,10 @@
 tensor([ 64, 192], dtype=torch.uint8)
 """
 
-from lowbit.errors import CheckpointError, FormatSpecError, LowbitError
+from lowbit.errors import CheckpointError, FormatSpecError, LowbitError, LowbitWarning
 from lowbit.formats import (
     ROUNDING_MODES,
+    EncodedTensor,
     Explanation,
     FixedPoint,
     IntegerFormat,
@@ -23,6 +24,15 @@ from lowbit.formats import (
 
 from lowbit import kernels  # installs the fast paths
 from lowbit.simulate import Quantizer, fake_quantize
+from lowbit.quant import (
+    LayerConfig,
+    QuantConfig,
+    RoleConfig,
+    dequantize_,
+    quantization_report,
+    quantize_,
+    tensor_formats,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +41,15 @@ __all__ = [
     "LowbitError",
     "FormatSpecError",
     "CheckpointError",
+    "LowbitWarning",
+    "EncodedTensor",
+    "quantize_",
+    "dequantize_",
+    "tensor_formats",
+    "quantization_report",
+    "QuantConfig",
+    "LayerConfig",
+    "RoleConfig",
     "NumberFormat",
     "ScalarFormat",
     "Posit",

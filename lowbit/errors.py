@@ -5,7 +5,7 @@ Every error names the argument that was wrong and the values that are allowed.
 
 from __future__ import annotations
 
-__all__ = ["LowbitError", "FormatSpecError", "CheckpointError"]
+__all__ = ["LowbitError", "FormatSpecError", "CheckpointError", "DataUnavailableError", "LowbitWarning"]
 
 
 class LowbitError(Exception):
@@ -24,3 +24,14 @@ class FormatSpecError(LowbitError, ValueError):
 
 class CheckpointError(LowbitError):
     """A lowbit checkpoint is corrupt, truncated, or not readable by this version."""
+
+
+class DataUnavailableError(LowbitError):
+    """A data set an experiment needs is not installed; the message gives the command that installs it.
+
+    lowbit never downloads data at run time: every data set comes from a package (PyPI or Debian).
+    """
+
+
+class LowbitWarning(UserWarning):
+    """Something lowbit did that the caller may not expect (e.g. layers left unquantized)."""

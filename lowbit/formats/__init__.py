@@ -1,6 +1,6 @@
 """Number formats: posit, minifloat, fixed point, integer; spec strings; cards; bit fields."""
 
-from lowbit.formats.base import NumberFormat, ScalarFormat
+from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat
 from lowbit.formats.bitfields import Explanation, explain
 from lowbit.formats.card import count_values, format_card
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
@@ -11,6 +11,7 @@ from lowbit.formats.spec import PRESETS, VALID_FORMS, parse_format
 
 __all__ = [
     "NumberFormat",
+    "EncodedTensor",
     "ScalarFormat",
     "Posit",
     "Minifloat",

@@ -9,6 +9,7 @@ two float64/int64 primitives and inherit everything else from `ScalarFormat`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 from typing import Any
 
@@ -43,14 +44,58 @@ def code_dtype_for(bits: int) -> torch.dtype:
     return torch.int64
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedTensor:
+    """A tensor held in a format: integer codes plus the side parameters needed to decode them.
+
+    ``codes`` has the tensor's shape and values in ``[0, 2**format.bits)``. ``params`` maps names
+    to tensors a data-dependent or block format fitted to the data (MX: one shared exponent per
+    block; codebook: the levels; binary/ternary: the scale); it is empty for scalar formats.
+    ``format.decode_tensor(enc)`` gives back ``format.quantize(x)`` bit for bit.
+    """
+
+    format: "NumberFormat"
+    codes: torch.Tensor
+    params: "dict[str, torch.Tensor]" = dataclasses.field(default_factory=dict)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The values, as ``dtype``: ``self.format.decode_tensor(self, dtype)``."""
+        return self.format.decode_tensor(self, dtype)
+
+
 class NumberFormat(abc.ABC):
     """A number format: something that can quantize a tensor.
 
     Subclasses are frozen dataclasses; ``str(fmt)`` is the canonical spec string and
-    ``lowbit.parse_format(str(fmt)) == fmt``.
+    ``lowbit.parse_format(str(fmt)) == fmt``. Every format has ``bits`` (storage bits per element
+    code) and the tensor-level codec ``encode_tensor`` / ``decode_tensor`` that storage uses.
     """
 
     family: str = ""
+    #: True when quantize() fits levels or scales to the tensor (binary, ternary, codebook, MX).
+    data_dependent: bool = False
+
+    @property
+    @abc.abstractmethod
+    def bits(self) -> int:
+        """Storage bits per element code."""
+
+    def encode_tensor(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+    ) -> EncodedTensor:
+        """``x`` as codes plus fitted side parameters (see `EncodedTensor`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode_tensor")
+
+    def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The values of an `EncodedTensor` made by this format's ``encode_tensor``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement decode_tensor")
 
     @abc.abstractmethod
     def __str__(self) -> str: ...
@@ -81,11 +126,6 @@ class ScalarFormat(NumberFormat):
     (int64 codes -> float64 values) on flat tensors, plus ``bits``, ``max`` and
     ``min_positive``; encode/decode/quantize/values are shared.
     """
-
-    @property
-    @abc.abstractmethod
-    def bits(self) -> int:
-        """Storage bits per element."""
 
     @property
     @abc.abstractmethod
@@ -171,6 +211,19 @@ class ScalarFormat(NumberFormat):
 
     def _invalid_note(self) -> str:
         return ""
+
+    def encode_tensor(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+    ) -> EncodedTensor:
+        """The codes of ``x`` (no side parameters: every code decodes on its own)."""
+        return EncodedTensor(self, self.encode(x, rounding, generator))
+
+    def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``decode(encoded.codes, dtype)``."""
+        return self.decode(encoded.codes, dtype)
 
     def quantize(
         self,

@@ -169,7 +169,8 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
 
     Returns None (so the reference runs and raises its precise error) if any code is invalid.
     """
-    if fmt.bits > _TABLE_BITS or dtype not in _KERNEL_DTYPES or not _applies(fmt, codes, backend):
+    # the backend is resolved first, so a bad name or numba-on-GPU raises for every format
+    if not _applies(fmt, codes, backend) or fmt.bits > _TABLE_BITS or dtype not in _KERNEL_DTYPES:
         return None
     _, k = _numba()
     table = _value_table(fmt, dtype)

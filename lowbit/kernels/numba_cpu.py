@@ -193,7 +193,8 @@ def _mf_value(v, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan
     a = abs(v)
     finite_nonzero = (a > 0.0) & (a < _INF)
     safe = a if finite_nonzero else 1.0
-    e = max(_exponent(safe), emin)
+    # capped so that 2**-qexp stays a normal double (|v| >= 2**1023 with man_bits = 0)
+    e = min(max(_exponent(safe), emin), 1022 + man_bits)
     qexp = e - man_bits
     r = _round_scaled(safe * _pow2(-qexp), negative, mode, u) * _pow2(qexp)
     if not subnormals:

@@ -4,8 +4,13 @@
   torch) and the lowbit spec each one must match bit for bit.
 - ``assert_codes_equal`` / ``assert_floats_identical``: exact comparisons (no tolerances) that
   print the first mismatches with their inputs in hex.
+- ``assert_same_bits``: float tensors identical bit for bit (NaN sign and payload included).
 - ``random_binade_floats`` / ``table_points``: deterministic sweeps over binades and over a
-  format's own value table (values, midpoints and their float neighbours).
+  format's own value table (values, midpoints and their float neighbours);
+  ``random_float_patterns`` / ``every_float_pattern``: raw bit patterns of a float dtype (NaN
+  payloads, subnormals, ±inf included); ``unique_floats``: dedupe by bit pattern.
+- ``Oracle`` / ``oracle_for``: the exact Fraction oracle of `lowbit.reference` for a spec string
+  (parsed independently of `lowbit.formats`), with batch helpers; ``exact_float64``.
 - hypothesis strategies: ``float_tensors``, ``sorted_float_tensors`` and the random valid spec
   strings ``posit_specs``, ``minifloat_specs``, ``fixed_specs``, ``integer_specs``, ``any_specs``.
 
@@ -20,6 +25,7 @@ where they are used (they are test dependencies, not runtime ones).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable, Sequence
 
@@ -35,8 +41,16 @@ __all__ = [
     "to_numpy_int64",
     "assert_codes_equal",
     "assert_floats_identical",
+    "assert_same_bits",
+    "float_bits",
     "random_binade_floats",
+    "random_float_patterns",
+    "every_float_pattern",
+    "unique_floats",
     "table_points",
+    "Oracle",
+    "oracle_for",
+    "exact_float64",
     "float_tensors",
     "sorted_float_tensors",
     "posit_specs",
@@ -174,6 +188,48 @@ def assert_floats_identical(
         raise AssertionError(f"{what}: {bad.size} of {a.size} differ:\n" + "\n".join(rows))
 
 
+_INT_VIEW = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+def float_bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of a float16/bfloat16/float32/float64 tensor, as a same-width int tensor."""
+    if t.dtype not in _INT_VIEW:
+        raise TypeError(f"float_bits: unsupported dtype {t.dtype}")
+    return t.detach().cpu().contiguous().view(_INT_VIEW[t.dtype])
+
+
+def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor, inputs: Any = None, *,
+                     what: str = "values", limit: int = 8) -> None:
+    """Float tensors identical bit for bit: same dtype, shape, and every bit pattern equal
+    (the sign and payload of NaNs and the sign of zeros included; no tolerance).
+
+    >>> assert_same_bits(torch.tensor([-0.0, 1.5]), torch.tensor([-0.0, 1.5]))
+    """
+    assert isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor), what
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != expected {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    a = float_bits(actual).reshape(-1).to(torch.int64).numpy()
+    e = float_bits(expected).reshape(-1).to(torch.int64).numpy()
+    bad = np.nonzero(a != e)[0]
+    if bad.size:
+        width = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}[actual.dtype]
+        mask = (1 << width) - 1
+        av = actual.detach().cpu().reshape(-1).to(torch.float64).numpy()
+        ev = expected.detach().cpu().reshape(-1).to(torch.float64).numpy()
+        shown = bad[:limit]
+        rows = [
+            f"  [{i}] input {d}: got {av[i]!r} (bits 0x{int(a[i]) & mask:x}), "
+            f"expected {ev[i]!r} (bits 0x{int(e[i]) & mask:x})"
+            for i, d in zip(shown, _describe(inputs, shown))
+        ]
+        raise AssertionError(f"{what}: {bad.size} of {a.size} differ in their bits:\n" + "\n".join(rows))
+
+
 # ------------------------------------------------------------------------------ sweeps
 def random_binade_floats(
     n: int, lo_exp: int, hi_exp: int, *, seed: int, dtype: Any = np.float64, signed: bool = True
@@ -194,12 +250,15 @@ def random_binade_floats(
         return v.astype(dtype)
 
 
-def table_points(values: "torch.Tensor | np.ndarray", dtype: Any = np.float64) -> dict[str, np.ndarray]:
+def table_points(
+    values: "torch.Tensor | np.ndarray", dtype: Any = np.float64, *, exact: bool = True
+) -> dict[str, np.ndarray]:
     """Interesting inputs around a sorted table of representable values.
 
     Returns ``{"values", "midpoints", "above_midpoints", "below_midpoints"}``: the values, the
-    arithmetic midpoints of adjacent values (asserted exact in ``dtype``), and the next ``dtype``
-    number above / below each midpoint.
+    arithmetic midpoints of adjacent values (asserted exact in ``dtype`` unless ``exact=False``,
+    which rounds them to ``dtype`` instead), and the next ``dtype`` number above / below each
+    midpoint.
     """
     v = _to_float64_numpy(values)
     v = v[np.isfinite(v)]
@@ -207,15 +266,44 @@ def table_points(values: "torch.Tensor | np.ndarray", dtype: Any = np.float64) -
     mids64 = (v[1:] + v[:-1]) / 2
     with np.errstate(all="ignore"):
         mids = mids64.astype(dtype)
-    if not np.array_equal(mids.astype(np.float64), mids64):
+        vals = v.astype(dtype)
+    if exact and not np.array_equal(mids.astype(np.float64), mids64):
         raise ValueError(f"some midpoints are not exact in {np.dtype(dtype).name}")
     inf = np.array(np.inf, dtype=dtype)
     return {
-        "values": v.astype(dtype),
+        "values": vals,
         "midpoints": mids,
         "above_midpoints": np.nextafter(mids, inf),
         "below_midpoints": np.nextafter(mids, -inf),
     }
+
+
+_NP_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_NP_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def random_float_patterns(n: int, dtype: torch.dtype, *, seed: int) -> torch.Tensor:
+    """``n`` uniformly random bit patterns of ``dtype`` (float16/bfloat16/float32/float64) as a
+    tensor: every class appears (±0, subnormals, ±inf, NaNs of both signs with payloads)."""
+    width = torch.finfo(dtype).bits // 8
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, np.iinfo(_NP_UINT[width]).max, n, dtype=_NP_UINT[width], endpoint=True)
+    signed = {2: np.int16, 4: np.int32, 8: np.int64}[width]
+    return torch.from_numpy(raw.view(signed).copy()).view(dtype)
+
+
+def every_float_pattern(dtype: torch.dtype) -> torch.Tensor:
+    """All 65536 bit patterns of float16 or bfloat16, in pattern order."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"every_float_pattern: only 16-bit dtypes, got {dtype}")
+    return torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype)
+
+
+def unique_floats(x: np.ndarray) -> np.ndarray:
+    """The distinct bit patterns of a float array (so -0.0 and +0.0 are both kept), in bit order."""
+    x = np.ascontiguousarray(x)
+    view = {2: np.int16, 4: np.int32, 8: np.int64}[x.dtype.itemsize]
+    return np.unique(x.view(view)).view(x.dtype)
 
 
 # ------------------------------------------------------------------------------ hypothesis
@@ -369,3 +457,137 @@ def iter_chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     """``seq`` in consecutive slices of at most ``size`` items."""
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
+
+
+# ------------------------------------------------------------------------------ exact oracle
+def exact_float64(q: Any) -> "float | None":
+    """``q`` (Fraction, int or float) as the float64 of exactly the same value, or None when
+    float64 cannot hold it exactly.  Floats (nan, ±inf, -0.0 included) pass through.
+
+    >>> from fractions import Fraction
+    >>> exact_float64(Fraction(3, 8)), exact_float64(Fraction(1, 3))
+    (0.375, None)
+    """
+    from fractions import Fraction
+
+    if isinstance(q, float):
+        return q
+    q = Fraction(q)
+    try:
+        f = q.numerator / q.denominator  # correctly rounded int / int division
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) and Fraction(f) == q else None
+
+
+class Oracle:
+    """The exact oracle of `lowbit.reference` for one scalar spec string, with batch helpers.
+
+    The spec is parsed here, independently of `lowbit.formats` (posit, fixed point and integer
+    specs by their grammar, minifloats by `lowbit.reference.minifloat_params`), so a parsing
+    slip in lowbit cannot hide from a comparison.  Values are exact: ``decode`` gives a
+    Fraction, or a float for nan / ±inf / -0.0 (posit NaR -> nan).
+
+    >>> o = oracle_for("posit8_es2")
+    >>> o.encode(0.3), o.decode(64), o.neighbors(0.3)
+    (50, Fraction(1, 1), (49, 50))
+    """
+
+    _POSIT = r"posit(\d+)_es(\d+)(?:_s([+-]?\d+))?"
+    _FIXED = r"(u?)fixed(\d+)_f(\d+)"
+    _INTEGER = r"(u?)int(\d+)(n?)"
+
+    def __init__(self, spec: str) -> None:
+        import re
+
+        from lowbit import reference as ref
+
+        self.spec = spec
+        self._ref = ref
+        self._values: dict[int, float] = {}
+        self.unused_codes: frozenset[int] = frozenset()
+        if m := re.fullmatch(self._POSIT, spec):
+            self.family = "posit"
+            self._args: tuple[Any, ...] = (int(m[1]), int(m[2]), int(m[3] or 0))
+            self.bits = int(m[1])
+        elif m := re.fullmatch(self._FIXED, spec):
+            self.family = "fixed"
+            self._args = (int(m[2]), int(m[3]), not m[1], False)
+            self.bits = int(m[2])
+        elif m := re.fullmatch(self._INTEGER, spec):
+            self.family = "fixed"
+            self._args = (int(m[2]), 0, not m[1], bool(m[3]))
+            self.bits = int(m[2])
+            if m[3]:
+                self.unused_codes = frozenset({1 << (self.bits - 1)})
+        else:
+            self.family = "minifloat"
+            self._args = (ref.minifloat_params(spec),)
+            self.bits = self._args[0].bits
+
+    def __repr__(self) -> str:
+        return f"oracle_for({self.spec!r})"
+
+    # ---- scalars
+    def encode(self, x: Any, rounding: str = "nearest_even") -> int:
+        """Code of ``x`` (float, int or Fraction) in a deterministic rounding mode."""
+        if self.family == "posit":
+            return self._ref.posit_encode(x, *self._args, rounding=rounding)
+        if self.family == "fixed":
+            return self._ref.fixed_encode(x, *self._args, rounding=rounding)
+        return self._ref.minifloat_encode(x, self._args[0], rounding)
+
+    def decode(self, code: int) -> Any:
+        """Exact value of ``code``: Fraction, or float nan / ±inf / -0.0."""
+        if self.family == "posit":
+            v = self._ref.posit_decode(code, *self._args)
+            return math.nan if v is None else v
+        if self.family == "fixed":
+            return self._ref.fixed_decode(code, *self._args)
+        return self._ref.minifloat_decode(code, self._args[0])
+
+    def neighbors(self, x: Any) -> tuple[int, int]:
+        """Codes ``(lo, hi)`` that a stochastic rounding of ``x`` may return."""
+        if self.family == "posit":
+            return self._ref.posit_neighbors(x, *self._args)
+        if self.family == "fixed":
+            return self._ref.fixed_neighbors(x, *self._args)
+        return self._ref.minifloat_neighbors(x, self._args[0])
+
+    def value_float64(self, code: int) -> float:
+        """float64 of ``code``'s value; raises ValueError if float64 cannot hold it exactly."""
+        f = self._values.get(code)
+        if f is None:
+            f = exact_float64(self.decode(code))
+            if f is None:
+                raise ValueError(f"{self.spec} code {code} has a value float64 cannot hold exactly")
+            self._values[code] = f
+        return f
+
+    # ---- batches (numpy in, numpy out)
+    def encode_many(self, xs: "np.ndarray | Sequence[float]", rounding: str = "nearest_even") -> np.ndarray:
+        enc = self.encode
+        return np.fromiter((enc(float(x), rounding) for x in np.asarray(xs).reshape(-1)), dtype=np.int64)
+
+    def neighbors_many(self, xs: "np.ndarray | Sequence[float]") -> tuple[np.ndarray, np.ndarray]:
+        nb = self.neighbors
+        pairs = [nb(float(x)) for x in np.asarray(xs).reshape(-1)]
+        arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        return arr[:, 0], arr[:, 1]
+
+    def values_many(self, codes: "np.ndarray | Sequence[int]") -> np.ndarray:
+        """Exact float64 values of ``codes`` (decoded once per distinct code)."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+        distinct, inverse = np.unique(codes, return_inverse=True)
+        table = np.array([self.value_float64(int(c)) for c in distinct], dtype=np.float64)
+        return table[inverse.reshape(-1)]
+
+
+def oracle_for(spec: str) -> Oracle:
+    """The (cached) `Oracle` of a posit, minifloat, fixed point or integer spec string."""
+    return _oracle_cached(spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _oracle_cached(spec: str) -> Oracle:
+    return Oracle(spec)

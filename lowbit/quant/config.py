@@ -1,0 +1,242 @@
+"""Typed, validated, JSON-round-trippable configs for `lowbit.quantize_`.
+
+A `QuantConfig` holds a default `LayerConfig` (a `RoleConfig` per tensor role), per-layer
+overrides keyed by a name pattern, and exclusions. The plain dict of CONTRACT.md converts to it:
+
+>>> cfg = QuantConfig.from_dict({"weight": "posit8_es2", "grad": "e5m2", "exclude": ["fc_out"]})
+>>> str(cfg.default.weight.format), cfg.default.input is None, cfg.exclude
+('posit8_es2', True, ('fc_out',))
+>>> QuantConfig.from_json(cfg.to_json()) == cfg
+True
+
+Patterns: a module's qualified name matched with `fnmatch` (``"features.*"``, ``"fc_out"``), or
+``"type:Conv2d"`` for every module of that class. The last matching ``layers`` entry wins; its
+roles replace the default's role by role (roles it does not name keep the default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+from lowbit.formats import NumberFormat, parse_format
+from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
+
+__all__ = ["ROLES", "SCALINGS", "RoleConfig", "LayerConfig", "QuantConfig", "as_config", "CONFIG_VERSION"]
+
+#: Tensor roles of a quantized layer: its weight and bias, its input activations, its output,
+#: and the gradient flowing back into its output.
+ROLES = ("weight", "bias", "input", "output", "grad")
+#: Per-tensor power-of-two scale rules (see lowbit.simulate.scaling).
+SCALINGS = ("histogram", "amax")
+CONFIG_VERSION = 1
+_LAYER_KEYS = ROLES + ("accumulate", "accumulate_every")
+_TOP_KEYS = _LAYER_KEYS + ("exclude", "layers", "seed", "version", "rounding")
+
+
+def _fail(where: str, message: str) -> ValueError:
+    return ValueError(f"{where}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleConfig:
+    """How one tensor role is quantized.
+
+    ``scaling``: None (no scale), ``"histogram"`` (2^-t with t the centre of the most populated
+    log2|x| bin, moved onto the format's most accurate exponent), ``"amax"`` (largest |x| of the
+    last ``history`` observations maps just under the format's max) or an int k (fixed scale 2^k:
+    represented value = 2^k × format value). ``every``: refresh the scale every k calls (None:
+    once, from the first call). Scaling applies to posit and minifloat formats.
+    """
+
+    format: NumberFormat
+    rounding: str = "nearest_even"
+    scaling: "str | int | None" = None
+    every: "int | None" = None
+    history: int = 16
+
+    def to_dict(self) -> "dict[str, Any]":
+        return {"format": str(self.format), "rounding": self.rounding, "scaling": self.scaling,
+                "every": self.every, "history": self.history}
+
+    @classmethod
+    def parse(cls, value: Any, where: str, rounding: str = "nearest_even") -> "RoleConfig | None":
+        """A spec string, a NumberFormat, a dict with ``format`` and options, a RoleConfig or None."""
+        if value is None or isinstance(value, RoleConfig):
+            return value
+        if isinstance(value, (str, NumberFormat)):
+            value = {"format": value}
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{where} must be a format spec string, a dict with 'format', or None; "
+                            f"got {type(value).__name__}")
+        unknown = set(value) - {"format", "rounding", "scaling", "every", "history"}
+        if unknown:
+            raise _fail(where, f"unknown key(s) {sorted(unknown)}; allowed: format, rounding, scaling, every, history")
+        if value.get("format") is None:
+            raise _fail(where, "needs a 'format' (a spec string such as 'posit8_es2')")
+        try:
+            fmt = parse_format(value["format"])
+        except ValueError as err:
+            raise type(err)(f"{where}: {err}") from None
+        mode = value.get("rounding", rounding)
+        try:
+            check_rounding(mode)
+        except ValueError:
+            raise _fail(where, f"rounding={mode!r} is not a rounding mode; allowed: {', '.join(ROUNDING_MODES)}") from None
+        mode = str(getattr(mode, "value", mode))
+        scaling = value.get("scaling")
+        if isinstance(scaling, bool) or not (scaling is None or isinstance(scaling, int) or scaling in SCALINGS):
+            raise _fail(where, f"scaling={scaling!r}; allowed: None, 'histogram', 'amax' or an int exponent k")
+        if scaling is not None and fmt.family not in ("posit", "minifloat"):
+            raise _fail(where, f"scaling applies to posit and minifloat formats, not {fmt} ({fmt.family})")
+        every = value.get("every")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise _fail(where, f"every={every!r}; allowed: None (once) or an int >= 1")
+        history = value.get("history", 16)
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise _fail(where, f"history={history!r}; allowed: an int >= 1")
+        return cls(fmt, mode, scaling, every, history)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """Formats for one layer's tensor roles (None = full precision) and its accumulation.
+
+    ``accumulate``: a format the running sum of products is rounded to every
+    ``accumulate_every`` products (None: FP32 accumulation, torch's own).
+    """
+
+    weight: "RoleConfig | None" = None
+    bias: "RoleConfig | None" = None
+    input: "RoleConfig | None" = None
+    output: "RoleConfig | None" = None
+    grad: "RoleConfig | None" = None
+    accumulate: "NumberFormat | None" = None
+    accumulate_every: "int | None" = None
+
+    @property
+    def is_identity(self) -> bool:
+        return all(getattr(self, r) is None for r in ROLES) and self.accumulate is None
+
+    def to_dict(self) -> "dict[str, Any]":
+        d: dict[str, Any] = {r: (None if getattr(self, r) is None else getattr(self, r).to_dict()) for r in ROLES}
+        d["accumulate"] = None if self.accumulate is None else str(self.accumulate)
+        d["accumulate_every"] = self.accumulate_every
+        return d
+
+    @classmethod
+    def parse(cls, value: Any, where: str, base: "LayerConfig | None" = None,
+              rounding: str = "nearest_even") -> "LayerConfig":
+        """From a dict of roles (missing roles keep ``base``'s), or a LayerConfig."""
+        if isinstance(value, LayerConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{where} must be a dict of roles ({', '.join(ROLES)}), got {type(value).__name__}")
+        unknown = set(value) - set(_LAYER_KEYS)
+        if unknown:
+            raise _fail(where, f"unknown role or key {sorted(unknown)}; allowed: {', '.join(_LAYER_KEYS)}")
+        fields = {k: getattr(base, k) for k in _LAYER_KEYS} if base is not None else {}
+        for role in ROLES:
+            if role in value:
+                fields[role] = RoleConfig.parse(value[role], f"{where}[{role!r}]", rounding)
+        if "accumulate" in value:
+            acc = value["accumulate"]
+            try:
+                fields["accumulate"] = None if acc is None else parse_format(acc)
+            except ValueError as err:
+                raise type(err)(f"{where}['accumulate']: {err}") from None
+        if "accumulate_every" in value:
+            fields["accumulate_every"] = value["accumulate_every"]
+        every = fields.get("accumulate_every")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise _fail(where, f"accumulate_every={every!r}; allowed: None or an int >= 1")
+        if every is not None and fields.get("accumulate") is None:
+            raise _fail(where, "accumulate_every needs an 'accumulate' format")
+        return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """A whole-model plan: default roles, per-layer overrides, exclusions, stochastic seed.
+
+    ``layers``: (pattern, LayerConfig) pairs, later ones win. ``exclude``: patterns of layers
+    left in full precision. ``seed``: seeds every stochastic-rounding role (None: torch's global
+    generator, itself reproducible under ``torch.manual_seed``).
+    """
+
+    default: LayerConfig = LayerConfig()
+    layers: "tuple[tuple[str, LayerConfig], ...]" = ()
+    exclude: "tuple[str, ...]" = ()
+    seed: "int | None" = None
+    version: int = CONFIG_VERSION
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def from_dict(cls, d: "Mapping[str, Any]") -> "QuantConfig":
+        """The typed form of the plain dict of CONTRACT.md (plus ``layers``, ``seed``, ``rounding``)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"config must be a dict or a QuantConfig, got {type(d).__name__}")
+        unknown = set(d) - set(_TOP_KEYS)
+        if unknown:
+            raise ValueError(f"config: unknown role or key {sorted(unknown)}; allowed: {', '.join(_TOP_KEYS)}")
+        version = d.get("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(f"config: version={version!r}; this lowbit reads version {CONFIG_VERSION}")
+        rounding = d.get("rounding", "nearest_even")
+        try:
+            rounding = check_rounding(rounding).value
+        except ValueError:
+            raise ValueError(f"config: rounding={rounding!r} is not a rounding mode; "
+                             f"allowed: {', '.join(ROUNDING_MODES)}") from None
+        default = LayerConfig.parse({k: d[k] for k in _LAYER_KEYS if k in d}, "config", rounding=rounding)
+        layers_in = d.get("layers", {}) or {}
+        if isinstance(layers_in, Mapping):
+            layers_in = list(layers_in.items())
+        layers = []
+        for item in layers_in:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+                raise TypeError("config['layers'] must map name patterns to role dicts")
+            pattern, spec = item
+            layers.append((pattern, LayerConfig.parse(spec, f"config['layers'][{pattern!r}]", default, rounding)))
+        exclude = d.get("exclude", ()) or ()
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        if not all(isinstance(p, str) for p in exclude):
+            raise TypeError("config['exclude'] must be a list of module-name patterns")
+        seed = d.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"config: seed={seed!r}; allowed: None or an int")
+        return cls(default, tuple(layers), tuple(exclude), seed)
+
+    def to_dict(self) -> "dict[str, Any]":
+        d = self.default.to_dict()
+        d["layers"] = {p: lc.to_dict() for p, lc in self.layers} if self._unique_patterns() else \
+            [[p, lc.to_dict()] for p, lc in self.layers]
+        d["exclude"] = list(self.exclude)
+        d["seed"] = self.seed
+        d["version"] = self.version
+        return d
+
+    def _unique_patterns(self) -> bool:
+        return len({p for p, _ in self.layers}) == len(self.layers)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def as_config(config: Any) -> QuantConfig:
+    """A QuantConfig from a QuantConfig, a dict, a LayerConfig or a single format spec (weights)."""
+    if isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, LayerConfig):
+        return QuantConfig(config)
+    if isinstance(config, (str, NumberFormat)):
+        return QuantConfig.from_dict({"weight": config})
+    if isinstance(config, Mapping):
+        return QuantConfig.from_dict(config)
+    raise TypeError(f"config must be a QuantConfig, a dict of roles or a format spec, got {type(config).__name__}")

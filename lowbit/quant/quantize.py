@@ -1,0 +1,213 @@
+"""`quantize_`: turn a model's layers into simulated low-precision layers, in place.
+
+>>> import torch, lowbit as lb
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+>>> _ = lb.quantize_(model, {"weight": "posit8_es2", "exclude": ["2"]})
+>>> [type(m).__name__ for m in model]
+['QuantLinear', 'ReLU', 'Linear']
+>>> sorted(lb.tensor_formats(model).items())
+[('0.weight', parse_format('posit8_es2'))]
+>>> _ = lb.dequantize_(model); type(model[0]).__name__
+'Linear'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import warnings
+from typing import Any
+
+from torch import nn
+
+from lowbit.errors import LowbitWarning
+from lowbit.formats import NumberFormat
+from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config
+from lowbit.simulate.layers import (
+    CHUNKED_ACCUMULATION,
+    INAPPLICABLE_ROLES,
+    QuantLayerMixin,
+    RoleQuantizer,
+    quant_class_for,
+)
+
+__all__ = ["quantize_", "dequantize_", "tensor_formats", "QuantizationReport", "quantization_report"]
+
+_ON_UNSUPPORTED = ("warn", "ignore", "raise")
+
+
+@dataclasses.dataclass
+class QuantizationReport:
+    """What `quantize_` did: layer names quantized, excluded, and left alone as unsupported."""
+
+    quantized: "dict[str, LayerConfig]" = dataclasses.field(default_factory=dict)
+    excluded: "list[str]" = dataclasses.field(default_factory=list)
+    unsupported: "dict[str, str]" = dataclasses.field(default_factory=dict)  # name -> class name
+
+    def __str__(self) -> str:
+        lines = [f"quantized {len(self.quantized)} layer(s), excluded {len(self.excluded)}, "
+                 f"unsupported {len(self.unsupported)}"]
+        lines += [f"  unsupported: {n} ({c})" for n, c in self.unsupported.items()]
+        return "\n".join(lines)
+
+
+def _matches(pattern: str, name: str, module: nn.Module) -> bool:
+    if pattern.startswith("type:"):
+        wanted = pattern[5:]
+        cls = getattr(module, "lowbit_float_class", type(module))
+        return any(c.__name__ == wanted for c in cls.__mro__)
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _float_class(module: nn.Module) -> type:
+    return getattr(module, "lowbit_float_class", type(module))
+
+
+def _role_seed(seed: "int | None", name: str, role: str) -> "int | None":
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}/{name}/{role}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _own_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") -> nn.Module:
+    """Simulate ``config``'s formats in ``model``'s supported layers, in place; returns ``model``.
+
+    ``config``: a `QuantConfig`, its plain-dict form (CONTRACT.md) or a spec string (weights only).
+    Supported layers: Linear, Conv1d, Conv2d, ConvTranspose2d, Embedding. Other leaf modules with
+    parameters are reported (``model.lowbit_report``) and, for ``on_unsupported="warn"``, named
+    in a `LowbitWarning` when any holds a matrix (≥ 2-d) weight; ``"raise"`` raises instead.
+    Calling it again re-configures from the float layers; `dequantize_` undoes it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if on_unsupported not in _ON_UNSUPPORTED:
+        raise ValueError(f"on_unsupported={on_unsupported!r}; allowed: {', '.join(_ON_UNSUPPORTED)}")
+    cfg = as_config(config)
+    modules = list(model.named_modules())
+    for pattern in [p for p, _ in cfg.layers] + list(cfg.exclude):
+        if not any(_matches(pattern, n, m) for n, m in modules if n):
+            names = [n for n, _ in modules if n]
+            raise ValueError(f"layer pattern {pattern!r} matches no module of the model; "
+                             f"module names: {', '.join(names[:30])}{' …' if len(names) > 30 else ''}")
+    dequantize_(model)
+    report = QuantizationReport()
+    for name, module in modules:
+        if not name and len(modules) > 1:
+            continue
+        qcls = quant_class_for(type(module))
+        if qcls is None:
+            if _own_params(module) and not list(module.children()):
+                report.unsupported[name or "<model>"] = type(module).__name__
+            continue
+        if any(_matches(p, name, module) for p in cfg.exclude):
+            report.excluded.append(name)
+            continue
+        layer = cfg.default
+        for pattern, override in cfg.layers:
+            if _matches(pattern, name, module):
+                layer = override
+        if layer.is_identity:
+            continue
+        _convert(module, qcls, layer, name, cfg.seed)
+        report.quantized[name] = layer
+    _report_unsupported(model, report, on_unsupported)
+    model.lowbit_report = report  # type: ignore[assignment]
+    model.lowbit_config = cfg  # type: ignore[assignment]
+    return model
+
+
+def _report_unsupported(model: nn.Module, report: QuantizationReport, on_unsupported: str) -> None:
+    matrices = {n: c for n, c in report.unsupported.items()
+                if any(p.dim() >= 2 for p in (model if n == "<model>" else model.get_submodule(n)).parameters(recurse=False))}
+    if not matrices or on_unsupported == "ignore":
+        return
+    message = ("quantize_ left these layers in full precision (unsupported type): "
+               + ", ".join(f"{n} ({c})" for n, c in matrices.items())
+               + "; supported: Linear, Conv1d, Conv2d, ConvTranspose2d, Embedding")
+    if on_unsupported == "raise":
+        raise ValueError(message)
+    warnings.warn(message, LowbitWarning, stacklevel=3)
+
+
+def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed: "int | None") -> None:
+    float_cls = type(module)
+    # roles that do not apply (an Embedding's input is indices) are skipped, not errors: the
+    # model-wide default usually names an input format for every layer
+    skipped = next((r for b, r in INAPPLICABLE_ROLES.items() if issubclass(float_cls, b)), ())
+    if layer.accumulate is not None and layer.accumulate_every is not None and not isinstance(module, CHUNKED_ACCUMULATION):
+        raise ValueError(f"layer {name!r} ({float_cls.__name__}): accumulate_every is supported for "
+                         f"Linear, Conv1d and Conv2d")
+    roles: dict[str, RoleQuantizer] = {}
+    for role in ROLES:
+        rc: "RoleConfig | None" = getattr(layer, role)
+        if rc is None or role in skipped:
+            continue
+        roles[role] = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history,
+                                    _role_seed(seed, name, role))
+    module.__class__ = qcls
+    module.lowbit_float_class = float_cls  # type: ignore[assignment]
+    module.lowbit_roles = roles  # type: ignore[assignment]
+    module.lowbit_layer_config = layer  # type: ignore[assignment]
+    module._lowbit_weight_cache = None  # type: ignore[assignment]
+    acc = None
+    if layer.accumulate is not None:
+        acc = (layer.accumulate, layer.accumulate_every or _reduction_length(module))
+    module.lowbit_accumulate = acc  # type: ignore[assignment]
+
+
+def _reduction_length(module: nn.Module) -> int:
+    """Without accumulate_every, the whole dot product is one chunk: only the output is rounded."""
+    w = getattr(module, "weight")
+    return int(w[0].numel()) if w.dim() > 1 else 1
+
+
+_ATTRS = ("lowbit_float_class", "lowbit_roles", "lowbit_layer_config", "_lowbit_weight_cache", "lowbit_accumulate")
+
+
+def dequantize_(model: nn.Module) -> nn.Module:
+    """Undo `quantize_`: every simulated layer gets its float class back (weights untouched)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for module in model.modules():
+        if isinstance(module, QuantLayerMixin):
+            module.__class__ = module.lowbit_float_class
+            for attr in _ATTRS:
+                module.__dict__.pop(attr, None)
+    for attr in ("lowbit_report", "lowbit_config"):
+        model.__dict__.pop(attr, None)
+    return model
+
+
+def tensor_formats(model: nn.Module) -> "dict[str, NumberFormat | None]":
+    """``{state_dict key: format}`` for the weights (and biases) a quantized model simulates.
+
+    Power-of-two scales in force are folded in (``posit8_es2_s-3``). Keys not listed are stored
+    in full precision by `lowbit.save`.
+    """
+    out: dict[str, NumberFormat | None] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, QuantLayerMixin):
+            continue
+        prefix = f"{name}." if name else ""
+        for role in ("weight", "bias"):
+            q = module.lowbit_roles.get(role)
+            if q is None or getattr(module, role, None) is None:
+                continue
+            out[prefix + role] = q.current_format(getattr(module, role) if q.tracker is not None
+                                                  and q.tracker.calls == 0 else None)
+    return out
+
+
+def quantization_report(model: nn.Module) -> QuantizationReport:
+    """The report of the last `quantize_` on ``model``."""
+    report = getattr(model, "lowbit_report", None)
+    if report is None:
+        raise ValueError("model has not been quantized with lowbit.quantize_")
+    return report
+

@@ -1,0 +1,132 @@
+"""Per-tensor power-of-two scales (exponent bias) for posits and minifloats.
+
+Quantizing ``x`` with scale exponent k means ``2^k · fmt.quantize(x · 2^-k)``; since multiplying
+by a power of two is exact, that is the same as quantizing to the format shifted by k
+(`scaled_format`: posit scale + k, minifloat bias − k), which is what lowbit does — so a scaled
+tensor is still an ordinary format with a spec string (``posit8_es2_s-3``) that storage records.
+
+Rules for k:
+
+* ``"histogram"`` (Ho et al., posit GAN): build the histogram of ⌊log2|x|⌋ over the nonzero
+  finite values; c = the centre of its most populated bin; k = c − centre(fmt), where
+  centre(fmt) is the exponent where the format is most accurate (posit: its scale, where the
+  fraction field is longest; minifloat: the middle of its normal exponent range).
+* ``"amax"`` (FP8 training recipes, delayed scaling): a = the largest |x| over the last
+  ``history`` observations; k = ⌈log2(a / fmt.max)⌉, the smallest k with a ≤ 2^k · fmt.max.
+* an int: k fixed by the user.
+
+>>> import torch
+>>> scaled_format("posit8_es2", -3)
+parse_format('posit8_es2_s-3')
+>>> histogram_exponent(torch.tensor([0.01, 0.012, 0.013, 5.0]), "posit8_es2")
+-7
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+
+import torch
+
+from lowbit.formats import Minifloat, NumberFormat, Posit, parse_format
+
+__all__ = ["scaled_format", "format_centre", "histogram_exponent", "amax_exponent", "ScaleTracker"]
+
+
+def scaled_format(fmt: "str | NumberFormat", k: int) -> NumberFormat:
+    """The format whose values are 2^k × ``fmt``'s values (posit scale + k, minifloat bias − k)."""
+    fmt = parse_format(fmt)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int exponent, got {type(k).__name__}")
+    if k == 0:
+        return fmt
+    if isinstance(fmt, Posit):
+        return dataclasses.replace(fmt, scale=fmt.scale + k)
+    if isinstance(fmt, Minifloat):
+        return dataclasses.replace(fmt, bias=fmt.bias - k)  # type: ignore[operator]
+    raise ValueError(f"power-of-two scaling applies to posit and minifloat formats, not {fmt} ({fmt.family})")
+
+
+def format_centre(fmt: "str | NumberFormat") -> float:
+    """The exponent where ``fmt`` is most accurate (see the module docstring)."""
+    fmt = parse_format(fmt)
+    if isinstance(fmt, Posit):
+        return float(fmt.scale)
+    if isinstance(fmt, Minifloat):
+        return (fmt.min_normal_exponent + math.floor(math.log2(fmt.max))) / 2
+    raise ValueError(f"power-of-two scaling applies to posit and minifloat formats, not {fmt} ({fmt.family})")
+
+
+def _log2_exponents(x: torch.Tensor) -> torch.Tensor:
+    a = x.detach().abs().reshape(-1).to(torch.float64)
+    a = a[(a > 0) & torch.isfinite(a)]
+    return torch.floor(torch.log2(a)).to(torch.int64)
+
+
+def histogram_exponent(x: torch.Tensor, fmt: "str | NumberFormat") -> int:
+    """k that moves the most populated ⌊log2|x|⌋ bin onto the format's most accurate exponent.
+
+    Ties between bins go to the larger exponent (fewer values saturate). A tensor with no
+    nonzero finite value gives 0.
+    """
+    e = _log2_exponents(x)
+    if e.numel() == 0:
+        return 0
+    lo = int(e.min())
+    counts = torch.bincount(e - lo)
+    top = int(counts.max())
+    mode = lo + int(torch.nonzero(counts == top).max())
+    centre = mode + 0.5  # the bin [2^mode, 2^(mode+1)) is centred at 2^(mode + 1/2) in log2
+    return int(math.floor(centre - format_centre(fmt)))
+
+
+def amax_exponent(amax: float, fmt: "str | NumberFormat") -> int:
+    """The smallest k with ``amax ≤ 2^k · fmt.max`` (0 for amax 0 or non-finite)."""
+    fmt = parse_format(fmt)
+    if not (amax > 0 and math.isfinite(amax)):
+        return 0
+    k = math.ceil(math.log2(amax / fmt.max))
+    while amax > math.ldexp(fmt.max, k):  # guard log2's rounding
+        k += 1
+    while k > -1000 and amax <= math.ldexp(fmt.max, k - 1):
+        k -= 1
+    return k
+
+
+class ScaleTracker:
+    """Chooses and remembers one tensor's scale exponent under a rule (see the module docstring).
+
+    ``update(x)`` is called on every quantization; it recomputes k on the first call and then
+    every ``every`` calls (None: never again); ``"amax"`` keeps the last ``history`` amaxes.
+    """
+
+    def __init__(self, fmt: NumberFormat, rule: "str | int", every: "int | None" = None, history: int = 16):
+        if not (rule in ("histogram", "amax") or (isinstance(rule, int) and not isinstance(rule, bool))):
+            raise ValueError(f"rule={rule!r}; allowed: 'histogram', 'amax' or an int exponent")
+        format_centre(fmt)  # validates the family
+        self.fmt, self.rule, self.every = fmt, rule, every
+        self.calls = 0
+        self.exponent: int = rule if isinstance(rule, int) else 0
+        self._amax: deque[float] = deque(maxlen=history)
+
+    def update(self, x: torch.Tensor) -> int:
+        """Observe ``x``; return the exponent to quantize it with."""
+        if isinstance(self.rule, int):
+            return self.rule
+        if self.rule == "amax":
+            finite = x.detach()[torch.isfinite(x.detach())]
+            self._amax.append(float(finite.abs().max()) if finite.numel() else 0.0)
+        refresh = self.calls == 0 or (self.every is not None and self.calls % self.every == 0)
+        self.calls += 1
+        if refresh:
+            if self.rule == "histogram":
+                self.exponent = histogram_exponent(x, self.fmt)
+            else:
+                self.exponent = amax_exponent(max(self._amax), self.fmt)
+        return self.exponent
+
+    def format(self) -> NumberFormat:
+        """The format with the current scale applied."""
+        return scaled_format(self.fmt, self.exponent)
