@@ -23,7 +23,8 @@ from lowbit.formats import (
 )
 
 from lowbit import kernels  # installs the fast paths
-from lowbit.simulate import Quantizer, fake_quantize
+from lowbit.simulate import PositSigmoid, PositTanh, Quantizer, fake_quantize, posit_sigmoid, posit_tanh
+from lowbit.optim import DynamicLossScaler, LowPrecisionOptimizer, PositHistogramLossScaler, StaticLossScaler
 from lowbit.quant import (
     LayerConfig,
     QuantConfig,
@@ -64,4 +65,12 @@ __all__ = [
     "kernels",
     "fake_quantize",
     "Quantizer",
+    "posit_sigmoid",
+    "posit_tanh",
+    "PositSigmoid",
+    "PositTanh",
+    "LowPrecisionOptimizer",
+    "StaticLossScaler",
+    "DynamicLossScaler",
+    "PositHistogramLossScaler",
 ]
