@@ -9,15 +9,22 @@ tensor([ 64, 192], dtype=torch.uint8)
 from lowbit.errors import CheckpointError, FormatSpecError, LowbitError, LowbitWarning
 from lowbit.formats import (
     ROUNDING_MODES,
+    BinaryFormat,
+    BlockFloatingPoint,
+    BlockFormat,
+    Codebook,
     EncodedTensor,
     Explanation,
     FixedPoint,
     IntegerFormat,
+    LearnedFormat,
     Minifloat,
+    MXFormat,
     NumberFormat,
     Posit,
     Rounding,
     ScalarFormat,
+    TernaryFormat,
     explain,
     parse_format,
 )
@@ -34,16 +41,19 @@ from lowbit.quant import (
     quantize_,
     tensor_formats,
 )
+from lowbit.storage import PackedTensor, load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "save",
+    "load",
+    "PackedTensor",
     "__version__",
     "LowbitError",
     "FormatSpecError",
     "CheckpointError",
     "LowbitWarning",
-    "EncodedTensor",
     "quantize_",
     "dequantize_",
     "tensor_formats",
@@ -57,6 +67,14 @@ __all__ = [
     "Minifloat",
     "FixedPoint",
     "IntegerFormat",
+    "BlockFormat",
+    "MXFormat",
+    "BlockFloatingPoint",
+    "LearnedFormat",
+    "BinaryFormat",
+    "TernaryFormat",
+    "Codebook",
+    "EncodedTensor",
     "Rounding",
     "ROUNDING_MODES",
     "parse_format",

@@ -3,6 +3,8 @@
     lowbit formats                 families, spec grammar and presets
     lowbit info FORMAT [--json]    a format's spec card
     lowbit explain VALUE FORMAT    a value's bit pattern, fields and rounding
+    lowbit run [NAME] [--quick]    run an experiment (default: the flagship), write results into --out DIR
+    lowbit run --list              the experiments
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ def _scalar(spec: str) -> ScalarFormat:
     return fmt
 
 
+def _cell(card: "dict[str, object]", key: str) -> str:
+    value = card.get(key)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "fitted" if value is None else str(value)
+
+
 def cmd_formats(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -34,10 +43,12 @@ def cmd_formats(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right" if col not in ("family", "preset") else "left")
     for family, presets in PRESETS.items():
         for i, spec in enumerate(presets):
-            card = format_card(_scalar(spec))
+            card = format_card(parse_format(spec))
+            bits = card.get("bits_per_element", card["bits"])  # block formats: the shared scale included
+            values = card.get("num_values", card.get("max_levels", "per block"))
             table.add_row(
-                family if i == 0 else "", spec, str(card["bits"]), f"{card['max']:.6g}",
-                f"{card['min_positive']:.6g}", str(card["num_values"]),
+                family if i == 0 else "", spec, f"{bits:g}", _cell(card, "max"), _cell(card, "min_positive"),
+                f"≤ {values}" if "max_levels" in card else str(values),
             )
     console.print(table)
     print("Spec grammar:")
@@ -48,7 +59,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    card = format_card(_scalar(args.format))
+    card = format_card(parse_format(args.format))
     if args.json:
         print(json.dumps(card, indent=2))
         return 0
@@ -73,6 +84,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from lowbit.experiments import runner
+
+    if args.list:
+        for name, summary in runner.list_experiments():
+            default = "  (default: `lowbit run`)" if name == runner.FLAGSHIP else ""
+            print(f"{name}{default}\n    {summary}")
+        return 0
+    result = runner.run_experiment(args.name, quick=args.quick, out_dir=args.out, seed=args.seed)
+    print((result.out_dir / "report.md").read_text())
+    print(f"wrote {', '.join(str(p) for p in result.files)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lowbit import __version__
 
@@ -94,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", metavar="FORMAT", help="a format spec, e.g. fp32, posit8_es2, int8")
     p.add_argument("--rounding", default="nearest_even", choices=ROUNDING_MODES)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("run", help="run an experiment and write results.json, CSV, report.md and plots")
+    p.add_argument("name", metavar="NAME", nargs="?", default=None,
+                   help="experiment name (default: the flagship, weight-formats); see --list")
+    p.add_argument("--quick", action="store_true", help="a smaller version that finishes in about a minute")
+    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default: runs/NAME)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for training (default: 0)")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -1,9 +1,11 @@
-"""Number formats: posit, minifloat, fixed point, integer; spec strings; cards; bit fields."""
+"""Number formats: posit, minifloat, fixed point, integer, block (MX, BFP), learned; spec strings; cards."""
 
 from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat
 from lowbit.formats.bitfields import Explanation, explain
+from lowbit.formats.block import BlockFloatingPoint, BlockFormat, MXFormat
 from lowbit.formats.card import count_values, format_card
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.learned import BinaryFormat, Codebook, LearnedFormat, TernaryFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import ROUNDING_MODES, Rounding
@@ -17,6 +19,13 @@ __all__ = [
     "Minifloat",
     "FixedPoint",
     "IntegerFormat",
+    "BlockFormat",
+    "MXFormat",
+    "BlockFloatingPoint",
+    "LearnedFormat",
+    "BinaryFormat",
+    "TernaryFormat",
+    "Codebook",
     "Rounding",
     "ROUNDING_MODES",
     "parse_format",

@@ -1,14 +1,18 @@
 """The spec card of a format: every fact about it, computed from its parameters.
 
-One source for ``lowbit info`` and ``fmt.card()``.
+One source for ``lowbit info`` and ``fmt.card()``. Scalar formats list their value range and
+special patterns; block formats (MX, BFP) their element format, block and scale rules; learned
+formats (binary, ternary, codebook) the rule that fits their levels to each tensor.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lowbit.formats.base import MAX_TABLE_BITS, ScalarFormat
+from lowbit.formats.base import MAX_TABLE_BITS, NumberFormat, ScalarFormat
+from lowbit.formats.block import BlockFloatingPoint, BlockFormat, MXFormat
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat, _UniformGrid
+from lowbit.formats.learned import BinaryFormat, Codebook, LearnedFormat, TernaryFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 
@@ -31,6 +35,8 @@ def count_values(fmt: ScalarFormat) -> int:
         if fmt.has_negative_zero:
             total -= 1
         return total
+    if getattr(fmt, "data_dependent", False):
+        raise TypeError(f"count_values needs a scalar format; {fmt} is data dependent (levels fitted per tensor)")
     raise TypeError(f"count_values does not know {type(fmt).__name__}")
 
 
@@ -47,8 +53,14 @@ def _layout(fmt: ScalarFormat) -> str:
     return f"{fmt.word_bits}-bit {'two' + chr(39) + 's complement' if fmt.signed else 'unsigned'} integer"
 
 
-def format_card(fmt: ScalarFormat) -> "dict[str, Any]":
+def format_card(fmt: NumberFormat) -> "dict[str, Any]":
     """Facts about ``fmt`` as an ordered dict (keys are stable; values JSON-friendly)."""
+    if isinstance(fmt, BlockFormat):
+        return _block_card(fmt)
+    if isinstance(fmt, LearnedFormat):
+        return _learned_card(fmt)
+    if not isinstance(fmt, ScalarFormat):
+        raise TypeError(f"format_card does not know {type(fmt).__name__}")
     card: dict[str, Any] = {"spec": str(fmt), "family": fmt.family, "bits": fmt.bits, "layout": _layout(fmt)}
     if isinstance(fmt, Posit):
         card.update(
@@ -92,3 +104,93 @@ def format_card(fmt: ScalarFormat) -> "dict[str, Any]":
     card["default_rounding"] = "nearest_even"
     card["value_table"] = "available (values())" if fmt.bits <= MAX_TABLE_BITS else "too large to list"
     return card
+
+
+def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
+    k = fmt.block_size
+    element = fmt.element_format
+    card: dict[str, Any] = {"spec": str(fmt), "family": fmt.family, "bits": fmt.bits}
+    if isinstance(fmt, MXFormat):
+        name = "int8 (two's complement, implicit scale 2^-6)" if fmt.element == "int8" else str(element)
+        card.update(
+            layout=f"blocks of {k} {name} elements along the last axis + one 8-bit E8M0 scale per block",
+            standard="OCP Microscaling (MX) v1.0",
+            element=str(element),
+            scale="E8M0 2^s, s = floor(log2(amax)) - emax_elem, clamped to [-127, 127]",
+            special_values={
+                "NaN scale": "0xff (s = 128): a block holding NaN or ±inf decodes to NaN",
+                "zero block": "s = -127 (the E8M0 minimum), elements 0",
+            },
+        )
+        if fmt.element == "int8":
+            card["unused_code"] = "0x80 (decodes to -2 x scale; encoding clamps to -127/64)"
+    else:
+        assert isinstance(fmt, BlockFloatingPoint)
+        card.update(
+            layout=(
+                f"blocks of {k} signed {fmt.bits}-bit integer elements along the last axis "
+                f"+ one shared exponent per block (held in {fmt.scale_bits} bits)"
+            ),
+            standard="block floating point (QPyTorch block_quantize, ties to even, blocks along the last axis)",
+            element=f"{element} (integers k in ±{(1 << (fmt.bits - 1)) - 1}, step 2^(e - {fmt.bits - 2}))",
+            scale=f"2^e, e = floor(log2(amax)) unclamped ({fmt.exponent_min}..{fmt.exponent_max})",
+            special_values={
+                "NaN scale": f"e = {fmt.nan_exponent}: a block holding NaN or ±inf decodes to NaN",
+                "zero block": f"e = {fmt.zero_block_exponent}, elements 0",
+            },
+        )
+    card.update(
+        block_size=k,
+        block_axis="last (a shorter last block when the axis is not a multiple of the block size)",
+        bits_per_element=fmt.bits_per_element,
+        emax_elem=fmt.emax,
+        element_max=fmt.element_max,
+        overflow="saturate: elements are clamped to the element max",
+        max=fmt.max,
+        min_positive=fmt.min_positive,
+        data_dependent=True,
+        default_rounding="nearest_even (every mode applies to the element rounding)",
+        params="scale_exponent: int16, shape x.shape[:-1] + (n_blocks,)",
+    )
+    return card
+
+
+_LEARNED_FACTS = {
+    BinaryFormat: (
+        "1 bit per element (1 = negative) + one float32 scale per tensor",
+        "XNOR-Net (Rastegari et al. 2016)",
+        "x -> sign(x) * mean|x|, sign(0) = +",
+        "scale: float32 scalar",
+    ),
+    TernaryFormat: (
+        "2-bit two's complement code per element (0, 1 = +a, 3 = -a; 2 unused) + one float32 scale per tensor",
+        "Ternary Weight Networks (Li et al. 2016)",
+        "threshold d = 0.7 * mean|x|; a = mean of |x| over |x| > d; x -> a * sign(x) where |x| > d, else 0",
+        "scale: float32 scalar (a)",
+    ),
+    Codebook: (
+        "{bits}-bit index per element + a table of 2^{bits} float32 levels per tensor",
+        "k-means (Deep Compression, Han et al. 2016)",
+        "at most 2^{bits} levels: Lloyd iterations from levels evenly spaced between min and max; "
+        "levels are the exact means of their clusters",
+        "levels: float32, shape (2^{bits},), sorted; unused entries repeat the largest level",
+    ),
+}
+
+
+def _learned_card(fmt: LearnedFormat) -> "dict[str, Any]":
+    layout, standard, rule, params = (t.format(bits=fmt.bits) for t in _LEARNED_FACTS[type(fmt)])
+    return {
+        "spec": str(fmt),
+        "family": fmt.family,
+        "bits": fmt.bits,
+        "layout": layout,
+        "standard": standard,
+        "rule": rule,
+        "params": params,
+        "max_levels": 1 << fmt.bits if isinstance(fmt, Codebook) else (2 if isinstance(fmt, BinaryFormat) else 3),
+        "precision": "means are exact, rounded once to x's dtype (float32 for float64 inputs)",
+        "nan_and_inf": "ValueError: the levels cannot be fitted to non-finite values",
+        "data_dependent": True,
+        "default_rounding": "nearest_even (the only mode)",
+    }

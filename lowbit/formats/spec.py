@@ -13,7 +13,9 @@ from typing import Callable
 
 from lowbit.errors import FormatSpecError
 from lowbit.formats.base import NumberFormat
+from lowbit.formats.block import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MX_ELEMENTS, BlockFloatingPoint, MXFormat
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.learned import BinaryFormat, Codebook, TernaryFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 
@@ -25,6 +27,13 @@ VALID_FORMS = (
     "fp32 | fp16 | bf16 | fp8_<minifloat> | fp6_<minifloat> | fp4_<minifloat>  (aliases)",
     "fixed<w>_f<f> | ufixed<w>_f<f>  (fixed point; e.g. fixed8_f4)",
     "int<b> | uint<b> | int<b>n  (integer grid; e.g. int8, uint4, int8n)",
+    "mxfp8_e4m3fn | mxfp8_e5m2 | mxfp6_e3m2fn | mxfp6_e2m3fn | mxfp4_e2m1fn | mxint8, each [_b<k>]  "
+    f"(OCP MX v1.0: shared E8M0 scale per block of k along the last axis, 1 <= k <= {MAX_BLOCK_SIZE}, "
+    f"default {DEFAULT_BLOCK_SIZE})",
+    "bfp<bits>_b<k>  (block floating point: signed <bits>-bit elements, 2 <= bits <= 16, one exponent per "
+    "block of k along the last axis; e.g. bfp8_b16)",
+    "binary | ternary | codebook<k>  (fitted to each tensor: sign·mean|x|; {-a, 0, a} with threshold "
+    "0.7·mean|x|; k-means with at most 2^k levels, 1 <= k <= 8)",
 )
 
 ALIASES: dict[str, str] = {
@@ -48,6 +57,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     ),
     "fixed": ("fixed8_f4", "fixed16_f8", "ufixed8_f4"),
     "integer": ("int8", "int8n", "uint8", "int4", "uint4"),
+    "block": ("mxfp8_e4m3fn", "mxfp8_e5m2", "mxfp6_e3m2fn", "mxfp6_e2m3fn", "mxfp4_e2m1fn", "mxint8", "bfp8_b16"),
+    "learned": ("binary", "ternary", "codebook2", "codebook4"),
 }
 
 _POSIT = re.compile(r"posit(\d+)_es(\d+)(?:_s([+-]?\d+))?")
@@ -55,6 +66,12 @@ _MINIFLOAT = re.compile(r"e(\d+)m(\d+)(?:b([+-]?\d+))?(fnuz|fnu|fn)?(_sat)?")
 _FIXED = re.compile(r"(u?)fixed(\d+)_f(\d+)")
 _INTEGER = re.compile(r"(u?)int(\d+)(n?)")
 _PREFIXED = re.compile(r"(?:fp|float)(?:4|6|8)_(.+)")
+_MX = re.compile(r"mx(?:fp(\d+)_([a-z0-9]+)|int(\d+))(?:_b(\d+))?")
+_BFP = re.compile(r"bfp(\d+)_b(\d+)")
+_LEARNED = re.compile(r"binary|ternary|codebook(\d+)")
+_MX_SPELLINGS = ", ".join(
+    "mxint8" if split is None else f"mxfp{1 + split[0] + split[1]}_{name}" for name, split in MX_ELEMENTS.items()
+)
 
 
 def _posit(m: re.Match[str]) -> NumberFormat:
@@ -75,11 +92,44 @@ def _integer(m: re.Match[str]) -> NumberFormat:
     return IntegerFormat(int(m[2]), signed=not m[1], narrow=bool(m[3]))
 
 
+def _mx(m: re.Match[str]) -> NumberFormat:
+    block = int(m[4]) if m[4] is not None else DEFAULT_BLOCK_SIZE
+    if m[3] is not None:
+        if m[3] != "8":
+            raise FormatSpecError(
+                f"OCP MX v1.0 has one integer element type, int8 (mxint8), not int{m[3]}; "
+                f"for other widths use block floating point bfp{m[3]}_b<k>"
+            )
+        return MXFormat("int8", block)
+    element = m[2]
+    if element not in MX_ELEMENTS or element == "int8":
+        raise FormatSpecError(f"{element!r} is not an OCP MX element type; the MX formats are {_MX_SPELLINGS}")
+    fmt = MXFormat(element, block)
+    if int(m[1]) != fmt.bits:
+        raise FormatSpecError(f"{element} elements have {fmt.bits} bits: write {fmt}")
+    return fmt
+
+
+def _bfp(m: re.Match[str]) -> NumberFormat:
+    return BlockFloatingPoint(int(m[1]), int(m[2]))
+
+
+def _learned(m: re.Match[str]) -> NumberFormat:
+    if m[0] == "binary":
+        return BinaryFormat()
+    if m[0] == "ternary":
+        return TernaryFormat()
+    return Codebook(int(m[1]))
+
+
 _GRAMMAR: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], NumberFormat]], ...] = (
     (_POSIT, _posit),
     (_MINIFLOAT, _minifloat),
     (_FIXED, _fixed),
     (_INTEGER, _integer),
+    (_MX, _mx),
+    (_BFP, _bfp),
+    (_LEARNED, _learned),
 )
 
 
@@ -106,7 +156,8 @@ def parse_format(spec: "str | NumberFormat") -> NumberFormat:
             try:
                 return build(m)
             except FormatSpecError as err:
-                raise FormatSpecError(f"bad format spec {spec!r}: {err}") from None
+                forms = "\n  ".join(VALID_FORMS)
+                raise FormatSpecError(f"bad format spec {spec!r}: {err}\nValid forms:\n  {forms}") from None
     raise FormatSpecError(_unknown_message(spec, text))
 
 
@@ -121,6 +172,12 @@ def _unknown_message(spec: str, text: str) -> str:
         )
     elif text in ("fp8", "float8", "e4m3fn_", "fp6", "fp4"):
         hint = " Name the split, e.g. e4m3fn or e5m2 (fp8), e3m2fn or e2m3fn (fp6), e2m1fn (fp4)."
+    elif re.fullmatch(r"mx(fp\d*|int\d*)?(_.*)?", text):
+        hint = f" The OCP MX formats are {_MX_SPELLINGS}, each with an optional block size _b<k>."
+    elif re.fullmatch(r"bfp\d*(_.*)?", text):
+        hint = " Block floating point names its element bits and block size, e.g. bfp8_b16."
+    elif text.startswith("codebook"):
+        hint = " Write codebook<k> with 1 <= k <= 8 index bits, e.g. codebook4."
     else:
         known = [p for group in PRESETS.values() for p in group] + list(ALIASES)
         close = difflib.get_close_matches(text, known, n=3, cutoff=0.5)

@@ -69,6 +69,7 @@ def _value_table(fmt: ScalarFormat, dtype: torch.dtype) -> Any:
 
 
 _needs_lock: "bool | None" = None  # known after the first launch
+_SERIAL_BELOW = 1 << 15  # elements; smaller launches run on the calling thread
 
 
 def _run(kernel: Callable[..., Any], *args: Any) -> Any:
@@ -79,7 +80,11 @@ def _run(kernel: Callable[..., Any], *args: Any) -> Any:
     """
     global _needs_lock
     numba, _ = _numba()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    size = max((getattr(a, "size", 0) for a in args), default=0)
+    if size < _SERIAL_BELOW:  # waking worker threads costs more than the work itself
+        threads = 1
+    numba.set_num_threads(threads)
     if _needs_lock is False:
         return kernel(*args)
     with _launch_lock:

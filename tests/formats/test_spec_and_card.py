@@ -158,7 +158,9 @@ def test_format_card_is_json_serialisable():
         json.dumps(format_card(lb.parse_format(spec)))
 
 
-@pytest.mark.parametrize("spec", [p for p in ALL_PRESETS if lb.parse_format(p).bits <= 16])
+@pytest.mark.parametrize(
+    "spec", [p for p in ALL_PRESETS if not lb.parse_format(p).data_dependent and lb.parse_format(p).bits <= 16]
+)
 def test_count_values_equals_the_length_of_values(spec):
     fmt = lb.parse_format(spec)
     assert count_values(fmt) == fmt.values().numel() == format_card(fmt)["num_values"]

@@ -1,0 +1,390 @@
+"""Block formats: OCP MX v1.0 (``mxfp8_e4m3fn`` … ``mxint8``) and block floating point (``bfp8_b16``).
+
+A block format cuts the **last axis** of a tensor into blocks of ``block_size`` elements (the last
+block of a row is shorter when the axis length is not a multiple of the block size: it is treated
+as if padded with zeros, which change no block maximum). Every block shares one power-of-two scale
+2^s; each element is stored as a code of a small element format and means ``element × 2^s``.
+
+OCP MX v1.0 (section 6.3), as in the spec's reference code (microsoft/microxcaling) and gfloat:
+
+- ``s = floor(log2(amax)) − emax_elem``, amax the block's largest magnitude and emax_elem the
+  exponent of the element format's largest normal (e4m3fn 8, e5m2 15, e3m2fn 4, e2m3fn 2,
+  e2m1fn 2, int8 0); s is clamped into E8M0's range [−127, 127] (float32 inputs never reach the
+  top; a float64 block beyond it saturates its elements).
+- elements: ``x / 2^s`` rounded to the element format (nearest even by default) and **clamped** to
+  the element max, also for e5m2 which has an infinity.
+- an all-zero block gets s = −127 (the E8M0 minimum, as gfloat; microxcaling arrives at the same
+  value), its elements are zeros.
+- a block holding a NaN or ±inf gets the E8M0 NaN scale (code 0xFF, stored as s = 128): the whole
+  block decodes to NaN, as the spec says for a NaN scale; its element codes are 0.
+- MXINT8 elements are 8-bit two's complement with an implicit scale 2^-6 (values k/64). Encoding
+  clamps to the symmetric range k ∈ [−127, 127] (as microxcaling's max_norm 1 63/64); the code
+  0x80 is never produced but decodes to −2, its value in the spec.
+
+Block floating point ``bfp<bits>_b<k>`` (QPyTorch's ``block_quantize``): the shared exponent is
+``e = floor(log2(amax))`` — any float64 exponent, no clamping — and elements are signed
+``bits``-bit integers of step 2^(e − bits + 2), saturated to the symmetric range
+±(2^(bits−1) − 1) as QPyTorch's clip does. So ``bfp8`` has the grid of ``mxint8``; the
+differences are the unclamped exponent, the zero-block exponent (−1074, the smallest float64
+exponent) and the 16-bit exponent storage. Differences from QPyTorch, on purpose: ties round to
+even, rounded once from the input's precision (QPyTorch adds a float32 offset, which rounds, then
+rounds half up); blocks are ``k`` elements along the last axis (QPyTorch shares one exponent over
+a whole tensor or along a ``dim``); NaN/inf make a NaN block (QPyTorch yields garbage).
+
+Rounding modes other than nearest even apply to the element rounding (stochastic rounding with a
+seeded ``torch.Generator`` included); the scale rule does not depend on the mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.errors import FormatSpecError
+from lowbit.formats._float64 import check_float_dtype, check_float_tensor, exponent_of, pow2, round_float64_to
+from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, _check_out, code_dtype_for
+from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.minifloat import Minifloat
+from lowbit.formats.rounding import Rounding, check_rounding
+
+__all__ = ["BlockFormat", "MXFormat", "BlockFloatingPoint", "MX_ELEMENTS", "DEFAULT_BLOCK_SIZE"]
+
+DEFAULT_BLOCK_SIZE = 32
+MAX_BLOCK_SIZE = 1 << 16
+#: OCP MX v1.0 element types and the exponent/mantissa split (None: the int8 element).
+MX_ELEMENTS: dict[str, "tuple[int, int, str] | None"] = {
+    "e4m3fn": (4, 3, "fn"),
+    "e5m2": (5, 2, "ieee"),
+    "e3m2fn": (3, 2, "fn"),
+    "e2m3fn": (2, 3, "fn"),
+    "e2m1fn": (2, 1, "fn"),
+    "int8": None,
+}
+BFP_BITS = (2, 16)
+# Values whose exponent after scaling would fall below this are replaced by ±2^_TINY: they lie far
+# below every element format's smallest rounding point, so every rounding mode (stochastic with
+# its 53-bit uniforms included) decides the same for them, and float64 never underflows.
+_TINY = -1000
+
+
+class BlockFormat(NumberFormat):
+    """Shared machinery of block-scaled formats (see the module docstring for the rules).
+
+    Subclasses define the element format (``element_format``, used to decode), the saturating
+    codec that rounds (``_encoder``, working on x · 2^(``_encode_shift`` − s)), and the range of
+    the shared exponent.
+    """
+
+    data_dependent = True
+    block_size: int
+
+    # ------------------------------------------------------------------ subclass facts
+    @property
+    def element_format(self) -> ScalarFormat:
+        """The format of one element code (its value, before the block scale)."""
+        raise NotImplementedError
+
+    @property
+    def _encoder(self) -> ScalarFormat:
+        raise NotImplementedError
+
+    _encode_shift: int = 0
+    scale_bits: int = 8
+    exponent_min: int = -127
+    exponent_max: int = 127
+    #: scale_exponent value of a block whose scale is NaN (holds a NaN or ±inf).
+    nan_exponent: int = 128
+    zero_block_exponent: int = -127
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def bits(self) -> int:
+        """Bits per element code (the shared scale comes on top: see `bits_per_element`)."""
+        return self.element_format.bits
+
+    @property
+    def bits_per_element(self) -> float:
+        """Storage per element including the shared scale: bits + scale_bits / block_size."""
+        return self.bits + self.scale_bits / self.block_size
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return code_dtype_for(self.bits)
+
+    @functools.cached_property
+    def emax(self) -> int:
+        """Exponent of the element format's largest normal value: floor(log2(element max))."""
+        return math.frexp(self.element_format.max)[1] - 1
+
+    @property
+    def element_max(self) -> float:
+        """The largest element value elements are clamped to."""
+        return self._encoder.max * 2.0**-self._encode_shift
+
+    @property
+    def max(self) -> float:
+        """Largest finite value any element can hold: element max × 2^exponent_max."""
+        return math.ldexp(self.element_max, self.exponent_max)
+
+    @property
+    def min_positive(self) -> float:
+        """Smallest positive value any element can hold: element min_positive × 2^exponent_min."""
+        return math.ldexp(self.element_format.min_positive, self.exponent_min)
+
+    def num_blocks(self, length: int) -> int:
+        """Blocks along a last axis of ``length`` elements (the last one may be shorter)."""
+        return -(-length // self.block_size)
+
+    def scale_shape(self, shape: "torch.Size | tuple[int, ...]") -> tuple[int, ...]:
+        """Shape of ``params["scale_exponent"]`` for a tensor of ``shape`` (a 0-d tensor is one block)."""
+        shape = tuple(shape) or (1,)
+        return (*shape[:-1], self.num_blocks(shape[-1]))
+
+    def _check_block_size(self) -> None:
+        k = self.block_size
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_BLOCK_SIZE:
+            raise FormatSpecError(f"block_size={k!r} is out of range; allowed: an int in 1..{MAX_BLOCK_SIZE}")
+
+    # ------------------------------------------------------------------ codec
+    def shared_exponents(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale exponent s of every block of ``x`` (int64, shape `scale_shape`)."""
+        x64 = check_float_tensor(x).detach().to(torch.float64)
+        return self._exponents(self._blocked(_rows(x64)))[0]
+
+    def _blocked(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., n) -> (..., n_blocks, block_size), the last block padded with zeros."""
+        n, k = t.shape[-1], self.block_size
+        nb = self.num_blocks(n)
+        if nb * k != n:
+            t = F.pad(t, (0, nb * k - n))  # zeros change no maximum
+        return t.reshape(*t.shape[:-1], nb, k)
+
+    @staticmethod
+    def _unblocked(t: torch.Tensor, n: int) -> torch.Tensor:
+        """(..., n_blocks, block_size) -> (..., n), the padding dropped."""
+        t = t.reshape(*t.shape[:-2], t.shape[-2] * t.shape[-1])
+        return t if t.shape[-1] == n else t[..., :n]
+
+    def _exponents(self, xb: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+        """Scale exponents (int64) and NaN-scale mask of blocked float64 data."""
+        amax = xb.abs().amax(dim=-1)  # NaN propagates; ±inf stays inf
+        nan_block = ~torch.isfinite(amax)
+        positive = amax > 0  # False for NaN
+        s = exponent_of(torch.where(positive, amax, torch.ones_like(amax))) - self.emax
+        s = torch.where(positive, s, torch.full_like(s, self.zero_block_exponent))
+        s = s.clamp(self.exponent_min, self.exponent_max)
+        return torch.where(nan_block, torch.full_like(s, self.nan_exponent), s), nan_block
+
+    def encode_tensor(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+    ) -> EncodedTensor:
+        """Element codes (shape of ``x``) and ``params["scale_exponent"]`` (int16, one per block).
+
+        >>> import torch, lowbit as lb
+        >>> enc = lb.parse_format("mxfp4_e2m1fn_b4").encode_tensor(torch.tensor([0.3, -1.0, 5.0, 0.0, 7.0]))
+        >>> enc.codes.tolist(), enc.params["scale_exponent"].tolist()
+        ([1, 10, 6, 0, 7], [0, 0])
+        """
+        x = check_float_tensor(x)
+        mode = check_rounding(rounding, generator)
+        rows = _rows(x.detach().to(torch.float64))
+        xb = self._blocked(rows)
+        s, nan_block = self._exponents(xb)
+        if bool(nan_block.any()):  # the whole block is NaN: its element codes are 0
+            xb = xb.masked_fill(nan_block.unsqueeze(-1), 0.0)
+        shift = torch.where(nan_block, torch.zeros_like(s), self._encode_shift - s)
+        # x · 2^shift in two exact steps (2^shift alone may not be a float64 for BFP)
+        half = torch.div(shift, 2, rounding_mode="floor")
+        y = xb * pow2(half).unsqueeze(-1) * pow2(shift - half).unsqueeze(-1)
+        if x.dtype == torch.float64 and bool((shift < 0).any()):
+            # only float64 inputs can fall below float64's range when scaled down (see _TINY)
+            a = xb.abs()
+            nonzero = a > 0
+            exp = exponent_of(torch.where(nonzero, a, torch.ones_like(a)))
+            tiny = nonzero & (exp + shift.unsqueeze(-1) < _TINY)
+            y = torch.where(tiny, torch.copysign(torch.full_like(y, 2.0**_TINY), xb), y)
+        codes = self._encoder.encode(self._unblocked(y, rows.shape[-1]), mode, generator)
+        return EncodedTensor(self, codes.reshape(x.shape), {"scale_exponent": s.to(torch.int16)})
+
+    def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Values ``element × 2^s`` of an `EncodedTensor` from `encode_tensor`, as ``dtype``."""
+        codes, s = _unpack(self, encoded, "scale_exponent")
+        dtype = check_float_dtype(dtype)
+        want = self.scale_shape(codes.shape)
+        if not isinstance(s, torch.Tensor) or s.dtype.is_floating_point or tuple(s.shape) != want:
+            got = f"{s.dtype} tensor of shape {tuple(s.shape)}" if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(
+                f"params['scale_exponent'] must be an integer tensor of shape {want} for codes of shape "
+                f"{tuple(codes.shape)} (one per block of {self.block_size} along the last axis); got {got}"
+            )
+        s = s.to(torch.int64)
+        bad = ((s < self.exponent_min) | (s > self.exponent_max)) & (s != self.nan_exponent)
+        if bool(bad.any()):
+            raise ValueError(
+                f"params['scale_exponent'] of {self} must be in [{self.exponent_min}, {self.exponent_max}] "
+                f"or {self.nan_exponent} (NaN scale); got {int(s[bad][0])}"
+            )
+        rows = _rows(codes)
+        elements = self.element_format.decode(self._blocked(rows), torch.float64)  # validates the codes
+        factor = pow2(s.clamp(self.exponent_min, self.exponent_max))
+        factor = torch.where(s == self.nan_exponent, torch.full_like(factor, float("nan")), factor)
+        values = self._unblocked(elements * factor.unsqueeze(-1), rows.shape[-1])
+        return round_float64_to(values, dtype).reshape(codes.shape)
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+        out: "torch.Tensor | None" = None,
+    ) -> torch.Tensor:
+        """``decode_tensor(encode_tensor(x, rounding, generator), x.dtype)``; ``out=`` as for scalar formats."""
+        x = check_float_tensor(x)
+        if out is not None:
+            _check_out(out, x)
+        result = self.decode_tensor(self.encode_tensor(x, rounding, generator), x.dtype)
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+
+    def card(self) -> "dict[str, Any]":
+        """Facts about this format (see ``lowbit info``)."""
+        from lowbit.formats.card import format_card
+
+        return format_card(self)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with at least one axis (a 0-d tensor is a block of one element)."""
+    return t if t.dim() else t.reshape(1)
+
+
+def _unpack(fmt: NumberFormat, encoded: EncodedTensor, *names: str) -> "tuple[torch.Tensor, ...]":
+    """Check an EncodedTensor against ``fmt`` and return its codes and the named params."""
+    if not isinstance(encoded, EncodedTensor):
+        raise TypeError(f"encoded must be an EncodedTensor, got {type(encoded).__name__}")
+    if encoded.format != fmt:
+        raise ValueError(f"encoded holds {encoded.format} codes; this format is {fmt}")
+    codes = encoded.codes
+    if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype.is_complex:
+        raise TypeError("encoded.codes must be an integer torch.Tensor")
+    missing = [n for n in names if n not in encoded.params]
+    if missing:
+        raise ValueError(f"encoded.params lacks {', '.join(map(repr, missing))}, which {fmt} needs to decode")
+    return (codes, *(encoded.params[n] for n in names))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MXFormat(BlockFormat):
+    """An OCP MX v1.0 format: ``element`` codes plus one E8M0 scale per ``block_size`` elements.
+
+    >>> import torch
+    >>> fmt = MXFormat("e4m3fn")
+    >>> str(fmt), fmt.bits, fmt.bits_per_element, fmt.emax
+    ('mxfp8_e4m3fn', 8, 8.25, 8)
+    >>> fmt.quantize(torch.tensor([1000.0, 3.3, -0.01])).tolist()  # scale 2^(9-8); 500 clamps to 448
+    [896.0, 3.25, -0.01171875]
+    >>> str(MXFormat("int8", block_size=16)), MXFormat("int8").element_max
+    ('mxint8_b16', 1.984375)
+    """
+
+    element: str
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    family = "mx"
+
+    def __post_init__(self) -> None:
+        if self.element not in MX_ELEMENTS:
+            raise FormatSpecError(
+                f"MX element={self.element!r} is not an OCP MX v1.0 element type; allowed: {', '.join(MX_ELEMENTS)}"
+            )
+        self._check_block_size()
+
+    def __str__(self) -> str:
+        if self.element == "int8":
+            s = "mxint8"
+        else:
+            s = f"mxfp{self.element_format.bits}_{self.element}"
+        return s if self.block_size == DEFAULT_BLOCK_SIZE else f"{s}_b{self.block_size}"
+
+    @functools.cached_property
+    def element_format(self) -> ScalarFormat:  # type: ignore[override]
+        split = MX_ELEMENTS[self.element]
+        if split is None:
+            return FixedPoint(8, 6)  # MXINT8: two's complement with implicit scale 2^-6
+        e, m, policy = split
+        return Minifloat(e, m, policy=policy)
+
+    @functools.cached_property
+    def _encoder(self) -> ScalarFormat:  # type: ignore[override]
+        split = MX_ELEMENTS[self.element]
+        if split is None:
+            return IntegerFormat(8, narrow=True)  # k in [-127, 127], value k / 64
+        e, m, policy = split
+        return Minifloat(e, m, policy=policy, saturate=True)
+
+    @property
+    def _encode_shift(self) -> int:  # type: ignore[override]
+        return 6 if self.element == "int8" else 0
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class BlockFloatingPoint(BlockFormat):
+    """Block floating point: signed ``bits``-bit integer elements, one exponent per block.
+
+    The shared exponent is e = floor(log2(amax)) of the block (unclamped); elements are
+    k · 2^(e − bits + 2) with k in ±(2^(bits−1) − 1).
+
+    >>> import torch
+    >>> fmt = BlockFloatingPoint(4, block_size=2)
+    >>> str(fmt), fmt.bits_per_element
+    ('bfp4_b2', 12.0)
+    >>> fmt.quantize(torch.tensor([3.0, 0.3, -100.0, 7.0])).tolist()  # steps 2^(1-2), 2^(6-2)
+    [3.0, 0.5, -96.0, 0.0]
+    """
+
+    element_bits: int
+    block_size: int
+
+    family = "bfp"
+    scale_bits = 16
+    exponent_min = -1074
+    exponent_max = 1023
+    nan_exponent = 1024
+    zero_block_exponent = -1074
+
+    def __post_init__(self) -> None:
+        b = self.element_bits
+        lo, hi = BFP_BITS
+        if not isinstance(b, int) or isinstance(b, bool) or not lo <= b <= hi:
+            raise FormatSpecError(f"block floating point element_bits={b!r} is out of range; allowed: {lo}..{hi}")
+        self._check_block_size()
+
+    def __str__(self) -> str:
+        return f"bfp{self.element_bits}_b{self.block_size}"
+
+    @functools.cached_property
+    def element_format(self) -> ScalarFormat:  # type: ignore[override]
+        return FixedPoint(self.element_bits, self.element_bits - 2)
+
+    @functools.cached_property
+    def _encoder(self) -> ScalarFormat:  # type: ignore[override]
+        return IntegerFormat(self.element_bits, narrow=True)
+
+    @property
+    def _encode_shift(self) -> int:  # type: ignore[override]
+        return self.element_bits - 2
+
+    @property
+    def min_positive(self) -> float:
+        """2^-1074: element steps of the lowest exponents fall below float64, where values are computed."""
+        return max(super().min_positive, math.ldexp(1.0, -1074))

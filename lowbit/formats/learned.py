@@ -1,0 +1,420 @@
+"""Data-dependent formats whose levels are fitted to the tensor they quantize.
+
+- ``binary`` (XNOR-Net, Rastegari et al. 2016): x -> sign(x) · mean|x|, with sign(0) = +
+  (−0 too). Code bit 1 = negative. ``params = {"scale": s}``.
+- ``ternary`` (Ternary Weight Networks, Li et al. 2016): threshold Δ = 0.7 · mean|x|;
+  α = mean of |x| over the elements with |x| > Δ; x -> α·sign(x) where |x| > Δ, else 0.
+  Codes are 2-bit two's complement: 0 -> 0, 1 -> +α, 3 -> −α (2 is unused).
+  ``params = {"scale": α}``. An all-zero tensor gives α = 0 (all zeros, no NaN).
+- ``codebook<k>`` (k-means, as Deep Compression, Han et al. 2016), 1 <= k <= 8: at most 2^k
+  levels. Lloyd's algorithm in one dimension on the sorted values, from the linear
+  initialisation (2^k levels evenly spaced from min to max, which Deep Compression found best),
+  until the assignment stops changing (at most `Codebook.MAX_ITERATIONS` steps). When it has
+  converged with empty clusters while some point is not represented exactly, one empty level is
+  moved onto the point farthest from its level and the iteration resumes, so a tensor with at
+  most 2^k distinct values is normally reproduced exactly. The final levels are the exact means
+  of the final clusters; codes index ``params["levels"]``, 2^k sorted levels of which the used
+  ones come first (a tensor with fewer distinct clusters repeats its largest level as padding).
+
+Every mean is exact (a vectorized exact sum of the float64 values, then one division as a
+fraction) and rounded once, to nearest even, into the parameter precision: x's dtype for
+float16 / bfloat16 / float32 inputs, float32 for float64 inputs (the parameters are stored as
+float32; a float64 tensor whose mean exceeds float32's range raises ValueError). So
+``quantize(x)`` is exactly ``sign(x) · mean|x|`` in x's dtype for binary, and so on.
+
+NaN or ±inf in x raise ValueError (a fitted level would be meaningless). Rounding modes other
+than ``"nearest_even"`` are not meaningful here (each element goes to its level by a rule) and
+raise ValueError; ``generator`` is accepted and unused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from lowbit.errors import FormatSpecError
+from lowbit.formats._float64 import check_float_dtype, check_float_tensor, round_float64_to
+from lowbit.formats.base import EncodedTensor, NumberFormat, _check_out
+from lowbit.formats.block import _unpack
+from lowbit.formats.rounding import Rounding
+
+__all__ = ["LearnedFormat", "BinaryFormat", "TernaryFormat", "Codebook", "exact_sums", "round_fraction"]
+
+# dtype: (mantissa bits, min normal exponent) of the precision fitted parameters are rounded to
+_PARAM_PRECISION: dict[torch.dtype, tuple[int, int]] = {
+    torch.float16: (10, -14),
+    torch.bfloat16: (7, -126),
+    torch.float32: (23, -126),
+}
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def exact_sums(values: torch.Tensor, groups: "torch.Tensor | None" = None, n_groups: int = 1) -> list[Fraction]:
+    """Exact sums of finite float64 ``values`` per group (``groups``: int64 ids in [0, n_groups)).
+
+    Vectorized: each value is an integer significand times a power of two; significands are
+    split in two 26/27-bit halves and summed in int64 per (group, exponent), which is exact for
+    up to 2^36 values per bucket; the few buckets are then combined with Python integers.
+
+    >>> total = exact_sums(torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64))[0]
+    >>> total == Fraction(0.1) + Fraction(0.2) - Fraction(0.3) != 0
+    True
+    """
+    v = values.reshape(-1)
+    if v.numel() == 0:
+        return [Fraction(0)] * n_groups
+    mant, exp = torch.frexp(v)
+    m = (mant * 2.0**53).to(torch.int64)  # exact: |mant| in [0.5, 1), or 0 for zeros
+    e = exp.to(torch.int64) - 53
+    e = torch.where(m == 0, e.max(), e)  # zeros add nothing: keep them out of the exponent span
+    e0 = int(e.min())
+    span = int(e.max()) - e0 + 1
+    key = e - e0
+    if groups is not None:
+        key = key + groups.reshape(-1).to(torch.int64) * span
+    hi = m >> 26  # floor shift: m = hi·2^26 + lo with 0 <= lo < 2^26
+    lo = m - (hi << 26)
+    size = n_groups * span
+    s_hi = torch.zeros(size, dtype=torch.int64, device=v.device).index_add_(0, key, hi)
+    s_lo = torch.zeros(size, dtype=torch.int64, device=v.device).index_add_(0, key, lo)
+    used = torch.nonzero((s_hi != 0) | (s_lo != 0)).reshape(-1)  # an all-zero bucket adds nothing
+    totals = [0] * n_groups
+    for k, h, low in zip(used.tolist(), s_hi[used].tolist(), s_lo[used].tolist()):
+        grp, off = divmod(k, span)
+        totals[grp] += ((h << 26) + low) << off
+    unit = Fraction(2) ** e0
+    return [t * unit for t in totals]
+
+
+def round_fraction(q: Fraction, man_bits: int, min_exponent: int) -> float:
+    """``q`` rounded once, to nearest even, to a binary format with ``man_bits`` fraction bits and
+    smallest normal exponent ``min_exponent`` (subnormals below it; no upper limit).
+
+    >>> round_fraction(Fraction(1, 3), 23, -126) == float(torch.tensor(1 / 3, dtype=torch.float32))
+    True
+    """
+    if q == 0:
+        return 0.0
+    a = abs(q)
+    num, den = a.numerator, a.denominator
+    e = num.bit_length() - den.bit_length()  # 2^(e-1) < a < 2^(e+1)
+    if (num << max(0, -e)) < (den << max(0, e)):  # a < 2^e
+        e -= 1
+    quantum = max(e, min_exponent) - man_bits
+    n2, d2 = (num, den << quantum) if quantum >= 0 else (num << -quantum, den)
+    k, r = divmod(n2, d2)
+    if 2 * r > d2 or (2 * r == d2 and k & 1):
+        k += 1
+    return math.copysign(math.ldexp(k, quantum), q)
+
+
+class LearnedFormat(NumberFormat):
+    """Shared checks and codec of the formats fitted per tensor (binary, ternary, codebook)."""
+
+    data_dependent = True
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    def _check(self, x: torch.Tensor, rounding: "str | Rounding", generator: "torch.Generator | None") -> torch.Tensor:
+        x = check_float_tensor(x)
+        if rounding not in (Rounding.NEAREST_EVEN, Rounding.NEAREST_EVEN.value):
+            raise ValueError(
+                f"rounding={rounding!r} is not supported by {self}, whose levels are fitted to the data; "
+                "allowed: 'nearest_even'"
+            )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        x64 = x.detach().to(torch.float64).reshape(-1)
+        if not bool(torch.isfinite(x64).all()):
+            raise ValueError(
+                f"x contains NaN or ±inf; {self} fits its levels to the data and cannot represent them "
+                "(replace or mask non-finite values first)"
+            )
+        return x64
+
+    def _param(self, q: Fraction, dtype: torch.dtype) -> float:
+        """An exact mean rounded once into the parameter precision for inputs of ``dtype``."""
+        man, emin = _PARAM_PRECISION.get(dtype, _PARAM_PRECISION[torch.float32])
+        v = round_fraction(q, man, emin)
+        if abs(v) > _FLOAT32_MAX:
+            raise ValueError(
+                f"{self}: a fitted level ({float(q):.6g}) exceeds float32's range, in which the parameters are "
+                "stored; scale the tensor down first"
+            )
+        return v
+
+    def encode_tensor(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+    ) -> EncodedTensor:
+        """Codes (uint8, shape of ``x``) plus the fitted ``params`` (float32 tensors)."""
+        x64 = self._check(x, rounding, generator)
+        codes, params = self._fit(x64, x.dtype)
+        return EncodedTensor(self, codes.to(torch.uint8).reshape(x.shape), params)
+
+    def _fit(self, x64: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        raise NotImplementedError
+
+    def _levels_of(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
+        """float64 value of each (validated, int64) code."""
+        raise NotImplementedError
+
+    def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The fitted level of every code, as ``dtype``."""
+        (codes,) = _unpack(self, encoded)
+        dtype = check_float_dtype(dtype)
+        flat = codes.reshape(-1).to(torch.int64)
+        bad = (flat < 0) | (flat >= (1 << self.bits)) | self._unused(flat)
+        if bool(bad.any()):
+            raise ValueError(f"codes of {self} must be in {self._code_note()}; got {int(flat[bad][0])}")
+        return round_float64_to(self._levels_of(flat, encoded), dtype).reshape(codes.shape)
+
+    def _unused(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(codes, dtype=torch.bool)
+
+    def _code_note(self) -> str:
+        return f"[0, {(1 << self.bits) - 1}]"
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+        out: "torch.Tensor | None" = None,
+    ) -> torch.Tensor:
+        """Fit the levels to ``x`` and map every element to its level, in x's dtype (``out=`` as usual)."""
+        x = check_float_tensor(x)
+        if out is not None:
+            _check_out(out, x)
+        result = self.decode_tensor(self.encode_tensor(x, rounding, generator), x.dtype)
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+
+    def card(self) -> "dict[str, Any]":
+        """Facts about this format (see ``lowbit info``)."""
+        from lowbit.formats.card import format_card
+
+        return format_card(self)
+
+
+def _scalar_param(encoded: EncodedTensor, name: str, fmt: NumberFormat) -> float:
+    t = encoded.params[name] if name in encoded.params else None
+    if not isinstance(t, torch.Tensor) or t.numel() != 1 or not t.dtype.is_floating_point:
+        raise ValueError(f"encoded.params[{name!r}] of {fmt} must be a one-element float tensor")
+    v = float(t.reshape(()))
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"encoded.params[{name!r}] of {fmt} must be finite and >= 0; got {v}")
+    return v
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class BinaryFormat(LearnedFormat):
+    """``binary``: x -> sign(x) · mean|x| per tensor (XNOR-Net); code 1 = negative.
+
+    >>> import torch
+    >>> BinaryFormat().quantize(torch.tensor([0.5, -1.0, 0.0, 2.5])).tolist()
+    [1.0, -1.0, 1.0, 1.0]
+    """
+
+    family = "binary"
+
+    def __str__(self) -> str:
+        return "binary"
+
+    @property
+    def bits(self) -> int:
+        return 1
+
+    def _fit(self, x64: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        n = x64.numel()
+        scale = self._param(exact_sums(x64.abs())[0] / n, dtype) if n else 0.0
+        codes = (x64 < 0).to(torch.int64)
+        return codes, {"scale": torch.tensor(scale, dtype=torch.float32, device=x64.device)}
+
+    def _levels_of(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
+        s = _scalar_param(encoded, "scale", self)
+        pos = torch.full(codes.shape, s, dtype=torch.float64, device=codes.device)
+        return torch.where(codes == 1, -pos, pos)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class TernaryFormat(LearnedFormat):
+    """``ternary``: {−α, 0, α} with threshold Δ = 0.7 · mean|x| (Ternary Weight Networks).
+
+    >>> import torch
+    >>> TernaryFormat().quantize(torch.tensor([0.1, -2.0, 1.0, 0.9])).tolist()  # Δ = 0.7, α = 1.3
+    [0.0, -1.2999999523162842, 1.2999999523162842, 1.2999999523162842]
+    """
+
+    family = "ternary"
+    #: Δ = THRESHOLD · mean|x|, exactly (0.7 as the fraction 7/10).
+    THRESHOLD = Fraction(7, 10)
+
+    def __str__(self) -> str:
+        return "ternary"
+
+    @property
+    def bits(self) -> int:
+        return 2
+
+    def threshold(self, x: torch.Tensor) -> Fraction:
+        """The exact threshold Δ = 0.7 · mean|x| of a (finite) tensor."""
+        x64 = self._check(x, "nearest_even", None)
+        return self.THRESHOLD * exact_sums(x64.abs())[0] / max(x64.numel(), 1)
+
+    def _fit(self, x64: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        a = x64.abs()
+        delta = self.THRESHOLD * exact_sums(a)[0] / max(a.numel(), 1)
+        t = float(delta)  # |x| > Δ  <=>  |x| > (the largest float64 <= Δ)
+        if Fraction(t) > delta:
+            t = math.nextafter(t, -math.inf)
+        big = a > t
+        count = int(big.sum())
+        alpha = self._param(exact_sums(a[big])[0] / count, dtype) if count else 0.0
+        codes = torch.where(big, torch.where(x64 < 0, 3, 1), 0).to(torch.int64)
+        return codes, {"scale": torch.tensor(alpha, dtype=torch.float32, device=x64.device)}
+
+    def _unused(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes == 2
+
+    def _code_note(self) -> str:
+        return "{0, 1, 3} (0 -> 0, 1 -> +α, 3 -> −α)"
+
+    def _levels_of(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
+        s = _scalar_param(encoded, "scale", self)
+        pos = torch.full(codes.shape, s, dtype=torch.float64, device=codes.device)
+        return torch.where(codes == 0, torch.zeros_like(pos), torch.where(codes == 3, -pos, pos))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Codebook(LearnedFormat):
+    """``codebook<k>``: at most 2^k levels fitted by k-means (linear init, Lloyd iterations).
+
+    >>> import torch
+    >>> x = torch.tensor([0.0, 0.1, 0.2, 5.0, 5.5, 9.0])
+    >>> Codebook(1).quantize(x).tolist()  # two clusters: {0, 0.1, 0.2} and {5, 5.5, 9}
+    [0.10000000149011612, 0.10000000149011612, 0.10000000149011612, 6.5, 6.5, 6.5]
+    >>> Codebook(2).quantize(x).tolist() == x.tolist()  # 4 levels for 6 values: not exact
+    False
+    """
+
+    index_bits: int
+
+    family = "codebook"
+    #: Upper bound on Lloyd steps (each is O(2^k · log n) on the sorted values).
+    MAX_ITERATIONS = 300
+
+    def __post_init__(self) -> None:
+        k = self.index_bits
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 8:
+            raise FormatSpecError(f"codebook index_bits={k!r} is out of range; allowed: 1..8")
+
+    def __str__(self) -> str:
+        return f"codebook{self.index_bits}"
+
+    @property
+    def bits(self) -> int:
+        return self.index_bits
+
+    @property
+    def num_levels(self) -> int:
+        return 1 << self.index_bits
+
+    def initial_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear initialisation: 2^k float64 levels evenly spaced from min(x) to max(x)."""
+        x64 = x.detach().to(torch.float64).reshape(-1)
+        if x64.numel() == 0:
+            return torch.zeros(self.num_levels, dtype=torch.float64, device=x64.device)
+        return self._linear(x64.min(), x64.max())
+
+    def _linear(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        t = torch.arange(self.num_levels, dtype=torch.float64, device=lo.device) / (self.num_levels - 1)
+        levels = lo * (1 - t) + hi * t  # no overflow for any finite lo, hi
+        levels[-1] = hi
+        return levels
+
+    def _fit(self, x64: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        K, n, dev = self.num_levels, x64.numel(), x64.device
+        if n == 0:
+            return torch.zeros(0, dtype=torch.int64, device=dev), {
+                "levels": torch.zeros(K, dtype=torch.float32, device=dev)
+            }
+        xs, order = torch.sort(x64)
+        cs = torch.cat([torch.zeros(1, dtype=torch.float64, device=dev), torch.cumsum(xs, 0)])
+        levels = self._linear(xs[0], xs[-1])
+        bounds = self._assign(xs, levels)
+        prev: "torch.Tensor | None" = None
+        for _ in range(self.MAX_ITERATIONS):
+            counts = bounds[1:] - bounds[:-1]
+            if prev is not None and torch.equal(bounds, prev):
+                if not self._reseed(xs, bounds, counts, levels):
+                    break
+                prev = None
+            else:
+                prev = bounds
+                means = (cs[bounds[1:]] - cs[bounds[:-1]]) / counts.clamp_min(1)  # approximate; exact at the end
+                levels = torch.sort(torch.where(counts > 0, means, levels)).values
+            bounds = self._assign(xs, levels)
+        # the final clusters: contiguous runs of the sorted values; empty ones are dropped
+        counts = bounds[1:] - bounds[:-1]
+        used = counts > 0
+        rank = torch.cumsum(used.to(torch.int64), 0) - 1
+        n_used = int(used.sum())
+        cluster_sorted = torch.repeat_interleave(rank[used], counts[used])
+        sums = exact_sums(xs, cluster_sorted, n_used)
+        sizes = counts[used].tolist()
+        fitted = [self._param(s / c, dtype) for s, c in zip(sums, sizes)]
+        fitted += [fitted[-1]] * (K - n_used)
+        codes = torch.empty(n, dtype=torch.int64, device=dev)
+        codes[order] = cluster_sorted
+        return codes, {"levels": torch.tensor(fitted, dtype=torch.float32, device=dev)}
+
+    @staticmethod
+    def _assign(xs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """Cluster boundaries in the sorted values: nearest level, a tie goes to the lower one."""
+        mids = levels[:-1] * 0.5 + levels[1:] * 0.5
+        if xs.device.type == "cpu":  # numpy's binary search is ~100x faster than torch's here
+            ends = torch.from_numpy(np.searchsorted(xs.numpy(), mids.numpy(), side="right").astype(np.int64))
+        else:
+            ends = torch.searchsorted(xs, mids, right=True)
+        edge = torch.tensor([0, xs.numel()], dtype=ends.dtype, device=xs.device)
+        return torch.cat([edge[:1], ends, edge[1:]])
+
+    @staticmethod
+    def _reseed(xs: torch.Tensor, bounds: torch.Tensor, counts: torch.Tensor, levels: torch.Tensor) -> bool:
+        """Move one empty level (in place) onto the point farthest from its level; False if none."""
+        empty = torch.nonzero(counts == 0).reshape(-1)
+        if empty.numel() == 0:
+            return False
+        full = counts > 0
+        first = xs[bounds[:-1].clamp_max(xs.numel() - 1)]
+        last = xs[(bounds[1:] - 1).clamp_min(0)]
+        err = torch.stack([(first - levels).abs(), (last - levels).abs()])
+        err = torch.where(full, err, torch.zeros_like(err))
+        worst = int(torch.argmax(err.reshape(-1)))  # first maximum: deterministic
+        if float(err.reshape(-1)[worst]) == 0:
+            return False
+        side, c = divmod(worst, levels.numel())
+        levels[int(empty[0])] = (first if side == 0 else last)[c]
+        levels.copy_(torch.sort(levels).values)
+        return True
+
+    def _levels_of(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
+        levels = encoded.params.get("levels")
+        if not isinstance(levels, torch.Tensor) or tuple(levels.shape) != (self.num_levels,):
+            raise ValueError(f"encoded.params['levels'] of {self} must be a tensor of shape ({self.num_levels},)")
+        lv = levels.to(device=codes.device, dtype=torch.float64)
+        if not bool(torch.isfinite(lv).all()):
+            raise ValueError(f"encoded.params['levels'] of {self} must be finite")
+        return lv[codes]

@@ -1,0 +1,401 @@
+"""The lowbit checkpoint container: a safetensors file with a checksummed lowbit header.
+
+Layout (container version 1). The file is an ordinary safetensors file (8-byte little-endian
+header length, JSON header, raw tensor bytes; never pickle). Its ``__metadata__`` holds:
+
+- ``"lowbit"``: a JSON document (the schema below), as text;
+- ``"lowbit_sha256"``: the sha256 of that text (UTF-8), hex. Every container version keeps these
+  two keys, so a corrupt header is told apart from a header of a newer version;
+- ``"format": "pt"`` (the safetensors convention for torch tensors).
+
+The JSON document::
+
+    {"lowbit_version": "0.1.0", "container_version": 1,
+     "tensors": [                                  # in state-dict order
+       {"name": "fc.weight",                       # state-dict key
+        "dtype": "float32",                        # dtype load() returns (the original's)
+        "shape": [64, 32],
+        "format": "posit8_es2",                    # canonical spec, or null: stored as it is
+        "packing": {"bits": 8, "bit_order": "lsb_first"},   # null when format is null
+        "params": {"scale_exp": {"dtype": "uint8", "shape": [64, 1]}},  # EncodedTensor.params
+        "scale": {"shape": [64, 1], "axis": 0},    # float32 per-channel scale, or null
+        "sha256": "…"}]}                           # over this entry's fields + its stored bytes
+
+Stored safetensors tensors, per entry: the packed codes (1-D uint8, ``ceil(numel*bits/8)``
+bytes) or the raw tensor under the entry's own name; each param under ``"<name>:param:<p>"``;
+the scale under ``"<name>:scale"``. Every stored tensor's dtype, shape and extent are checked
+against this header (itself checksummed) before any byte is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import struct
+from typing import Any, Iterable
+
+import torch
+
+from lowbit.errors import CheckpointError
+from lowbit.storage.bitpack import BIT_ORDER, MAX_PACK_BITS, packed_nbytes
+
+__all__ = [
+    "CONTAINER_VERSION",
+    "Entry",
+    "Header",
+    "read_header",
+    "header_metadata",
+    "entry_digest",
+    "dtype_name",
+]
+
+CONTAINER_VERSION = 1
+META_KEY = "lowbit"
+META_SHA_KEY = "lowbit_sha256"
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+# torch dtype -> safetensors dtype code; the dtypes a checkpoint can hold
+_ST_CODES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _ST_CODES[getattr(torch, _name)] = _code
+_DTYPES_BY_NAME: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in _ST_CODES}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Header name of a storable dtype ("float32", ...); ValueError for one a checkpoint cannot hold."""
+    if dtype not in _ST_CODES:
+        raise ValueError(f"dtype {dtype} cannot be stored in a lowbit checkpoint; allowed: {', '.join(_DTYPES_BY_NAME)}")
+    return str(dtype).removeprefix("torch.")
+
+
+def param_key(name: str, param: str) -> str:
+    return f"{name}:param:{param}"
+
+
+def scale_key(name: str) -> str:
+    return f"{name}:scale"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """One tensor of the safetensors file as the lowbit header expects it."""
+
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return _prod(self.shape) * _itemsize(self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One state-dict tensor: how it is stored and how to give it back."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    format: "str | None"
+    bits: "int | None"
+    params: tuple[Stored, ...]
+    scale: "Stored | None"
+    axis: "int | None"
+    sha256: str
+
+    @property
+    def numel(self) -> int:
+        return _prod(self.shape)
+
+    @property
+    def data(self) -> Stored:
+        if self.format is None:
+            return Stored(self.name, self.dtype, self.shape)
+        assert self.bits is not None
+        return Stored(self.name, torch.uint8, (packed_nbytes(self.numel, self.bits),))
+
+    @property
+    def stored(self) -> tuple[Stored, ...]:
+        """Every safetensors tensor of this entry, in checksum order: data, params, scale."""
+        return (self.data, *self.params, *(() if self.scale is None else (self.scale,)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": dtype_name(self.dtype),
+            "shape": list(self.shape),
+            "format": self.format,
+            "packing": None if self.format is None else {"bits": self.bits, "bit_order": BIT_ORDER},
+            "params": {
+                s.key.split(":param:", 1)[1]: {"dtype": dtype_name(s.dtype), "shape": list(s.shape)} for s in self.params
+            },
+            "scale": None if self.scale is None else {"shape": list(self.scale.shape), "axis": self.axis},
+            "sha256": self.sha256,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """A validated lowbit header plus where each stored tensor lies in the file."""
+
+    lowbit_version: str
+    container_version: int
+    entries: tuple[Entry, ...]
+    extents: dict[str, tuple[int, int]]  # safetensors key -> (begin, end) byte offsets in the data area
+
+
+def header_metadata(entries: Iterable[Entry], lowbit_version: str) -> dict[str, str]:
+    """The safetensors ``metadata`` for ``entries``: the JSON document and its checksum."""
+    doc = {
+        "lowbit_version": lowbit_version,
+        "container_version": CONTAINER_VERSION,
+        "tensors": [e.to_json() for e in entries],
+    }
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return {"format": "pt", META_KEY: text, META_SHA_KEY: hashlib.sha256(text.encode()).hexdigest()}
+
+
+def entry_digest(entry: Entry, tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 (hex) binding an entry's description to its bytes.
+
+    Hashes the entry's header fields (all but ``sha256``, as canonical JSON), a NUL byte, then the
+    raw bytes of its stored tensors in order (data, params, scale). A header that was rewritten
+    to say another shape or format of the same size therefore fails the check as surely as a
+    flipped data byte.
+    """
+    desc = entry.to_json()
+    desc.pop("sha256")
+    h = hashlib.sha256(json.dumps(desc, sort_keys=True, separators=(",", ":")).encode())
+    h.update(b"\0")
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------- reading
+def read_header(path: "str | os.PathLike[str]") -> Header:
+    """Read and validate the header of the checkpoint at ``path`` (no tensor data is read).
+
+    Raises CheckpointError for anything that is not a complete lowbit checkpoint this version
+    can read: not a safetensors file, no lowbit header, a corrupt or incomplete header, a newer
+    container version, stored tensors that disagree with the header, a truncated data area.
+    """
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{where}: not a lowbit checkpoint, or truncated: the file has only {size} bytes")
+            (n,) = struct.unpack("<Q", prefix)
+            if n == 0 or n > _MAX_HEADER or 8 + n > size:
+                raise CheckpointError(f"{where}: {_not_safetensors(prefix, n, size)}")
+            raw = f.read(n)
+    except OSError as err:
+        raise CheckpointError(f"{where}: cannot read the checkpoint: {err}") from err
+    try:
+        st_header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{where}: corrupt header (the safetensors header is not valid JSON: {err})") from None
+    if not isinstance(st_header, dict):
+        raise CheckpointError(f"{where}: corrupt header (the safetensors header is not a JSON object)")
+    meta = st_header.get("__metadata__")
+    if not isinstance(meta, dict) or META_KEY not in meta:
+        raise CheckpointError(
+            f"{where}: not a lowbit checkpoint (a safetensors file without a lowbit header); "
+            "write checkpoints with lowbit.save"
+        )
+    text, digest = meta.get(META_KEY), meta.get(META_SHA_KEY)
+    if not isinstance(text, str) or not isinstance(digest, str):
+        raise CheckpointError(f"{where}: corrupt header (lowbit header or its '{META_SHA_KEY}' is missing or not text)")
+    if hashlib.sha256(text.encode()).hexdigest() != digest:
+        raise CheckpointError(f"{where}: corrupt header (the lowbit header does not match its sha256 checksum)")
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(f"{where}: corrupt header (the lowbit header is not valid JSON: {err})") from None
+    header = _parse_doc(doc, where)
+    # version 1 writes exactly these metadata entries; anything else is a corrupt header
+    if set(meta) != {"format", META_KEY, META_SHA_KEY} or meta.get("format") != "pt":
+        raise CheckpointError(f"{where}: corrupt header (unexpected safetensors metadata {sorted(meta)})")
+    header = dataclasses.replace(header, extents=_check_layout(st_header, header.entries, size - 8 - n, where))
+    return header
+
+
+def _not_safetensors(prefix: bytes, n: int, size: int) -> str:
+    if prefix[:1] == b"\x80" or prefix[:2] == b"PK":
+        return (
+            "not a lowbit checkpoint (it looks like a pickle / torch.save file; lowbit never unpickles: "
+            "load it with torch.load if you trust it, then lowbit.save it)"
+        )
+    return f"not a lowbit checkpoint, or truncated (header length {n} does not fit in a file of {size} bytes)"
+
+
+def _parse_doc(doc: object, where: str) -> Header:
+    def bad(msg: str) -> CheckpointError:
+        return CheckpointError(f"{where}: bad lowbit header: {msg}")
+
+    if not isinstance(doc, dict):
+        raise bad("not a JSON object")
+    version = doc.get("container_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise bad(f"field 'container_version' must be a positive int, got {version!r}")
+    if version > CONTAINER_VERSION:
+        raise CheckpointError(
+            f"{where}: written by a newer lowbit: container version {version} > supported {CONTAINER_VERSION}; "
+            "upgrade lowbit"
+        )
+    lowbit_version = doc.get("lowbit_version")
+    if not isinstance(lowbit_version, str):
+        raise bad(f"field 'lowbit_version' must be a string, got {lowbit_version!r}")
+    tensors = doc.get("tensors")
+    if not isinstance(tensors, list):
+        raise bad(f"field 'tensors' must be a list, got {type(tensors).__name__}")
+    entries = []
+    seen: set[str] = set()
+    for i, item in enumerate(tensors):
+        entry = _parse_entry(item, i, where)
+        if entry.name in seen:
+            raise bad(f"tensor {entry.name!r} is listed twice")
+        seen.add(entry.name)
+        entries.append(entry)
+    return Header(lowbit_version, version, tuple(entries), {})
+
+
+def _parse_entry(item: object, index: int, where: str) -> Entry:
+    name = item.get("name") if isinstance(item, dict) else None
+    label = f"tensor {name!r}" if isinstance(name, str) else f"tensor #{index}"
+
+    def bad(msg: str) -> CheckpointError:
+        return CheckpointError(f"{where}: bad lowbit header: {label}: {msg}")
+
+    if not isinstance(item, dict):
+        raise bad("entry is not a JSON object")
+    if not isinstance(name, str):
+        raise bad(f"field 'name' must be a string, got {name!r}")
+    missing = [k for k in ("dtype", "shape", "format", "packing", "params", "scale", "sha256") if k not in item]
+    if missing:
+        raise bad(f"missing field(s) {', '.join(map(repr, missing))}")
+    dtype = _parse_dtype(item["dtype"], "dtype", bad)
+    shape = _parse_shape(item["shape"], "shape", bad)
+    fmt, bits = item["format"], None
+    packing = item["packing"]
+    if fmt is None:
+        if packing is not None or item["params"] or item["scale"] is not None:
+            raise bad("a tensor without a format has no packing, params or scale")
+    else:
+        if not isinstance(fmt, str):
+            raise bad(f"field 'format' must be a spec string or null, got {fmt!r}")
+        if not isinstance(packing, dict):
+            raise bad(f"field 'packing' must be an object, got {packing!r}")
+        bits = packing.get("bits")
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_PACK_BITS:
+            raise bad(f"packing 'bits' must be an int in 1..{MAX_PACK_BITS}, got {bits!r}")
+        if packing.get("bit_order") != BIT_ORDER:
+            raise bad(f"packing 'bit_order' must be {BIT_ORDER!r}, got {packing.get('bit_order')!r}")
+    params_doc = item["params"]
+    if not isinstance(params_doc, dict):
+        raise bad(f"field 'params' must be an object, got {type(params_doc).__name__}")
+    params = []
+    for pname, spec in params_doc.items():
+        if not isinstance(spec, dict):
+            raise bad(f"param {pname!r} must be an object with dtype and shape")
+        params.append(
+            Stored(
+                param_key(name, pname),
+                _parse_dtype(spec.get("dtype"), f"param {pname!r} dtype", bad),
+                _parse_shape(spec.get("shape"), f"param {pname!r} shape", bad),
+            )
+        )
+    scale_doc, scale, axis = item["scale"], None, None
+    if scale_doc is not None:
+        if not isinstance(scale_doc, dict):
+            raise bad(f"field 'scale' must be an object or null, got {scale_doc!r}")
+        scale = Stored(scale_key(name), torch.float32, _parse_shape(scale_doc.get("shape"), "scale shape", bad))
+        axis = scale_doc.get("axis")
+        if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or not 0 <= axis < max(len(shape), 1)):
+            raise bad(f"scale 'axis' must be null or an int in [0, {len(shape)}), got {axis!r}")
+    sha = item["sha256"]
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise bad(f"field 'sha256' must be 64 lowercase hex digits, got {sha!r}")
+    return Entry(name, dtype, shape, fmt, bits, tuple(params), scale, axis, sha)
+
+
+def _parse_dtype(value: object, field: str, bad: Any) -> torch.dtype:
+    if not isinstance(value, str) or value not in _DTYPES_BY_NAME:
+        raise bad(f"field {field!r} must be one of {', '.join(_DTYPES_BY_NAME)}; got {value!r}")
+    return _DTYPES_BY_NAME[value]
+
+
+def _parse_shape(value: object, field: str, bad: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise bad(f"field {field!r} must be a list of non-negative ints, got {value!r}")
+    return tuple(value)
+
+
+def _check_layout(st_header: dict, entries: tuple[Entry, ...], data_size: int, where: str) -> dict[str, tuple[int, int]]:
+    """Check every stored tensor against the lowbit header and the file size; return extents."""
+    extents: dict[str, tuple[int, int]] = {}
+    expected_keys = set()
+    for entry in entries:
+        for s in entry.stored:
+            expected_keys.add(s.key)
+            info = st_header.get(s.key)
+            what = f"tensor {entry.name!r}"
+            if not isinstance(info, dict):
+                raise CheckpointError(f"{where}: {what}: stored tensor {s.key!r} is missing from the file")
+            code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+            if code != _ST_CODES[s.dtype] or shape != list(s.shape):
+                raise CheckpointError(
+                    f"{where}: {what}: stored tensor {s.key!r} is {code} {shape}, the header says "
+                    f"{_ST_CODES[s.dtype]} {list(s.shape)} (corrupt file)"
+                )
+            if (
+                not isinstance(offsets, list)
+                or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]
+                or offsets[1] - offsets[0] != s.nbytes
+            ):
+                raise CheckpointError(f"{where}: {what}: stored tensor {s.key!r} has bad data offsets {offsets!r}")
+            if offsets[1] > data_size:
+                raise CheckpointError(
+                    f"{where}: truncated: {what} needs bytes up to {offsets[1]} of the data area, "
+                    f"which has only {data_size} bytes"
+                )
+            extents[s.key] = (offsets[0], offsets[1])
+    extra = sorted(k for k in st_header if k != "__metadata__" and k not in expected_keys)
+    if extra:
+        raise CheckpointError(f"{where}: corrupt header: stored tensor(s) {extra[:3]} are not in the lowbit header")
+    end = max((e for _, e in extents.values()), default=0)
+    if end != data_size:
+        raise CheckpointError(f"{where}: corrupt or truncated file: data area has {data_size} bytes, the header accounts for {end}")
+    return extents
+
+
+def _prod(shape: Iterable[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,282 @@
+"""``lowbit.save`` / ``lowbit.load``: packed n-bit checkpoints in a safetensors container.
+
+``save`` quantizes each floating tensor that has a format, packs its codes ``bits`` bits each,
+and writes them with the format's side parameters, the spec strings and per-tensor sha256
+checksums (layout: `lowbit.storage._container`). Tensors without a format, and non-floating
+ones (e.g. BatchNorm's ``num_batches_tracked``), are stored as they are. Writes are atomic: a
+temporary file in the same directory, fsynced, then ``os.replace``-d onto the final name.
+
+``load`` gives back a state dict (``OrderedDict``, in the saved order) whose tensors equal
+``fmt.quantize(original)`` bit for bit, in the original dtype; anything wrong with the file
+raises `lowbit.CheckpointError` and nothing is ever filled in.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+import secrets
+from typing import Any, Mapping
+
+import torch
+
+from lowbit.errors import CheckpointError
+from lowbit.formats._float64 import FLOAT_DTYPES
+from lowbit.formats.base import NumberFormat
+from lowbit.formats.spec import parse_format
+from lowbit.storage._container import (
+    Entry,
+    Stored,
+    dtype_name,
+    header_metadata,
+    param_key,
+    read_header,
+    scale_key,
+    entry_digest,
+)
+from lowbit.storage.packed import PackedTensor
+
+__all__ = ["save", "load"]
+
+
+def save(obj: Any, path: "str | os.PathLike[str]", formats: Any = None) -> None:
+    """Save a model or state dict as a lowbit checkpoint at ``path`` (atomically).
+
+    ``obj``: an ``nn.Module`` quantized with `lowbit.quantize_` (its weight formats are used;
+    ``formats=`` overrides them), or a state dict ``{name: tensor or PackedTensor}``.
+    ``formats``: None (a module: its lowbit formats; a state dict: every tensor as it is,
+    PackedTensor values stay packed), one spec for every float16/bfloat16/float32/float64 tensor,
+    or ``{name: spec or None}`` (names not listed are stored as they are).
+
+    >>> import os, tempfile, torch, lowbit as lb
+    >>> sd = {"w": torch.tensor([0.3, 100.0]), "steps": torch.tensor(7)}
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+    >>> lb.save(sd, path, formats="posit8_es2")
+    >>> dict(lb.load(path))
+    {'w': tensor([ 0.3125, 96.0000]), 'steps': tensor(7)}
+    """
+    state, fmt_map = _resolve(obj, formats)
+    entries: list[Entry] = []
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storage: set[int] = set()
+    for name, value in state.items():
+        fmt = fmt_map.get(name)
+        entry, stored = _store_one(name, value, fmt)
+        for s, t in zip(entry.stored, stored):
+            if s.key in tensors:
+                raise ValueError(f"tensor name {name!r} collides with the stored name {s.key!r} of another tensor")
+            tensors[s.key] = _own_storage(t, seen_storage)
+        entries.append(entry)
+    from lowbit import __version__
+
+    _atomic_save_file(tensors, os.fspath(path), header_metadata(entries, __version__))
+
+
+def load(path: "str | os.PathLike[str]") -> "collections.OrderedDict[str, torch.Tensor]":
+    """Load a lowbit checkpoint: ``{name: tensor}`` in the saved order, on the CPU.
+
+    Quantized tensors come back as their quantized values in the original dtype (equal to
+    ``fmt.quantize(original)`` bit for bit); the others exactly as saved. Raises
+    `lowbit.CheckpointError` (naming the tensor where there is one) for a corrupt, truncated,
+    foreign or too-new file.
+
+    >>> import os, tempfile, torch, lowbit as lb
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> lb.save({"w": torch.tensor([1.0, 2.5, -7.0])}, path, formats={"w": "int4"})
+    >>> lb.load(path)["w"].tolist()
+    [1.0, 2.0, -7.0]
+    """
+    where = os.fspath(path)
+    header = read_header(where)
+    out: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
+    with _open_tensors(where) as f:
+        for entry in header.entries:
+            fmt = _entry_format(entry, where)
+            stored = [_get(f, s, entry, where) for s in entry.stored]
+            if entry_digest(entry, stored) != entry.sha256:
+                raise CheckpointError(f"{where}: tensor {entry.name!r} is corrupt (its sha256 checksum does not match)")
+            out[entry.name] = stored[0] if fmt is None else _restore(entry, fmt, stored, where)
+    return out
+
+
+# ------------------------------------------------------------------------------ saving
+def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, NumberFormat]]":
+    """The state dict to store and ``{name: format}`` for the tensors to pack."""
+    if isinstance(obj, torch.nn.Module):
+        state: Mapping[str, Any] = obj.state_dict()
+        if formats is None:
+            formats = _module_formats(obj)
+    elif isinstance(obj, Mapping):
+        state = obj
+        for name, value in state.items():
+            if not isinstance(name, str):
+                raise TypeError(f"state dict keys must be str, got {name!r}")
+            if not isinstance(value, (torch.Tensor, PackedTensor)):
+                raise TypeError(f"state dict value {name!r} must be a torch.Tensor or PackedTensor, got {type(value).__name__}")
+    else:
+        raise TypeError(f"obj must be an nn.Module or a state dict (mapping of str to tensors), got {type(obj).__name__}")
+
+    if formats is None:
+        return state, {}
+    if isinstance(formats, (str, NumberFormat)):
+        fmt = parse_format(formats)
+        return state, {
+            n: fmt for n, v in state.items() if isinstance(v, torch.Tensor) and v.dtype in FLOAT_DTYPES
+        }
+    if not isinstance(formats, Mapping):
+        raise TypeError(
+            "formats must be None, a spec string (e.g. 'posit8_es2') or a {name: spec or None} dict, "
+            f"got {type(formats).__name__}"
+        )
+    fmt_map: dict[str, NumberFormat] = {}
+    for name, spec in formats.items():
+        if name not in state:
+            raise ValueError(f"formats names {name!r}, which is not in the state dict")
+        if spec is None:
+            continue
+        value = state[name]
+        if isinstance(value, PackedTensor):
+            raise ValueError(f"formats names {name!r}, which is already a PackedTensor ({value.format}); drop it from formats")
+        if value.dtype not in FLOAT_DTYPES:
+            raise ValueError(
+                f"formats names {name!r}, a {value.dtype} tensor; only float16, bfloat16, float32 and float64 "
+                "tensors can take a format"
+            )
+        fmt_map[name] = parse_format(spec)
+    return state, fmt_map
+
+
+def _module_formats(model: torch.nn.Module) -> "dict[str, NumberFormat | None]":
+    try:
+        from lowbit.quant import tensor_formats
+    except ImportError:  # pragma: no cover - lowbit.quant ships with lowbit
+        tensor_formats = None
+    found = tensor_formats(model) if tensor_formats is not None else {}
+    if not any(f is not None for f in found.values()):
+        raise TypeError(
+            f"save() got a {type(model).__name__} with no lowbit weight formats (not quantized with "
+            "lowbit.quantize_); pass formats= (one spec such as 'posit8_es2', or {name: spec}) to store it"
+        )
+    return dict(found)
+
+
+def _store_one(name: str, value: Any, fmt: "NumberFormat | None") -> "tuple[Entry, list[torch.Tensor]]":
+    """The header entry of one state-dict value and the tensors to write for it."""
+    if isinstance(value, torch.Tensor) and fmt is not None:
+        value = PackedTensor.from_tensor(value.detach(), fmt)
+    if not isinstance(value, PackedTensor):
+        t = value.detach().to("cpu").contiguous()
+        _check_storable(name, t.dtype)
+        entry = Entry(name, t.dtype, tuple(t.shape), None, None, (), None, None, "")
+        return dataclasses.replace(entry, sha256=entry_digest(entry, [t])), [t]
+    params = [(p, t.detach().to("cpu").contiguous()) for p, t in value.params.items()]
+    stored = [value.data.detach().to("cpu"), *(t for _, t in params)]
+    for _, t in params:
+        _check_storable(name, t.dtype)
+    scale = None
+    if value.scale is not None:
+        stored.append(value.scale.detach().to("cpu").contiguous())
+        scale = Stored(scale_key(name), torch.float32, tuple(value.scale.shape))
+    entry = Entry(
+        name=name,
+        dtype=value.dtype,
+        shape=tuple(value.shape),
+        format=str(value.format),
+        bits=value.bits,
+        params=tuple(Stored(param_key(name, p), t.dtype, tuple(t.shape)) for p, t in params),
+        scale=scale,
+        axis=value.axis,
+        sha256="",
+    )
+    return dataclasses.replace(entry, sha256=entry_digest(entry, stored)), stored
+
+
+def _check_storable(name: str, dtype: torch.dtype) -> None:
+    try:
+        dtype_name(dtype)
+    except ValueError as err:
+        raise ValueError(f"tensor {name!r}: {err}") from None
+
+
+def _own_storage(t: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """``t``, copied if it shares memory with a tensor already stored or is a view of a larger
+    buffer (safetensors refuses shared tensors, e.g. tied weights)."""
+    storage = t.untyped_storage()
+    ptr = storage.data_ptr()
+    if t.numel() and (ptr in seen or storage.nbytes() != t.numel() * t.element_size()):
+        t = t.clone()
+        ptr = t.untyped_storage().data_ptr()
+    if t.numel():
+        seen.add(ptr)
+    return t
+
+
+def _atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable (POSIX; a no-op elsewhere)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------------ loading
+@contextlib.contextmanager
+def _open_tensors(where: str):  # type: ignore[no-untyped-def]
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(where, framework="pt", device="cpu")
+    except Exception as err:  # safetensors' own error type lives in its compiled module
+        raise CheckpointError(f"{where}: corrupt checkpoint (safetensors cannot open it: {err})") from None
+    with handle as f:
+        yield f
+
+
+def _get(f: Any, s: Stored, entry: Entry, where: str) -> torch.Tensor:
+    try:
+        t = f.get_tensor(s.key)
+    except Exception as err:
+        raise CheckpointError(f"{where}: tensor {entry.name!r}: cannot read stored tensor {s.key!r}: {err}") from None
+    if t.dtype != s.dtype or tuple(t.shape) != s.shape:
+        raise CheckpointError(f"{where}: tensor {entry.name!r}: stored tensor {s.key!r} does not match the header")
+    return t
+
+
+def _entry_format(entry: Entry, where: str) -> "NumberFormat | None":
+    if entry.format is None:
+        return None
+    try:
+        fmt = parse_format(entry.format)
+    except ValueError as err:
+        raise CheckpointError(
+            f"{where}: tensor {entry.name!r}: unknown format {entry.format!r} (written by a newer lowbit?): {err}"
+        ) from None
+    if fmt.bits != entry.bits:
+        raise CheckpointError(f"{where}: tensor {entry.name!r}: packing bits {entry.bits} != {fmt}'s {fmt.bits}")
+    return fmt
+
+
+def _restore(entry: Entry, fmt: NumberFormat, stored: list[torch.Tensor], where: str) -> torch.Tensor:
+    params = {s.key.split(":param:", 1)[1]: t for s, t in zip(entry.params, stored[1:])}
+    scale = stored[-1] if entry.scale is not None else None
+    try:
+        packed = PackedTensor(stored[0], fmt, entry.shape, params, scale, entry.axis, entry.dtype)
+        return packed.decode()
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{where}: tensor {entry.name!r}: cannot decode: {err}") from None

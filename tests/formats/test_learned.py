@@ -1,0 +1,266 @@
+"""binary, ternary and codebook<k>: levels fitted to the tensor, against exact Fraction references.
+
+The references sum with `fractions.Fraction` element by element and round with their own
+round-half-even; they never call lowbit.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+import lowbit as lb
+from lowbit.formats import BinaryFormat, Codebook, TernaryFormat, format_card
+
+# dtype -> (fraction bits, smallest normal exponent) of the precision levels are fitted in
+PRECISION = {torch.float16: (10, -14), torch.bfloat16: (7, -126), torch.float32: (23, -126), torch.float64: (23, -126)}
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def round_half_even_to(q: Fraction, dtype: torch.dtype) -> float:
+    """q rounded once, to nearest even, into the precision of ``dtype`` (float32 for float64)."""
+    if q == 0:
+        return 0.0
+    man, emin = PRECISION[dtype]
+    a = abs(q)
+    e = math.frexp(float(a))[1] - 1  # float(a) may round up into the next binade: fix below
+    while Fraction(2) ** e > a:
+        e -= 1
+    while Fraction(2) ** (e + 1) <= a:
+        e += 1
+    quantum = Fraction(2) ** (max(e, emin) - man)
+    k = math.floor(a / quantum)
+    rem = a / quantum - k
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and k % 2 == 1):
+        k += 1
+    return math.copysign(float(k * quantum), q)
+
+
+def exact_mean(values: "list[float]") -> Fraction:
+    return sum((Fraction(v) for v in values), Fraction(0)) / len(values)
+
+
+def sample(n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=torch.float64) * torch.exp2(torch.randint(-3, 4, (n,), generator=g)).double()
+    x[:3] = torch.tensor([0.0, -0.0, 1e-3])[:n]
+    return x.to(dtype)
+
+
+# ------------------------------------------------------------------ binary
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(257,), (4, 9, 7), (1,), (2,)])
+def test_binary_is_exactly_sign_times_the_mean_magnitude(dtype, shape):
+    x = sample(math.prod(shape), seed=1, dtype=dtype).reshape(shape)
+    s = round_half_even_to(exact_mean([abs(v) for v in x.double().reshape(-1).tolist()]), dtype)
+    expected = torch.where(x < 0, -s, s).to(torch.float64)  # sign(0) = sign(-0) = +
+    q = lb.parse_format("binary").quantize(x)
+    assert q.dtype == dtype and q.shape == x.shape
+    assert torch.equal(q.double(), expected) and not torch.signbit(q[x == 0]).any()
+    enc = lb.parse_format("binary").encode_tensor(x)
+    assert torch.equal(enc.codes, (x < 0).to(torch.uint8))
+    assert enc.params["scale"].dtype == torch.float32 and enc.params["scale"].item() == s
+    assert torch.equal(enc.decode(dtype), q)
+
+
+def test_binary_hand_worked():
+    q = BinaryFormat().quantize(torch.tensor([0.5, -1.0, 0.0, 2.5]))  # mean|x| = 1
+    assert q.tolist() == [1.0, -1.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------ ternary
+def ternary_reference(x: torch.Tensor) -> "tuple[float, list[int]]":
+    vals = x.double().reshape(-1).tolist()
+    delta = Fraction(7, 10) * exact_mean([abs(v) for v in vals])
+    big = [abs(Fraction(v)) > delta for v in vals]
+    kept = [abs(v) for v, b in zip(vals, big) if b]
+    alpha = round_half_even_to(exact_mean(kept), x.dtype) if kept else 0.0
+    return alpha, [0 if not b else (3 if v < 0 else 1) for v, b in zip(vals, big)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ternary_follows_the_threshold_rule_exactly(dtype, seed):
+    x = sample(300, seed=seed, dtype=dtype).reshape(3, 100)
+    alpha, codes = ternary_reference(x)
+    enc = lb.parse_format("ternary").encode_tensor(x)
+    assert enc.codes.reshape(-1).tolist() == codes
+    assert enc.params["scale"].item() == alpha
+    levels = {0: 0.0, 1: alpha, 3: -alpha}
+    expected = torch.tensor([levels[c] for c in codes], dtype=torch.float64).reshape(x.shape)
+    q = lb.parse_format("ternary").quantize(x)
+    assert q.dtype == dtype and torch.equal(q.double(), expected)
+
+
+def test_ternary_threshold_is_compared_exactly():
+    # mean|x| = 1, so Δ = 0.7 exactly (not the float 0.7 = 0.6999999999999999555...)
+    x = torch.tensor([0.7, -0.7, 1.6, 1.0], dtype=torch.float64)
+    assert TernaryFormat().threshold(x) == Fraction(7, 10)
+    # float64 0.7 is below 7/10, so 0.7 stays 0; α = (1.6 + 1.0) / 2 = 1.3 (as float32)
+    q = TernaryFormat().quantize(x)
+    a = float(torch.tensor(1.3, dtype=torch.float32))
+    assert q.tolist() == [0.0, 0.0, a, a]
+    hand = TernaryFormat().quantize(torch.tensor([0.1, -2.0, 1.0, 0.9]))
+    assert hand.tolist() == [0.0, -1.2999999523162842, 1.2999999523162842, 1.2999999523162842]
+
+
+# ------------------------------------------------------------------ codebook
+def sse(x: torch.Tensor, q: torch.Tensor) -> float:
+    return float(((x.double() - q.double()) ** 2).sum())
+
+
+def linear_init_sse(x: torch.Tensor, k: int) -> float:
+    v = x.double().reshape(-1)
+    lo, hi, K = float(v.min()), float(v.max()), 1 << k
+    grid = torch.tensor([lo + (hi - lo) * i / (K - 1) for i in range(K)], dtype=torch.float64)
+    nearest = grid[torch.argmin((v[:, None] - grid[None, :]).abs(), dim=1)]
+    return sse(v, nearest)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 8])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_codebook_levels_are_cluster_means_and_beat_the_linear_grid(k, dtype):
+    x = sample(2000, seed=k, dtype=dtype).reshape(40, 50)
+    fmt = lb.parse_format(f"codebook{k}")
+    enc = fmt.encode_tensor(x)
+    levels = enc.params["levels"]
+    assert levels.dtype == torch.float32 and levels.shape == (1 << k,)
+    assert torch.isfinite(levels).all() and torch.equal(levels, torch.sort(levels).values)
+    q = fmt.quantize(x)
+    assert q.dtype == dtype and q.shape == x.shape and torch.equal(enc.decode(dtype), q)
+    assert q.unique().numel() <= 1 << k
+    flat, codes = x.double().reshape(-1).tolist(), enc.codes.reshape(-1).tolist()
+    for c in set(codes):
+        members = [v for v, cc in zip(flat, codes) if cc == c]
+        assert levels[c].item() == round_half_even_to(exact_mean(members), dtype), f"level {c}"
+    assert sse(x, q) <= linear_init_sse(x, k)
+    assert torch.equal(fmt.quantize(x), q)  # deterministic
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", range(6))
+def test_codebook_reproduces_a_tensor_with_at_most_2_to_the_k_distinct_values(k, seed):
+    g = torch.Generator().manual_seed(100 * k + seed)
+    distinct = int(torch.randint(1, (1 << k) + 1, (1,), generator=g))
+    values = torch.randn(distinct, generator=g) * torch.exp(torch.randn(distinct, generator=g) * 2)
+    index = torch.randint(0, distinct, (300,), generator=g)
+    index[:distinct] = torch.arange(distinct)
+    x = values[index]
+    enc = Codebook(k).encode_tensor(x)
+    assert torch.equal(enc.decode(), x)
+    used = int(enc.codes.max()) + 1
+    assert used == x.unique().numel()
+    assert (enc.params["levels"][used:] == enc.params["levels"][used - 1]).all()  # padding repeats the top level
+
+
+def test_codebook_hand_worked():
+    x = torch.tensor([0.0, 0.1, 0.2, 5.0, 5.5, 9.0])
+    assert Codebook(1).quantize(x).tolist() == [float(torch.tensor(0.1))] * 3 + [6.5] * 3
+    assert torch.equal(Codebook(3).quantize(x), x)
+    assert Codebook(2).quantize(torch.full((5,), -2.5)).tolist() == [-2.5] * 5
+
+
+def test_codebook_float64_levels_live_in_float32():
+    x = sample(500, seed=3, dtype=torch.float64)
+    q = Codebook(4).quantize(x)
+    assert q.dtype == torch.float64 and torch.equal(q, q.float().double())
+    with pytest.raises(ValueError, match="float32"):
+        Codebook(4).quantize(torch.tensor([1e300, 2e300], dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ shared behaviour
+LEARNED = ["binary", "ternary", "codebook1", "codebook4", "codebook8"]
+
+
+@pytest.mark.parametrize("spec", LEARNED)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_zero_and_empty_tensors_give_zeros_without_nan(spec, dtype):
+    fmt = lb.parse_format(spec)
+    for shape in [(5, 3), (0,), (2, 0)]:
+        q = fmt.quantize(torch.zeros(shape, dtype=dtype))
+        assert q.shape == shape and q.dtype == dtype and not torch.isnan(q).any() and (q == 0).all()
+        enc = fmt.encode_tensor(torch.zeros(shape, dtype=dtype))
+        assert all(torch.isfinite(p).all() for p in enc.params.values())
+
+
+@pytest.mark.parametrize("spec", LEARNED)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_inputs_raise_value_error(spec, bad):
+    x = torch.randn(10)
+    x[3] = bad
+    with pytest.raises(ValueError, match="NaN or ±inf"):
+        lb.parse_format(spec).quantize(x)
+
+
+@pytest.mark.parametrize("spec", LEARNED)
+@pytest.mark.parametrize("rounding", ["stochastic", "floor", "nearest_away", "sideways"])
+def test_rounding_other_than_nearest_even_raises_naming_the_argument(spec, rounding):
+    with pytest.raises(ValueError, match=f"rounding='{rounding}'.*allowed: 'nearest_even'"):
+        lb.parse_format(spec).quantize(torch.randn(10), rounding, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("spec", LEARNED)
+def test_out_and_in_place(spec):
+    fmt = lb.parse_format(spec)
+    x = sample(64, seed=9).reshape(8, 8)
+    q = fmt.quantize(x)
+    out = torch.empty_like(x)
+    assert fmt.quantize(x, out=out) is out and torch.equal(out, q)
+    fmt.quantize(x, out=x)
+    assert torch.equal(x, q)
+
+
+@pytest.mark.parametrize("spec", ["binary", "ternary"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_binary_and_ternary_are_idempotent(spec, dtype):
+    fmt = lb.parse_format(spec)
+    q = fmt.quantize(sample(500, seed=4, dtype=dtype))
+    assert torch.equal(fmt.quantize(q), q)
+
+
+@pytest.mark.parametrize(
+    "spec,bits,family",
+    [("binary", 1, "binary"), ("ternary", 2, "ternary"), ("codebook1", 1, "codebook"), ("codebook8", 8, "codebook")],
+)
+def test_specs_facts_and_cards(spec, bits, family):
+    fmt = lb.parse_format(spec)
+    assert str(fmt) == spec and lb.parse_format(str(fmt)) == fmt and hash(lb.parse_format(spec)) == hash(fmt)
+    assert eval(repr(fmt), {"parse_format": lb.parse_format}) == fmt
+    assert fmt.bits == bits and fmt.family == family and fmt.data_dependent
+    card = format_card(fmt)
+    assert card["bits"] == bits and card == fmt.card() and card["data_dependent"] is True
+    assert lb.parse_format(spec.upper()) == fmt
+
+
+@pytest.mark.parametrize(
+    "bad,needle", [("codebook0", "1..8"), ("codebook9", "1..8"), ("codebook", "codebook4"), ("tenary", "ternary")]
+)
+def test_bad_specs_raise_format_spec_error_naming_the_valid_forms(bad, needle):
+    with pytest.raises(lb.FormatSpecError) as err:
+        lb.parse_format(bad)
+    assert needle in str(err.value) and "codebook<k>" in str(err.value)
+
+
+def test_decode_tensor_checks_codes_and_params():
+    fmt = lb.parse_format("ternary")
+    enc = fmt.encode_tensor(torch.randn(6))
+    with pytest.raises(ValueError, match=r"\{0, 1, 3\}"):
+        fmt.decode_tensor(lb.EncodedTensor(fmt, torch.full((6,), 2, dtype=torch.uint8), enc.params))
+    with pytest.raises(ValueError, match="'scale'"):
+        fmt.decode_tensor(lb.EncodedTensor(fmt, enc.codes, {}))
+    with pytest.raises(ValueError, match="binary"):
+        lb.parse_format("binary").decode_tensor(enc)
+    cb = lb.parse_format("codebook2")
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        cb.decode_tensor(lb.EncodedTensor(cb, torch.zeros(3, dtype=torch.uint8), {"levels": torch.zeros(3)}))
+
+
+def test_fake_quantize_with_a_learned_format():
+    x = torch.randn(16, requires_grad=True)
+    y = lb.fake_quantize(x, "ternary")
+    assert torch.equal(y.detach(), lb.parse_format("ternary").quantize(x.detach()))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))

@@ -1,0 +1,37 @@
+"""inspect_checkpoint: per-tensor rows read from the header alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import lowbit as lb
+from lowbit.storage import PackedTensor, inspect_checkpoint
+
+
+def test_rows(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    sd = {
+        "w": torch.randn(64, 48, dtype=torch.bfloat16),
+        "s": PackedTensor.from_tensor(torch.randn(8, 10), "int4", scale=torch.ones(8, 1)),
+        "b": torch.zeros(64, dtype=torch.float16),
+        "n": torch.tensor(5),
+    }
+    lb.save(sd, path, formats={"w": "posit6_es1"})
+    rows = inspect_checkpoint(path)
+    assert [r["name"] for r in rows] == ["w", "s", "b", "n"]
+    assert set(rows[0]) == {"name", "format", "dtype", "bits", "shape", "numel", "stored_bytes", "fp32_bytes",
+                            "compression"}
+    w, s, b, n = rows
+    assert (w["format"], w["dtype"], w["bits"], w["shape"], w["numel"]) == ("posit6_es1", "bfloat16", 6, [64, 48], 3072)
+    assert (w["stored_bytes"], w["fp32_bytes"], w["compression"]) == (2304, 12288, 12288 / 2304)
+    assert (s["format"], s["bits"], s["stored_bytes"]) == ("int4", 4, 40 + 8 * 4)  # codes + float32 scales
+    assert (b["format"], b["bits"], b["stored_bytes"], b["compression"]) == (None, 16, 128, 2.0)
+    assert (n["format"], n["dtype"], n["bits"], n["shape"]) == (None, "int64", 64, [])
+
+
+def test_empty_tensor_has_no_ratio(tmp_path: Path) -> None:
+    lb.save({"e": torch.zeros(0, 3)}, tmp_path / "m.safetensors", formats="posit8_es2")
+    (row,) = inspect_checkpoint(tmp_path / "m.safetensors")
+    assert row["stored_bytes"] == 0 and row["compression"] is None
