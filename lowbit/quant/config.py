@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from lowbit.formats import NumberFormat, parse_format
 from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
+from lowbit.quant.granularity import Granularity, as_granularity
 
 __all__ = ["ROLES", "SCALINGS", "RoleConfig", "LayerConfig", "QuantConfig", "as_config", "CONFIG_VERSION"]
 
@@ -29,7 +30,7 @@ __all__ = ["ROLES", "SCALINGS", "RoleConfig", "LayerConfig", "QuantConfig", "as_
 #: and the gradient flowing back into its output.
 ROLES = ("weight", "bias", "input", "output", "grad")
 #: Per-tensor power-of-two scale rules (see lowbit.simulate.scaling).
-SCALINGS = ("histogram", "amax")
+SCALINGS = ("histogram", "amax", "absmax")
 CONFIG_VERSION = 1
 _LAYER_KEYS = ROLES + ("accumulate", "accumulate_every")
 _TOP_KEYS = _LAYER_KEYS + ("exclude", "layers", "seed", "version", "rounding")
@@ -47,7 +48,11 @@ class RoleConfig:
     log2|x| bin, moved onto the format's most accurate exponent), ``"amax"`` (largest |x| of the
     last ``history`` observations maps just under the format's max) or an int k (fixed scale 2^k:
     represented value = 2^k × format value). ``every``: refresh the scale every k calls (None:
-    once, from the first call). Scaling applies to posit and minifloat formats.
+    once, from the first call). Those three apply to posit and minifloat formats.
+    ``"absmax"``: a float scale per granule, amax / fmt.max, so each granule's largest |x| maps
+    onto the format's max (the usual symmetric per-channel int8 rule; any scalar format), with
+    ``granularity`` ``"tensor"`` (default), ``"channel"`` (axis 0: output channels) or a
+    `Granularity` / its dict (per group).
     """
 
     format: NumberFormat
@@ -55,10 +60,12 @@ class RoleConfig:
     scaling: "str | int | None" = None
     every: "int | None" = None
     history: int = 16
+    granularity: "Granularity | None" = None
 
     def to_dict(self) -> "dict[str, Any]":
         return {"format": str(self.format), "rounding": self.rounding, "scaling": self.scaling,
-                "every": self.every, "history": self.history}
+                "every": self.every, "history": self.history,
+                "granularity": None if self.granularity is None else self.granularity.to_dict()}
 
     @classmethod
     def parse(cls, value: Any, where: str, rounding: str = "nearest_even") -> "RoleConfig | None":
@@ -70,9 +77,10 @@ class RoleConfig:
         if not isinstance(value, Mapping):
             raise TypeError(f"{where} must be a format spec string, a dict with 'format', or None; "
                             f"got {type(value).__name__}")
-        unknown = set(value) - {"format", "rounding", "scaling", "every", "history"}
+        unknown = set(value) - {"format", "rounding", "scaling", "every", "history", "granularity"}
         if unknown:
-            raise _fail(where, f"unknown key(s) {sorted(unknown)}; allowed: format, rounding, scaling, every, history")
+            raise _fail(where, f"unknown key(s) {sorted(unknown)}; "
+                        "allowed: format, rounding, scaling, every, history, granularity")
         if value.get("format") is None:
             raise _fail(where, "needs a 'format' (a spec string such as 'posit8_es2')")
         try:
@@ -88,15 +96,24 @@ class RoleConfig:
         scaling = value.get("scaling")
         if isinstance(scaling, bool) or not (scaling is None or isinstance(scaling, int) or scaling in SCALINGS):
             raise _fail(where, f"scaling={scaling!r}; allowed: None, 'histogram', 'amax' or an int exponent k")
-        if scaling is not None and fmt.family not in ("posit", "minifloat"):
-            raise _fail(where, f"scaling applies to posit and minifloat formats, not {fmt} ({fmt.family})")
+        if scaling is not None and scaling != "absmax" and fmt.family not in ("posit", "minifloat"):
+            raise _fail(where, f"scaling={scaling!r} applies to posit and minifloat formats, not {fmt} "
+                        f"({fmt.family}); use scaling='absmax' for a per-tensor/channel float scale")
+        if scaling == "absmax" and fmt.data_dependent:
+            raise _fail(where, f"scaling='absmax' needs a scalar element format, not {fmt} (it fits its own scale)")
+        try:
+            granularity = None if value.get("granularity") is None else as_granularity(value["granularity"])
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{where}: {err}") from None
+        if granularity is not None and granularity.kind != "tensor" and scaling != "absmax":
+            raise _fail(where, f"granularity {granularity.kind!r} needs scaling='absmax' (per-granule scales)")
         every = value.get("every")
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise _fail(where, f"every={every!r}; allowed: None (once) or an int >= 1")
         history = value.get("history", 16)
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise _fail(where, f"history={history!r}; allowed: an int >= 1")
-        return cls(fmt, mode, scaling, every, history)
+        return cls(fmt, mode, scaling, every, history, granularity)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import hashlib
 import warnings
 from typing import Any
 
+import torch
 from torch import nn
 
 from lowbit.errors import LowbitWarning
@@ -32,7 +33,7 @@ from lowbit.simulate.layers import (
     quant_class_for,
 )
 
-__all__ = ["quantize_", "dequantize_", "tensor_formats", "QuantizationReport", "quantization_report"]
+__all__ = ["quantize_", "dequantize_", "tensor_formats", "tensor_scales", "QuantizationReport", "quantization_report"]
 
 _ON_UNSUPPORTED = ("warn", "ignore", "raise")
 
@@ -149,7 +150,7 @@ def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed:
         if rc is None or role in skipped:
             continue
         roles[role] = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history,
-                                    _role_seed(seed, name, role))
+                                    _role_seed(seed, name, role), rc.granularity)
     module.__class__ = qcls
     module.lowbit_float_class = float_cls  # type: ignore[assignment]
     module.lowbit_roles = roles  # type: ignore[assignment]
@@ -201,6 +202,31 @@ def tensor_formats(model: nn.Module) -> "dict[str, NumberFormat | None]":
                 continue
             out[prefix + role] = q.current_format(getattr(module, role) if q.tracker is not None
                                                   and q.tracker.calls == 0 else None)
+    return out
+
+
+def tensor_scales(model: nn.Module) -> "dict[str, torch.Tensor]":
+    """``{state_dict key: float scale}`` for weights (and biases) simulated with ``scaling='absmax'``.
+
+    Each scale broadcasts to its tensor (per channel: keepdim shape; per group: expanded along
+    the grouped axis); the simulated tensor is ``scale · fmt.quantize(w / scale)``. A zero scale
+    (an all-zero granule) is reported as 1, which quantizes that granule to the same zeros.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, QuantLayerMixin):
+            continue
+        prefix = f"{name}." if name else ""
+        for role in ("weight", "bias"):
+            q, t = module.lowbit_roles.get(role), getattr(module, role, None)
+            if q is None or t is None or not q.absmax:
+                continue
+            scale = q.scale(t)
+            gran = q.granularity
+            if gran is not None and gran.kind == "group":
+                axis = gran.axis % t.dim()
+                scale = scale.repeat_interleave(gran.group_size, dim=axis)
+            out[prefix + role] = torch.where(scale == 0, torch.ones_like(scale), scale)
     return out
 
 

@@ -36,9 +36,12 @@ class RoleQuantizer:
     """
 
     def __init__(self, fmt: NumberFormat, rounding: str = "nearest_even", scaling: "str | int | None" = None,
-                 every: "int | None" = None, history: int = 16, seed: "int | None" = None):
+                 every: "int | None" = None, history: int = 16, seed: "int | None" = None,
+                 granularity: "Any" = None):
         self.format, self.rounding = fmt, rounding
-        self.tracker = None if scaling is None else ScaleTracker(fmt, scaling, every, history)
+        self.absmax = scaling == "absmax"
+        self.granularity = granularity
+        self.tracker = None if scaling is None or self.absmax else ScaleTracker(fmt, scaling, every, history)
         self.generator: "torch.Generator | None" = None
         if rounding == "stochastic" and seed is not None:
             self.generator = torch.Generator().manual_seed(seed)
@@ -51,7 +54,23 @@ class RoleQuantizer:
             self.tracker.update(x)
         return self.tracker.format()
 
+    def scale(self, x: torch.Tensor) -> "torch.Tensor | None":
+        """The per-granule float scale for ``x`` under ``scaling='absmax'`` (None otherwise)."""
+        if not self.absmax:
+            return None
+        from lowbit.quant.granularity import granule_amax
+
+        return granule_amax(x.detach(), self.granularity).to(torch.float64 if x.dtype == torch.float64
+                                                            else torch.float32) / self.format.max
+
     def __call__(self, x: torch.Tensor, backward: "RoleQuantizer | None" = None) -> torch.Tensor:
+        if self.absmax:
+            from lowbit.quant.granularity import quantize_with_scale
+
+            s = self.scale(x)
+            y = _STE.apply(x, lambda t: quantize_with_scale(t, self.format, s, None, self.granularity,
+                                                           self.rounding, self.generator))
+            return y if backward is None else _gradient_only(y, backward)
         fmt = self.current_format(x)
         if backward is None:
             return fake_quantize(x, fmt, None, self.rounding, self.generator)
@@ -61,6 +80,18 @@ class RoleQuantizer:
     def __repr__(self) -> str:
         scale = "" if self.tracker is None else f", scaling={self.tracker.rule!r}"
         return f"RoleQuantizer({self.format}, {self.rounding}{scale})"
+
+
+class _STE(torch.autograd.Function):
+    """Forward ``fn(x)``, backward the identity (straight through)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return fn(x.detach())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> "tuple[torch.Tensor, None]":
+        return grad, None
 
 
 def _gradient_only(x: torch.Tensor, grad: RoleQuantizer) -> torch.Tensor:

@@ -108,6 +108,7 @@ def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, Numb
         state: Mapping[str, Any] = obj.state_dict()
         if formats is None:
             formats = _module_formats(obj)
+            state = _with_scaled_weights(obj, state, formats)
     elif isinstance(obj, Mapping):
         state = obj
         for name, value in state.items():
@@ -146,6 +147,19 @@ def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, Numb
             )
         fmt_map[name] = parse_format(spec)
     return state, fmt_map
+
+
+def _with_scaled_weights(model: torch.nn.Module, state: "Mapping[str, Any]",
+                         formats: "dict[str, NumberFormat | None]") -> "dict[str, Any]":
+    """Weights simulated with a per-tensor/channel float scale become scaled PackedTensors."""
+    from lowbit.quant import tensor_scales
+
+    scales = tensor_scales(model)
+    state = dict(state)
+    for name, scale in scales.items():
+        fmt = formats.pop(name)
+        state[name] = PackedTensor.from_tensor(state[name].detach(), fmt, scale=scale.to(torch.float32))
+    return state
 
 
 def _module_formats(model: torch.nn.Module) -> "dict[str, NumberFormat | None]":

@@ -292,3 +292,53 @@ def test_inference_reuses_the_quantized_weight_until_the_weight_changes():
         second = q(x)
     assert torch.equal(second, nn.functional.linear(x, lb.parse_format("int4").quantize(q.weight), q.bias))
     assert not torch.equal(first, second)
+
+
+# ------------------------------------------------------------------ per-channel float scales
+def test_absmax_per_channel_int8_weights_equal_a_row_by_row_reference():
+    _seed()
+    layer, x = nn.Linear(9, 5), torch.randn(3, 9)
+    with torch.no_grad():
+        layer.weight[2].zero_()  # an all-zero channel must stay 0, not NaN
+    q = lb.quantize_(copy.deepcopy(layer), {"weight": {"format": "int8", "scaling": "absmax",
+                                                       "granularity": "channel"}})
+    rows = []
+    for row in layer.weight.detach():
+        s = row.abs().max() / 127
+        rows.append(torch.zeros_like(row) if s == 0 else torch.round(row / s) * s)
+    want = nn.functional.linear(x, torch.stack(rows), layer.bias)
+    assert torch.equal(q(x), want)
+    assert not torch.isnan(q(x)).any()
+
+
+def test_absmax_per_tensor_on_activations_and_group_granularity():
+    _seed()
+    layer, x = nn.Linear(8, 3), torch.randn(4, 8) * 7
+    q = lb.quantize_(copy.deepcopy(layer), {"input": {"format": "int4", "scaling": "absmax"}})
+    s = x.abs().max() / 7
+    assert torch.equal(q(x), layer(torch.round(x / s).clamp(-8, 7) * s))
+    g = {"weight": {"format": "int4", "scaling": "absmax", "granularity": {"kind": "group", "axis": 1, "group_size": 4}}}
+    qg = lb.quantize_(copy.deepcopy(layer), g)
+    w = layer.weight.detach().reshape(3, 2, 4)
+    s = w.abs().amax(-1, keepdim=True) / 7
+    want_w = (torch.round(w / s) * s).reshape(3, 8)
+    assert torch.equal(qg(x), nn.functional.linear(x, want_w, layer.bias))
+
+
+def test_granularity_without_absmax_is_refused():
+    with pytest.raises(ValueError, match="granularity 'channel' needs scaling='absmax'"):
+        lb.QuantConfig.from_dict({"weight": {"format": "int8", "granularity": "channel"}})
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", {"kind": "group", "axis": 1, "group_size": 3}])
+def test_save_and_load_of_an_absmax_scaled_model_give_the_simulated_weights(tmp_path, granularity):
+    _seed()
+    layer = nn.Linear(6, 4)
+    with torch.no_grad():
+        layer.weight[1].zero_()
+    q = lb.quantize_(layer, {"weight": {"format": "int4", "scaling": "absmax", "granularity": granularity}})
+    simulated = q.lowbit_roles["weight"](q.weight).detach()
+    lb.save(q, tmp_path / "m.lowbit")
+    loaded = lb.load(tmp_path / "m.lowbit")
+    assert torch.equal(loaded["weight"], simulated)
+    assert torch.equal(loaded["bias"], layer.bias.detach())

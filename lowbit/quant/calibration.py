@@ -1,0 +1,256 @@
+"""Calibration: run data through a model and record per-layer ranges with observers.
+
+`calibration` is a context manager that attaches hooks to the model's Linear / Conv layers
+(float or simulated by `lowbit.quantize_` — the simulated classes subclass the float ones, and a
+forward pre-hook sees the input *before* the layer quantizes it), feeds one observer per layer
+and role, and on exit removes the hooks and fixes the ranges::
+
+    with calibration(model, roles=("input",)) as cal:
+        for x in loader:
+            model(x)
+    cal.ranges            # {"features.0": {"input": (lo, hi)}, ...}
+
+`calibrate` is the same as one call: it runs ``data`` through ``model`` in eval mode under
+``torch.no_grad()`` and returns the ranges. Roles:
+
+* ``"input"``: the layer's first positional argument (forward pre-hook);
+* ``"output"``: the layer's output (forward hook);
+* ``"weight"``: the layer's weight, observed once at exit (it does not depend on the data).
+
+Ranges are ``(lo, hi)`` tensors as the observer returns them (0-d per tensor, `stat_shape`
+per channel/group). Layers that never ran inside the block have no input/output ranges: they
+are listed in ``cal.unseen`` with a `LowbitWarning`; if *no* layer ran, exiting the block raises
+`CalibrationError` ("observer saw no data; run calibration first"). The module does not touch
+`quantize_`'s internals: feeding the fixed ranges to role quantizers is the caller's step.
+
+>>> import torch
+>>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+>>> ranges = calibrate(model, [torch.ones(2, 3), -torch.ones(5, 3)], roles=("input",))
+>>> [float(t) for t in ranges["0"]["input"]]
+[-1.0, 1.0]
+>>> sorted(ranges)
+['0', '2']
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitWarning
+from lowbit.quant.observers import CalibrationError, MinMaxObserver, Observer
+
+__all__ = ["CALIBRATION_ROLES", "CALIBRATED_LAYERS", "Calibration", "calibration", "calibrate"]
+
+CALIBRATION_ROLES = ("input", "output", "weight")
+#: layer types calibrated by default (simulated lowbit layers subclass these)
+CALIBRATED_LAYERS: "tuple[type[nn.Module], ...]" = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+)
+
+ObserverFactory = Callable[[], Observer]
+
+
+def _check_roles(roles: "Iterable[str] | str") -> "tuple[str, ...]":
+    if isinstance(roles, str):
+        roles = (roles,)
+    roles = tuple(roles)
+    bad = [r for r in roles if r not in CALIBRATION_ROLES]
+    if bad or not roles:
+        raise ValueError(f"roles={roles!r}; allowed: a non-empty selection of {', '.join(CALIBRATION_ROLES)}")
+    return roles
+
+
+def _factories(observer: "ObserverFactory | Mapping[str, ObserverFactory]", roles: "tuple[str, ...]"
+               ) -> "dict[str, ObserverFactory]":
+    if isinstance(observer, Mapping):
+        missing = [r for r in roles if r not in observer]
+        if missing:
+            raise ValueError(f"observer has no factory for role(s) {missing}; give one per role in {roles}")
+        out = {r: observer[r] for r in roles}
+    else:
+        out = {r: observer for r in roles}
+    for role, f in out.items():
+        if not callable(f):
+            raise TypeError(f"observer for role {role!r} must be a callable returning an Observer "
+                            f"(e.g. MinMaxObserver or lambda: KLObserver()), got {type(f).__name__}")
+    return out
+
+
+class Calibration:
+    """The state of one calibration pass (see the module docstring); use via `calibration`.
+
+    Attributes: ``observers`` ``{layer: {role: Observer}}``; after exit, ``ranges``
+    ``{layer: {role: (lo, hi)}}`` and ``unseen`` (layers that never ran).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        roles: "Iterable[str] | str" = ("input",),
+        observer: "ObserverFactory | Mapping[str, ObserverFactory]" = MinMaxObserver,
+        layers: "tuple[type[nn.Module], ...]" = CALIBRATED_LAYERS,
+        filter_fn: "Callable[[str, nn.Module], bool] | None" = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.roles = _check_roles(roles)
+        factories = _factories(observer, self.roles)
+        self.layers: dict[str, nn.Module] = {
+            name: m for name, m in model.named_modules()
+            if isinstance(m, layers) and (filter_fn is None or filter_fn(name, m))
+        }
+        if not self.layers:
+            raise ValueError(f"model has no layer to calibrate (types {', '.join(t.__name__ for t in layers)}"
+                             f"{', filtered by filter_fn' if filter_fn is not None else ''})")
+        self.observers: dict[str, dict[str, Observer]] = {}
+        for name in self.layers:
+            self.observers[name] = {}
+            for role in self.roles:
+                obs = factories[role]()
+                if not isinstance(obs, Observer):
+                    raise TypeError(f"observer factory for role {role!r} returned {type(obs).__name__}, "
+                                    f"not an Observer")
+                self.observers[name][role] = obs
+        self.ranges: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.unseen: list[str] = []
+        self._calls: dict[str, int] = {name: 0 for name in self.layers}
+        self._handles: list[Any] = []
+        self._active = False
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: "tuple[Any, ...]") -> None:
+            self._calls[name] += 1
+            obs = self.observers[name].get("input")
+            if obs is not None and args and isinstance(args[0], torch.Tensor) and args[0].dtype.is_floating_point:
+                obs.observe(args[0])
+        return hook
+
+    def _post_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: "tuple[Any, ...]", output: Any) -> None:
+            obs = self.observers[name]["output"]
+            if isinstance(output, torch.Tensor) and output.dtype.is_floating_point:
+                obs.observe(output)
+        return hook
+
+    def __enter__(self) -> "Calibration":
+        if self._active:
+            raise CalibrationError("this calibration is already active")
+        self._active = True
+        for name, m in self.layers.items():
+            self._handles.append(m.register_forward_pre_hook(self._pre_hook(name)))
+            if "output" in self.roles:
+                self._handles.append(m.register_forward_hook(self._post_hook(name)))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._active = False
+        if exc_type is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        ran = [n for n, c in self._calls.items() if c > 0]
+        self.unseen = [n for n, c in self._calls.items() if c == 0]
+        data_roles = [r for r in self.roles if r != "weight"]
+        if data_roles and not ran:
+            raise CalibrationError("observer saw no data; run calibration first: no calibrated layer ran "
+                                   "inside the `with calibration(...)` block (call model(x) on some batches)")
+        if data_roles and self.unseen:
+            warnings.warn(f"calibration: {len(self.unseen)} layer(s) never ran and have no "
+                          f"{'/'.join(data_roles)} range: {', '.join(self.unseen[:10])}"
+                          f"{' …' if len(self.unseen) > 10 else ''}", LowbitWarning, stacklevel=3)
+        ranges: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        for name, module in self.layers.items():
+            per_role: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            for role, obs in self.observers[name].items():
+                if role == "weight":
+                    w = getattr(module, "weight", None)
+                    if not isinstance(w, torch.Tensor):
+                        continue
+                    obs.observe(w.detach())
+                elif name in self.unseen:
+                    continue
+                if obs.count == 0:  # ran, but only non-float or non-finite data reached it
+                    continue
+                per_role[role] = obs.range()
+            if per_role:
+                ranges[name] = per_role
+        self.ranges = ranges
+
+
+def calibration(
+    model: nn.Module,
+    roles: "Iterable[str] | str" = ("input",),
+    observer: "ObserverFactory | Mapping[str, ObserverFactory]" = MinMaxObserver,
+    layers: "tuple[type[nn.Module], ...]" = CALIBRATED_LAYERS,
+    filter_fn: "Callable[[str, nn.Module], bool] | None" = None,
+) -> Calibration:
+    """A context manager that records per-layer ranges (see the module docstring).
+
+    ``observer``: a factory (an `Observer` class or a zero-argument callable) used for every
+    role, or ``{role: factory}``. ``layers``: layer types to hook; ``filter_fn(name, module)``
+    narrows them further. The block does not change the model's mode or grad state.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    >>> with calibration(model, roles=("input", "weight")) as cal:
+    ...     _ = model(torch.tensor([[0.5, -3.0]]))
+    >>> float(cal.ranges["0"]["input"][0])
+    -3.0
+    """
+    return Calibration(model, roles, observer, layers, filter_fn)
+
+
+def _run_batch(model: nn.Module, batch: Any) -> None:
+    if isinstance(batch, torch.Tensor):
+        model(batch)
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        model(batch[0])
+    elif isinstance(batch, Mapping):
+        model(**batch)
+    else:
+        raise TypeError(f"calibration batch must be a tensor, a (inputs, ...) tuple/list or a dict of "
+                        f"keyword inputs; got {type(batch).__name__} (pass forward=... for other shapes)")
+
+
+def calibrate(
+    model: nn.Module,
+    data: "Iterable[Any]",
+    roles: "Iterable[str] | str" = ("input",),
+    observer: "ObserverFactory | Mapping[str, ObserverFactory]" = MinMaxObserver,
+    *,
+    layers: "tuple[type[nn.Module], ...]" = CALIBRATED_LAYERS,
+    filter_fn: "Callable[[str, nn.Module], bool] | None" = None,
+    max_batches: "int | None" = None,
+    forward: "Callable[[nn.Module, Any], Any] | None" = None,
+) -> "dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]":
+    """Run ``data`` through ``model`` (eval mode, no grad) and return ``{layer: {role: (lo, hi)}}``.
+
+    A batch is a tensor (``model(batch)``), a tuple/list whose first element is the input (a
+    DataLoader's ``(x, y)``) or a dict of keyword inputs; ``forward(model, batch)`` overrides that.
+    ``max_batches`` stops early. The model's training flag is restored afterwards.
+    """
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches={max_batches!r}; allowed: None or an int >= 1")
+    run = forward if forward is not None else _run_batch
+    was_training = model.training
+    cal = Calibration(model, roles, observer, layers, filter_fn)
+    model.eval()
+    try:
+        with torch.no_grad(), cal:
+            for i, batch in enumerate(data):
+                if max_batches is not None and i >= max_batches:
+                    break
+                run(model, batch)
+    finally:
+        model.train(was_training)
+    return cal.ranges
