@@ -40,7 +40,9 @@ from lowbit.quant import (
     quantization_report,
     quantize_,
     tensor_formats,
+    tensor_scales,
 )
+from lowbit.quant import Granularity, allocate, calibrate, fold_batchnorm, sensitivity_scan
 from lowbit.storage import PackedTensor, load, save
 
 __version__ = "0.1.0"
@@ -57,6 +59,12 @@ __all__ = [
     "quantize_",
     "dequantize_",
     "tensor_formats",
+    "tensor_scales",
+    "Granularity",
+    "calibrate",
+    "fold_batchnorm",
+    "sensitivity_scan",
+    "allocate",
     "quantization_report",
     "QuantConfig",
     "LayerConfig",
