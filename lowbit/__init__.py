@@ -43,13 +43,16 @@ from lowbit.quant import (
     tensor_scales,
 )
 from lowbit.quant import Granularity, allocate, calibrate, fold_batchnorm, sensitivity_scan
-from lowbit.storage import PackedTensor, load, save
+from lowbit.storage import PackedTensor, load, load_packed, pack_, save, unpack_
 
 __version__ = "0.1.0"
 
 __all__ = [
     "save",
     "load",
+    "load_packed",
+    "pack_",
+    "unpack_",
     "PackedTensor",
     "__version__",
     "LowbitError",

@@ -5,6 +5,8 @@
     lowbit explain VALUE FORMAT    a value's bit pattern, fields and rounding
     lowbit run [NAME] [--quick]    run an experiment (default: the flagship), write results into --out DIR
     lowbit run --list              the experiments
+    lowbit pack MODEL.pt --config plan.json -o model.lowbit    store a state dict packed (lowbit checkpoint)
+    lowbit inspect model.lowbit    per-tensor format, bits, size and compression of a checkpoint
 """
 
 from __future__ import annotations
@@ -98,6 +100,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: float) -> str:
+    return f"{n / 1e6:.3f} MB" if n >= 1e5 else f"{n:,.0f} B"
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    import os
+
+    from lowbit.storage import PackedTensor, save
+    from lowbit.storage.plan import pack_state_dict, read_plan, read_state_dict
+
+    state = read_state_dict(args.model)
+    if args.config is not None:
+        plan = read_plan(args.config)
+    elif args.format is not None:
+        plan = {"weight": args.format}
+    else:
+        raise LowbitError("give the formats: --config plan.json, or --format SPEC for every layer weight")
+    packed = pack_state_dict(state, plan)
+    save(packed, args.output)
+    n_packed = sum(isinstance(v, PackedTensor) for v in packed.values())
+    fp32 = 4 * sum(t.numel() for t in state.values() if t.is_floating_point())
+    size = os.path.getsize(args.output)
+    print(f"packed {n_packed} of {len(packed)} tensors into {args.output}: {_size(size)} "
+          f"(float32: {_size(fp32)}, {fp32 / max(size, 1):.2f}x smaller); see `lowbit inspect {args.output}`")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import os
+
+    from lowbit.storage import inspect_checkpoint
+
+    if not os.path.isfile(args.path):
+        raise LowbitError(f"{args.path}: no such file")
+    rows = inspect_checkpoint(args.path)
+    size = os.path.getsize(args.path)
+    stored = sum(r["stored_bytes"] for r in rows)
+    fp32 = sum(r["fp32_bytes"] for r in rows)
+    if args.json:
+        print(json.dumps({"file_bytes": size, "stored_bytes": stored, "fp32_bytes": fp32, "tensors": rows}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.path}: {len(rows)} tensors", show_footer=True)
+    numbers = ("bits", "stored bytes", "fp32 bytes", "ratio")
+    footer = {"name": "total", "stored bytes": f"{stored:,}", "fp32 bytes": f"{fp32:,}",
+              "ratio": f"{fp32 / stored:.2f}x" if stored else "-"}
+    for col in ("name", "format", "bits", "shape", "stored bytes", "fp32 bytes", "ratio"):
+        table.add_column(col, footer=footer.get(col, ""), justify="right" if col in numbers else "left")
+    for r in rows:
+        ratio = "-" if r["compression"] is None else f"{r['compression']:.2f}x"
+        shape = "×".join(map(str, r["shape"])) or "scalar"
+        table.add_row(r["name"], r["format"] or f"as is ({r['dtype']})", str(r["bits"]), shape,
+                      f"{r['stored_bytes']:,}", f"{r['fp32_bytes']:,}", ratio)
+    Console(width=max(100, Console().width)).print(table)
+    print(f"file: {size:,} bytes ({_size(size)}); tensors {stored:,} bytes + header {size - stored:,} bytes; "
+          f"float32: {fp32:,} bytes ({fp32 / max(size, 1):.2f}x the file)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lowbit import __version__
 
@@ -128,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed for training (default: 0)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pack", help="store a model's state dict as a packed lowbit checkpoint")
+    p.add_argument("model", metavar="MODEL", help="a torch.save'd state dict (read weights-only) or a safetensors file")
+    p.add_argument("--config", metavar="PLAN.json", default=None,
+                   help='formats: a QuantConfig-style {"weight": spec, "layers": {name: {"weight": spec}}, '
+                        '"exclude": [...]} or a flat {name: spec}')
+    p.add_argument("--format", metavar="SPEC", default=None,
+                   help="instead of --config: one format for every layer weight (2-d or more)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="the checkpoint to write, e.g. model.lowbit")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("inspect", help="per-tensor formats, sizes and compression of a lowbit checkpoint")
+    p.add_argument("path", metavar="CHECKPOINT", help="a file written by lowbit.save or `lowbit pack`")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 

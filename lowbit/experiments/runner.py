@@ -46,7 +46,11 @@ __all__ = [
 # name -> module (imported only when the experiment runs or is listed)
 EXPERIMENTS: "dict[str, str]" = {
     "weight-formats": "lowbit.experiments.weight_formats",
+    "hybrid": "lowbit.experiments.hybrid",
+    "mixed-precision": "lowbit.experiments.mixed_precision",
+    "pretrained": "lowbit.experiments.pretrained",
     "training": "lowbit.experiments.lowprec_training",
+    "posit-gan": "lowbit.experiments.posit_gan",
 }
 FLAGSHIP = "weight-formats"
 EXPERIMENTS_INSTALL = "pip install 'lowbit[experiments]'"

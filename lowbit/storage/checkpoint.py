@@ -38,14 +38,15 @@ from lowbit.storage._container import (
 )
 from lowbit.storage.packed import PackedTensor
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "load_packed"]
 
 
 def save(obj: Any, path: "str | os.PathLike[str]", formats: Any = None) -> None:
     """Save a model or state dict as a lowbit checkpoint at ``path`` (atomically).
 
     ``obj``: an ``nn.Module`` quantized with `lowbit.quantize_` (its weight formats are used;
-    ``formats=`` overrides them), or a state dict ``{name: tensor or PackedTensor}``.
+    ``formats=`` overrides them) or packed with `lowbit.pack_` (its packed codes are stored as
+    they are, under ``"<layer>.weight"``), or a state dict ``{name: tensor or PackedTensor}``.
     ``formats``: None (a module: its lowbit formats; a state dict: every tensor as it is,
     PackedTensor values stay packed), one spec for every float16/bfloat16/float32/float64 tensor,
     or ``{name: spec or None}`` (names not listed are stored as they are).
@@ -74,11 +75,12 @@ def save(obj: Any, path: "str | os.PathLike[str]", formats: Any = None) -> None:
     _atomic_save_file(tensors, os.fspath(path), header_metadata(entries, __version__))
 
 
-def load(path: "str | os.PathLike[str]") -> "collections.OrderedDict[str, torch.Tensor]":
+def load(path: "str | os.PathLike[str]", *, packed: bool = False) -> "collections.OrderedDict[str, Any]":
     """Load a lowbit checkpoint: ``{name: tensor}`` in the saved order, on the CPU.
 
     Quantized tensors come back as their quantized values in the original dtype (equal to
-    ``fmt.quantize(original)`` bit for bit); the others exactly as saved. Raises
+    ``fmt.quantize(original)`` bit for bit); the others exactly as saved. With ``packed=True``
+    (= `load_packed`) quantized tensors come back as `PackedTensor` s instead, not decoded. Raises
     `lowbit.CheckpointError` (naming the tensor where there is one) for a corrupt, truncated,
     foreign or too-new file.
 
@@ -97,17 +99,37 @@ def load(path: "str | os.PathLike[str]") -> "collections.OrderedDict[str, torch.
             stored = [_get(f, s, entry, where) for s in entry.stored]
             if entry_digest(entry, stored) != entry.sha256:
                 raise CheckpointError(f"{where}: tensor {entry.name!r} is corrupt (its sha256 checksum does not match)")
-            out[entry.name] = stored[0] if fmt is None else _restore(entry, fmt, stored, where)
+            out[entry.name] = stored[0] if fmt is None else _restore(entry, fmt, stored, where, decode=not packed)
     return out
+
+
+def load_packed(path: "str | os.PathLike[str]") -> "collections.OrderedDict[str, Any]":
+    """Load a lowbit checkpoint without decoding: ``{name: PackedTensor or tensor}``, in the saved order.
+
+    Checksums are checked as by `load`. Rebuild a packed model from it with
+    ``lowbit.pack_(model, lowbit.load_packed(path))`` (``model``: the architecture, float or
+    simulated), or load it into a model packed already with ``model.load_state_dict(...)``.
+
+    >>> import os, tempfile, torch, lowbit as lb
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> lb.save({"w": torch.tensor([1.0, 2.5, -7.0]), "b": torch.zeros(2)}, path, formats={"w": "int4"})
+    >>> sd = lb.load_packed(path)
+    >>> sd["w"], sd["w"].decode().tolist(), sd["b"].tolist()
+    (PackedTensor(int4, shape=(3,), nbytes=2), [1.0, 2.0, -7.0], [0.0, 0.0])
+    """
+    return load(path, packed=True)
 
 
 # ------------------------------------------------------------------------------ saving
 def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, NumberFormat]]":
     """The state dict to store and ``{name: format}`` for the tensors to pack."""
     if isinstance(obj, torch.nn.Module):
-        state: Mapping[str, Any] = obj.state_dict()
+        from lowbit.storage.modules import packed_state_dict
+
+        state: Mapping[str, Any] = packed_state_dict(obj)
         if formats is None:
-            formats = _module_formats(obj)
+            has_packed = any(isinstance(v, PackedTensor) for v in state.values())
+            formats = _module_formats(obj, required=not has_packed)
             state = _with_scaled_weights(obj, state, formats)
     elif isinstance(obj, Mapping):
         state = obj
@@ -162,16 +184,17 @@ def _with_scaled_weights(model: torch.nn.Module, state: "Mapping[str, Any]",
     return state
 
 
-def _module_formats(model: torch.nn.Module) -> "dict[str, NumberFormat | None]":
+def _module_formats(model: torch.nn.Module, required: bool = True) -> "dict[str, NumberFormat | None]":
     try:
         from lowbit.quant import tensor_formats
     except ImportError:  # pragma: no cover - lowbit.quant ships with lowbit
         tensor_formats = None
     found = tensor_formats(model) if tensor_formats is not None else {}
-    if not any(f is not None for f in found.values()):
+    if required and not any(f is not None for f in found.values()):
         raise TypeError(
             f"save() got a {type(model).__name__} with no lowbit weight formats (not quantized with "
-            "lowbit.quantize_); pass formats= (one spec such as 'posit8_es2', or {name: spec}) to store it"
+            "lowbit.quantize_ or packed with lowbit.pack_); pass formats= (one spec such as 'posit8_es2', "
+            "or {name: spec}) to store it"
         )
     return dict(found)
 
@@ -286,11 +309,13 @@ def _entry_format(entry: Entry, where: str) -> "NumberFormat | None":
     return fmt
 
 
-def _restore(entry: Entry, fmt: NumberFormat, stored: list[torch.Tensor], where: str) -> torch.Tensor:
+def _restore(
+    entry: Entry, fmt: NumberFormat, stored: list[torch.Tensor], where: str, decode: bool = True
+) -> "torch.Tensor | PackedTensor":
     params = {s.key.split(":param:", 1)[1]: t for s, t in zip(entry.params, stored[1:])}
     scale = stored[-1] if entry.scale is not None else None
     try:
         packed = PackedTensor(stored[0], fmt, entry.shape, params, scale, entry.axis, entry.dtype)
-        return packed.decode()
+        return packed.decode() if decode else packed
     except (ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{where}: tensor {entry.name!r}: cannot decode: {err}") from None

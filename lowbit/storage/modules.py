@@ -1,0 +1,896 @@
+"""Packed layers: weights held as packed n-bit codes and decoded on the fly for compute.
+
+`pack_` turns a model's Linear / Conv1d / Conv2d / ConvTranspose2d / Embedding layers (float ones,
+or the simulated ones `lowbit.quantize_` made) into ``PackedLinear`` … ``PackedEmbedding``, in
+place: the float weight is dropped and the layer keeps only its packed codes (a `PackedTensor`:
+codes, side parameters such as MX block exponents or codebook levels, an optional scale). Every
+forward decodes the codes into a float weight in the layer's ``compute_dtype`` (the original
+weight's dtype unless chosen) and runs the layer's usual op with it. `unpack_` undoes `pack_`.
+
+Semantics, exactly:
+
+- **Packed == simulated.** The decoded weight equals ``fmt.quantize(weight)`` bit for bit, so a
+  packed model gives the same outputs (``torch.equal``) as the model simulated with
+  ``quantize_(model, {"weight": fmt, ...})``. A simulated layer's other roles (bias, input,
+  output, grad, accumulation) stay simulated in the packed layer: its forward *is* the simulated
+  forward, with the decoded weight in place of the fake-quantized one. Only the weight is
+  packed; the bias stays a float parameter (quantized on the fly if it has a bias role).
+- **Decoding** of scalar formats of at most 16 bits, and of the fitted formats (binary, ternary,
+  codebook), is one table lookup per element: a table of every code's value in the compute
+  dtype, read by a fused unpack-and-look-up kernel (numba, when installed; else torch's
+  ``unpack_bits`` + ``index_select``). MX / block formats look up the element and multiply by
+  the block's power of two. Anything else decodes through `PackedTensor.decode`.
+- **Cache.** ``cache=True`` keeps the decoded weight after the first forward (as fast as a float
+  layer, the memory of both); ``nbytes`` then counts both. ``clear_cache()`` drops it.
+- **Storage in the module.** The packed codes and side parameters are buffers
+  (``weight_packed``, ``weight_param_<name>``, ``weight_scale``) and the format, shape and dtype
+  its ``_extra_state``: ``state_dict()`` holds plain tensors (``torch.load(weights_only=True)``
+  reads it back), ``load_state_dict`` accepts that form, or ``{"<layer>.weight": PackedTensor}``
+  from `lowbit.load_packed`, or a float weight (quantized to the layer's format).
+  ``.to(device)`` moves the codes; ``.to(dtype)`` / ``.half()`` never touch them (the side
+  parameters keep their own dtype too) but change ``compute_dtype``, as they would change a
+  float weight's dtype. ``module.weight`` is the decoded weight (read-only).
+
+>>> import torch, lowbit as lb
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+>>> x = torch.randn(4, 64)
+>>> simulated = lb.quantize_(torch.nn.Sequential(*[m for m in model]), {"weight": "posit8_es2"})
+>>> y_sim = simulated(x)
+>>> _ = lb.pack_(model)                    # the quantized model: its weight formats are used
+>>> [type(m).__name__ for m in model]
+['PackedLinear', 'ReLU', 'PackedLinear']
+>>> torch.equal(model(x), y_sim), model[0].nbytes   # 64*32 weights, one byte each
+(True, 2048)
+>>> _ = lb.unpack_(model); type(model[0]).__name__
+'QuantLinear'
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import functools
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.formats._float64 import FLOAT_DTYPES, check_float_dtype, round_float64_to
+from lowbit.formats.base import MAX_TABLE_BITS, EncodedTensor, NumberFormat, ScalarFormat
+from lowbit.formats.block import BlockFormat
+from lowbit.formats.learned import LearnedFormat
+from lowbit.formats.spec import parse_format
+from lowbit.simulate.layers import (
+    QuantConvTranspose2d,
+    QuantEmbedding,
+    QuantLayerMixin,
+    QuantLinear,
+    _QuantConvNd,
+    quant_class_for,
+)
+from lowbit.storage.bitpack import unpack_bits
+from lowbit.storage.packed import PackedTensor, _value_table
+
+__all__ = [
+    "PackedLayerMixin",
+    "PackedLinear",
+    "PackedConv1d",
+    "PackedConv2d",
+    "PackedConvTranspose2d",
+    "PackedEmbedding",
+    "PACKED_CLASSES",
+    "pack_",
+    "unpack_",
+    "packed_state_dict",
+    "memory_footprint",
+]
+
+_DATA = "weight_packed"
+_SCALE = "weight_scale"
+_PARAM = "weight_param_"
+
+
+def _fmt_dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+_DTYPES = {_fmt_dtype(d): d for d in FLOAT_DTYPES}
+
+
+class PackedLayerMixin(nn.Module):
+    """What every packed layer shares: its packed weight, decoding, cache, state dict and moves.
+
+    Not a `lowbit.simulate.layers.QuantLayerMixin`: `lowbit.dequantize_` and
+    `lowbit.tensor_formats` leave packed layers alone (use `unpack_`).
+    """
+
+    compute_dtype: torch.dtype
+    cache: bool
+    lowbit_roles: "dict[str, Any]"
+    lowbit_accumulate: "tuple[NumberFormat, int] | None"
+    _packed_format: NumberFormat
+    _packed_shape: torch.Size
+    _packed_dtype: torch.dtype
+    _packed_axis: "int | None"
+    _packed_params: "tuple[str, ...]"
+    _packed_decoded: "torch.Tensor | None"
+    _packed_table: "tuple[Any, torch.Tensor] | None"
+    _packed_prior: "tuple[type, dict[str, Any] | None, bool]"
+
+    # -- the simulated forward's hooks (see lowbit.simulate.layers) ----------------------------
+    _lowbit_q = QuantLayerMixin._lowbit_q
+    _lowbit_finish = QuantLayerMixin._lowbit_finish
+
+    def _lowbit_weight(self) -> torch.Tensor:
+        return self.weight
+
+    # -- the packed weight ---------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        """The decoded weight (``compute_dtype``), from the cache when one is held; read-only."""
+        if self._packed_decoded is not None:
+            return self._packed_decoded
+        if self.cache and torch.is_inference_mode_enabled():
+            # a cache filled under inference_mode must still serve forwards that autograd records
+            with torch.inference_mode(False):
+                w = self._decode()
+        else:
+            w = self._decode()
+        if self.cache:
+            self._packed_decoded = w
+        return w
+
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        raise AttributeError(
+            f"{type(self).__name__}.weight is decoded from packed codes and cannot be assigned; "
+            "use load_state_dict (a float weight is re-quantized) or lowbit.unpack_ first"
+        )
+
+    @property
+    def format(self) -> NumberFormat:
+        """The weight's number format."""
+        return self._packed_format
+
+    @property
+    def packed_weight(self) -> PackedTensor:
+        """The packed weight as a `PackedTensor` (sharing this layer's buffers)."""
+        params = {p: self._buffers[_PARAM + p] for p in self._packed_params}
+        return PackedTensor(
+            self._buffers[_DATA], self._packed_format, self._packed_shape, params,  # type: ignore[arg-type]
+            self._buffers.get(_SCALE), self._packed_axis, self._packed_dtype,
+        )
+
+    @property
+    def packed_nbytes(self) -> int:
+        """Bytes of the packed weight: codes + side parameters + scale."""
+        return sum(_tensor_nbytes(self._buffers[k]) for k in self._packed_keys())
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes of the decoded weight held by the cache (0 without one)."""
+        return 0 if self._packed_decoded is None else _tensor_nbytes(self._packed_decoded)
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes of the weight: packed codes and side parameters, plus the decoded cache if held."""
+        return self.packed_nbytes + self.cache_nbytes
+
+    def clear_cache(self) -> None:
+        """Drop the decoded weight (and the decoding table); the next forward decodes again."""
+        self._packed_decoded = None
+        self._packed_table = None
+
+    def _packed_keys(self) -> "list[str]":
+        keys = [_DATA, *(_PARAM + p for p in self._packed_params)]
+        return keys + ([_SCALE] if _SCALE in self._buffers else [])
+
+    # -- installing a packed weight ------------------------------------------------------------
+    def _set_packed(self, packed: PackedTensor, device: "torch.device | None" = None) -> None:
+        """Hold ``packed`` (its tensors moved to ``device``) as this layer's weight."""
+        for key in list(self._buffers):
+            if key == _DATA or key == _SCALE or key.startswith(_PARAM):
+                del self._buffers[key]
+        fmt = packed.format
+        _check_decodable(packed)
+
+        def move(t: torch.Tensor) -> torch.Tensor:  # the same tensor when it can be: tied weights stay one
+            t = t.detach() if t.requires_grad else t
+            return t if device is None else t.to(device)
+
+        self.register_buffer(_DATA, move(packed.data))
+        for p, t in packed.params.items():
+            self.register_buffer(_PARAM + p, move(t))
+        if packed.scale is not None:
+            self.register_buffer(_SCALE, move(packed.scale))
+        self._packed_format = fmt
+        self._packed_shape = packed.shape
+        self._packed_dtype = packed.dtype
+        self._packed_axis = packed.axis
+        self._packed_params = tuple(packed.params)
+        self.clear_cache()
+
+    # -- decoding --------------------------------------------------------------------------------
+    def _decode(self) -> torch.Tensor:
+        dtype = self.compute_dtype
+        fmt = self._packed_format
+        data = self._buffers[_DATA]
+        scale = self._buffers.get(_SCALE)
+        value_dtype = torch.float32 if scale is not None else dtype
+        table = self._table(value_dtype)
+        if table is None:  # no table for this format: the reference decoder
+            return self.packed_weight.decode(dtype)
+        n = self._packed_shape.numel()
+        fused = None
+        if not isinstance(fmt, BlockFormat):  # numba: decode and per-row scale in one serial pass
+            fused = _fused_row_scale(data, fmt.bits, table, scale, self._packed_shape)
+        if fused is not None:
+            return fused.to(dtype)
+        if isinstance(fmt, BlockFormat):
+            values = _decode_block(self, table, value_dtype)
+            if values is None:  # exponents outside the table: the reference decoder says why
+                return self.packed_weight.decode(dtype)
+        else:
+            values = _lut_decode(data, fmt.bits, table, n).reshape(self._packed_shape)
+        if scale is None:
+            return values
+        return _scaled(values, scale).to(dtype)
+
+    def _table(self, dtype: torch.dtype) -> "torch.Tensor | None":
+        """The value of every code (for block formats: of every element code) in ``dtype``."""
+        device = self._buffers[_DATA].device
+        key = (dtype, device)
+        cached = self._packed_table
+        stale = cached is not None and cached[1].is_inference() and not torch.is_inference_mode_enabled()
+        if cached is not None and cached[0] == key and not stale:
+            return cached[1]
+        fmt = self._packed_format
+        params = {p: self._buffers[_PARAM + p] for p in self._packed_params}
+        table = _code_table(fmt, params, dtype)
+        if table is not None:
+            table = table.to(device)
+            self._packed_table = (key, table)
+        return table
+
+    # -- moves and casts ---------------------------------------------------------------------------
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "PackedLayerMixin":
+        # the packed tensors move with fn but keep their dtype: a cast (``.half()``, ``.to(dtype)``)
+        # would change codebook levels or scales, and the decoded values with them
+        held = {k: self._buffers.pop(k) for k in self._packed_keys()}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for k, t in held.items():
+                moved = fn(t)
+                if moved.dtype != t.dtype:
+                    moved = t.to(device=moved.device)
+                self._buffers[k] = moved
+        # ... and the compute dtype follows a cast, as a float weight's dtype would
+        probe = fn(torch.zeros((), dtype=self.compute_dtype, device=self._buffers[_DATA].device))
+        if isinstance(probe, torch.Tensor) and probe.dtype in FLOAT_DTYPES:
+            self.compute_dtype = probe.dtype
+        self.clear_cache()
+        return self
+
+    # -- state dict ---------------------------------------------------------------------------------
+    def get_extra_state(self) -> "dict[str, Any]":
+        """Format, shape, dtype, scale axis and side-parameter names of the packed weight."""
+        return {
+            "format": str(self._packed_format),
+            "shape": list(self._packed_shape),
+            "dtype": _fmt_dtype(self._packed_dtype),
+            "axis": self._packed_axis,
+            "params": list(self._packed_params),
+            "scale": _SCALE in self._buffers,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping) or state.get("format") != str(self._packed_format) or list(
+            state.get("shape", ())
+        ) != list(self._packed_shape):
+            raise ValueError(f"packed-weight metadata {state!r} does not match the loaded codes")
+
+    def _load_from_state_dict(  # type: ignore[override]
+        self,
+        state_dict: "dict[str, Any]",
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: "list[str]",
+        unexpected_keys: "list[str]",
+        error_msgs: "list[str]",
+    ) -> None:
+        device = self._buffers[_DATA].device
+        logical = state_dict.get(prefix + "weight")
+        try:
+            if logical is not None:
+                self._set_packed(self._packed_from_logical(logical), device)
+                # hand nn.Module the physical form, so it finds every buffer it expects
+                state_dict = dict(state_dict)
+                del state_dict[prefix + "weight"]
+                state_dict.update({prefix + k: self._buffers[k] for k in self._packed_keys()})
+                state_dict[prefix + "_extra_state"] = self.get_extra_state()
+            elif prefix + "_extra_state" in state_dict:
+                self._set_packed(self._packed_from_physical(state_dict, prefix), device)
+        except (ValueError, TypeError, KeyError) as err:
+            error_msgs.append(f"packed weight {prefix}weight: {err}")
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _packed_from_logical(self, value: Any) -> PackedTensor:
+        if isinstance(value, PackedTensor):
+            packed = value
+        elif isinstance(value, torch.Tensor) and value.dtype in FLOAT_DTYPES:
+            packed = PackedTensor.from_tensor(value.detach(), self._packed_format)
+        else:
+            raise TypeError(f"expected a PackedTensor or a float tensor, got {type(value).__name__}")
+        if packed.shape != self._packed_shape:
+            raise ValueError(f"shape {tuple(packed.shape)} does not match the layer's {tuple(self._packed_shape)}")
+        return packed
+
+    def _packed_from_physical(self, state_dict: Mapping[str, Any], prefix: str) -> PackedTensor:
+        meta = state_dict[prefix + "_extra_state"]
+        if not isinstance(meta, Mapping) or not {"format", "shape", "dtype"} <= set(meta):
+            raise ValueError(f"_extra_state must hold the format, shape and dtype of the packed weight, got {meta!r}")
+        if meta["dtype"] not in _DTYPES:
+            raise ValueError(f"unknown dtype {meta['dtype']!r}")
+        params = {p: state_dict[prefix + _PARAM + p] for p in meta.get("params", ())}
+        scale = state_dict.get(prefix + _SCALE) if meta.get("scale") else None
+        packed = PackedTensor(
+            state_dict[prefix + _DATA], parse_format(meta["format"]), tuple(meta["shape"]), params, scale,
+            meta.get("axis"), _DTYPES[meta["dtype"]],
+        )
+        if packed.shape != self._packed_shape:
+            raise ValueError(f"shape {tuple(packed.shape)} does not match the layer's {tuple(self._packed_shape)}")
+        return packed
+
+    # -- printing --------------------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        base = self._float_class.extra_repr(self)  # type: ignore[attr-defined]
+        roles = "".join(f", {r}={q.format}" for r, q in self.lowbit_roles.items())
+        cache = ", cached" if self._packed_decoded is not None else (", cache" if self.cache else "")
+        return f"{base}, format={self._packed_format}, packed={self.packed_nbytes} B{roles}{cache}"
+
+
+class PackedLinear(PackedLayerMixin, nn.Linear):
+    """``nn.Linear`` with a packed weight (see the module docstring)."""
+
+    _float_class = nn.Linear
+    forward = QuantLinear.forward
+
+
+class PackedConv1d(PackedLayerMixin, nn.Conv1d):
+    """``nn.Conv1d`` with a packed weight."""
+
+    _float_class = nn.Conv1d
+    forward = _QuantConvNd.forward
+    _chunked = _QuantConvNd._chunked
+
+
+class PackedConv2d(PackedLayerMixin, nn.Conv2d):
+    """``nn.Conv2d`` with a packed weight."""
+
+    _float_class = nn.Conv2d
+    forward = _QuantConvNd.forward
+    _chunked = _QuantConvNd._chunked
+
+
+class PackedConvTranspose2d(PackedLayerMixin, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with a packed weight."""
+
+    _float_class = nn.ConvTranspose2d
+    forward = QuantConvTranspose2d.forward
+
+
+class PackedEmbedding(PackedLayerMixin, nn.Embedding):
+    """``nn.Embedding`` with a packed weight.
+
+    Without a cache or ``max_norm``, and for table-decoded formats whose rows fill whole bytes,
+    a forward decodes only the rows it looks up (a large vocabulary is never decoded whole).
+    """
+
+    _float_class = nn.Embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        rows = None if (self.cache or self.max_norm is not None) else self._decode_rows(x)
+        if rows is None:
+            return QuantEmbedding.forward(self, x)  # type: ignore[arg-type]
+        return self._lowbit_finish(rows)
+
+    def _decode_rows(self, x: torch.Tensor) -> "torch.Tensor | None":
+        fmt = self._packed_format
+        dim = self._packed_shape[1]
+        if isinstance(fmt, BlockFormat) or _SCALE in self._buffers or (dim * fmt.bits) % 8:
+            return None
+        table = self._table(self.compute_dtype)
+        if table is None:
+            return None
+        if x.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"Embedding indices must be int32 or int64, got {x.dtype}")
+        row_bytes = dim * fmt.bits // 8
+        data = self._buffers[_DATA].view(self._packed_shape[0], row_bytes)
+        picked = data.index_select(0, x.reshape(-1).to(torch.int64)).reshape(-1)
+        return _lut_decode(picked, fmt.bits, table, x.numel() * dim).reshape(*x.shape, dim)
+
+
+#: float layer class -> its packed class
+PACKED_CLASSES: "dict[type, type]" = {
+    nn.Linear: PackedLinear,
+    nn.Conv1d: PackedConv1d,
+    nn.Conv2d: PackedConv2d,
+    nn.ConvTranspose2d: PackedConvTranspose2d,
+    nn.Embedding: PackedEmbedding,
+}
+_DERIVED: "dict[type, type]" = {}
+
+
+def _packed_class_for(float_cls: type) -> type:
+    if float_cls in PACKED_CLASSES:
+        return PACKED_CLASSES[float_cls]
+    for base, pcls in PACKED_CLASSES.items():
+        if issubclass(float_cls, base):
+            if float_cls not in _DERIVED:
+                _DERIVED[float_cls] = type(
+                    f"Packed{float_cls.__name__}", (pcls, float_cls),
+                    {"__module__": __name__, "_float_class": float_cls},
+                )
+            return _DERIVED[float_cls]
+    raise TypeError(f"{float_cls.__name__} cannot be packed")  # pragma: no cover - callers check first
+
+
+# ------------------------------------------------------------------------------ decoding
+def _tensor_nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _check_decodable(packed: PackedTensor) -> None:
+    """Reject codes the format does not use (ternary's 2), which a table would decode silently."""
+    fmt = packed.format
+    if isinstance(fmt, LearnedFormat):
+        codes = packed.codes().reshape(-1).to(torch.int64)
+        bad = fmt._unused(codes)
+        if bool(bad.any()):
+            raise ValueError(f"codes of {fmt} must be in {fmt._code_note()}; got {int(codes[bad][0])}")
+
+
+def _code_table(fmt: NumberFormat, params: Mapping[str, torch.Tensor], dtype: torch.dtype) -> "torch.Tensor | None":
+    """Every code's value in ``dtype`` (NaN for unused codes), or None for formats without a table."""
+    if isinstance(fmt, ScalarFormat):
+        return _value_table(fmt, dtype) if fmt.bits <= MAX_TABLE_BITS else None
+    if isinstance(fmt, BlockFormat):
+        element = fmt.element_format
+        if element.bits > MAX_TABLE_BITS:
+            return None
+        # element values, exact in both; float32 products are formed only for a float32 result
+        return _value_table(element, torch.float32 if dtype == torch.float32 else torch.float64)
+    if isinstance(fmt, LearnedFormat):
+        codes = torch.arange(1 << fmt.bits)
+        valid = codes[~fmt._unused(codes)]
+        table = torch.full((1 << fmt.bits,), float("nan"), dtype=dtype)
+        levels = fmt.decode_tensor(EncodedTensor(fmt, valid.to(torch.uint8), dict(params)), dtype)
+        table[valid] = levels
+        return table
+    return None
+
+
+def _lut_decode(data: torch.Tensor, bits: int, table: torch.Tensor, n: int) -> torch.Tensor:
+    """``table[code]`` for the ``n`` codes packed ``bits`` bits each in ``data`` (1-D)."""
+    out = torch.empty(n, dtype=table.dtype, device=data.device)
+    if n == 0:
+        return out
+    from lowbit.kernels import resolve_backend
+
+    if resolve_backend(None, data.device.type) == "numba":
+        view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[table.element_size()]
+        _numba().lut_decode_into(
+            data.contiguous().numpy(), bits, table.contiguous().view(view).numpy(), out.view(view).numpy()
+        )
+        return out
+    codes = unpack_bits(data.contiguous(), bits, n, torch.int32 if bits < 32 else torch.int64)
+    return torch.index_select(table, 0, codes, out=out)
+
+
+def _fused_row_scale(
+    data: torch.Tensor, bits: int, table: torch.Tensor, scale: "torch.Tensor | None", shape: torch.Size
+) -> "torch.Tensor | None":
+    """Decode + per-tensor / per-row (axis 0) scale in one numba pass, or None where it does not apply."""
+    from lowbit.kernels import resolve_backend
+
+    if scale is None or table.dtype != torch.float32 or data.device.type != "cpu" or len(shape) == 0:
+        return None
+    if scale.numel() != 1 and (scale.dim() != len(shape) or scale.shape[0] != shape[0]
+                               or any(d != 1 for d in scale.shape[1:])):
+        return None
+    if resolve_backend(None, "cpu") != "numba":
+        return None
+    n = shape.numel()
+    row = n if scale.numel() == 1 else n // max(shape[0], 1)
+    out = torch.empty(n, dtype=torch.float32)
+    if n:
+        _numba().lut_decode_rows_scaled_into(
+            data.contiguous().numpy(), bits, table.contiguous().numpy(),
+            scale.reshape(-1).contiguous().numpy(), max(row, 1), out.numpy(),
+        )
+    return out.reshape(shape)
+
+
+def _scaled(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``values * scale`` (float32), in place: ``values`` is a fresh decode.
+
+    A per-channel scale along axis 0 multiplies a 2-d view: torch's in-place broadcast over
+    trailing size-1 dims, (N, C, 1, 1) *= (N, 1, 1, 1), runs ~100x slower than the 2-d form.
+    """
+    if values.dim() >= 2 and scale.dim() == values.dim() and scale.shape[0] == values.shape[0] \
+            and all(d == 1 for d in scale.shape[1:]):
+        values.view(values.shape[0], -1).mul_(scale.reshape(-1, 1))
+        return values
+    if scale.shape == values.shape or scale.numel() == 1:
+        return values.mul_(scale)
+    return values * scale
+
+
+@functools.lru_cache(maxsize=1)
+def _numba():  # type: ignore[no-untyped-def]
+    from lowbit.storage import _decode_numba
+
+    return _decode_numba
+
+
+@functools.lru_cache(maxsize=4)
+def _pow2_table(dtype: torch.dtype) -> torch.Tensor:
+    """2^s for s in [-127, 127] and NaN for 128 (the NaN-scale marker), index s + 127; exact."""
+    exps = torch.arange(-127, 129, dtype=torch.float64)
+    table = torch.pow(2.0, exps)
+    table[-1] = float("nan")
+    return table.to(dtype)
+
+
+def _decode_block(layer: PackedLayerMixin, table: torch.Tensor, dtype: torch.dtype) -> "torch.Tensor | None":
+    """Block formats: element value × 2^s per block, rounded once to ``dtype`` (as decode_tensor)."""
+    fmt = layer._packed_format
+    assert isinstance(fmt, BlockFormat)
+    shape = layer._packed_shape
+    s = layer._buffers[_PARAM + "scale_exponent"].to(torch.int64)
+    if fmt.exponent_min < -127 or fmt.exponent_max > 127 or fmt.nan_exponent != 128:
+        return None
+    if bool((((s < fmt.exponent_min) | (s > fmt.exponent_max)) & (s != fmt.nan_exponent)).any()):
+        return None
+    data = layer._buffers[_DATA]
+    n = shape.numel()
+    elements = _lut_decode(data, fmt.bits, table, n)
+    length = shape[-1] if len(shape) else 1
+    rows = elements.reshape(-1, length)
+    k = fmt.block_size
+    nb = -(-length // k)
+    if nb * k != length:
+        rows = F.pad(rows, (0, nb * k - length))
+    # float32 products are exact-then-rounded once (elements have few significant bits, 2^s is
+    # exact), so they equal float64 products rounded to float32; other dtypes go through float64
+    work = table.dtype
+    factor = _pow2_table(work).to(data.device)[(s + 127).reshape(-1, nb)]
+    values = (rows.reshape(-1, nb, k) * factor.unsqueeze(-1)).reshape(-1, nb * k)[:, :length]
+    values = values.reshape(shape)
+    return values if work == dtype else round_float64_to(values.to(torch.float64), dtype)
+
+
+# ------------------------------------------------------------------------------ pack_ / unpack_
+def _matches(pattern: str, name: str, module: nn.Module) -> bool:
+    if pattern.startswith("type:"):
+        cls = _float_class_of(module)
+        return any(c.__name__ == pattern[5:] for c in cls.__mro__)
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _float_class_of(module: nn.Module) -> type:
+    if isinstance(module, PackedLayerMixin):
+        return module._float_class  # type: ignore[attr-defined,no-any-return]
+    return getattr(module, "lowbit_float_class", type(module))
+
+
+def _packable(module: nn.Module) -> bool:
+    if isinstance(module, QuantLayerMixin):
+        return True
+    return not isinstance(module, PackedLayerMixin) and quant_class_for(type(module)) is not None
+
+
+def _is_glob(pattern: str) -> bool:
+    return pattern.startswith("type:") or any(c in pattern for c in "*?[")
+
+
+def pack_(
+    model: nn.Module,
+    formats: Any = None,
+    *,
+    cache: bool = False,
+    compute_dtype: "torch.dtype | None" = None,
+) -> nn.Module:
+    """Replace supported layers' weights by packed codes, in place; returns ``model``.
+
+    ``formats``:
+
+    - None: the layers simulated by `lowbit.quantize_` are packed in their weight formats
+      (``lowbit.tensor_formats``); their other roles stay simulated (see the module docstring);
+    - a spec string or `NumberFormat`: every supported layer (float or simulated);
+    - ``{pattern: spec or None}``: module names (fnmatch patterns, ``"type:Conv2d"``, or a
+      state-dict key ``"fc.weight"``); the last matching entry wins, None leaves a layer as it
+      is; simulated layers no entry matches keep their own weight format;
+    - a packed state dict from `lowbit.load_packed` (``{key: PackedTensor or tensor}``): the
+      layers it holds ``PackedTensor`` weights for are packed with exactly those codes (nothing
+      is re-encoded), then every entry is loaded with ``load_state_dict`` (strict; a model built
+      on the meta device takes the loaded tensors as they are, so no float weight is ever made).
+
+    Supported layers: Linear, Conv1d, Conv2d, ConvTranspose2d, Embedding and their subclasses
+    that keep the base ``forward`` (as for `lowbit.quantize_`). ``cache=True`` keeps each decoded
+    weight after its first forward. ``compute_dtype`` (default: the weight's dtype) is the dtype
+    weights decode to; the bias is cast to it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if compute_dtype is not None:
+        compute_dtype = check_float_dtype(compute_dtype, "compute_dtype")
+    state: "Mapping[str, Any] | None" = None
+    if isinstance(formats, Mapping) and any(isinstance(v, torch.Tensor) for v in formats.values()):
+        state = formats
+        formats = _formats_of_state(state)
+    plan = _plan(model, formats)
+    made: dict[int, PackedTensor] = {}  # tied weights stay tied: one PackedTensor per Parameter
+    for name, module, spec in plan:
+        _pack_module(name, module, spec, made, cache, compute_dtype)
+    if state is not None:
+        # a skeleton built on the meta device takes the loaded tensors themselves (assign)
+        meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        model.load_state_dict(dict(state), strict=True, assign=meta)
+    return model
+
+
+def _formats_of_state(state: Mapping[str, Any]) -> "dict[str, PackedTensor]":
+    out: dict[str, PackedTensor] = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state dict keys must be str, got {key!r}")
+        if isinstance(value, PackedTensor):
+            if key != "weight" and not key.endswith(".weight"):
+                raise ValueError(f"packed state dict: {key!r} holds a PackedTensor; only layer weights can be packed")
+            out[key] = value
+        elif not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"packed state dict value {key!r} must be a tensor or PackedTensor, got {type(value).__name__}"
+            )
+    return out
+
+
+def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
+    """(name, module, spec) for every layer to pack; spec: (format, rounding, generator, scale) or a PackedTensor."""
+    modules = list(model.named_modules())
+    by_name = dict(modules)
+    entries: "list[tuple[str, Any]]" = []
+    default: Any = None
+    if formats is None:
+        pass
+    elif isinstance(formats, (str, NumberFormat)):
+        default = parse_format(formats)
+    elif isinstance(formats, Mapping):
+        for key, spec in formats.items():
+            if not isinstance(key, str):
+                raise TypeError(f"formats keys must be module names or patterns (str), got {key!r}")
+            pattern = key
+            if key not in by_name and (key == "weight" or key.endswith(".weight")) and key[:-7].rstrip(".") in by_name:
+                pattern = key[:-7].rstrip(".")
+            if spec is not None and not isinstance(spec, PackedTensor):
+                try:
+                    spec = parse_format(spec)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"formats[{key!r}]: {err}") from None
+            matched = [n for n, m in modules if _matches(pattern, n, m)]
+            if not matched:
+                names = [n for n, _ in modules if n]
+                raise ValueError(
+                    f"formats names {key!r}, which matches no module of the model; module names: "
+                    f"{', '.join(names[:30])}{' …' if len(names) > 30 else ''}"
+                )
+            if not _is_glob(pattern):
+                module = by_name[pattern]
+                if isinstance(module, PackedLayerMixin) and spec is not None:
+                    raise ValueError(f"layer {pattern!r} is already packed ({module.format}); unpack_ it first")
+                if not _packable(module) and spec is not None:
+                    raise ValueError(
+                        f"layer {pattern!r} ({type(module).__name__}) cannot be packed; supported: Linear, Conv1d, "
+                        "Conv2d, ConvTranspose2d, Embedding (and subclasses that keep their forward)"
+                    )
+            elif isinstance(spec, PackedTensor):
+                raise ValueError(f"formats[{key!r}] is a PackedTensor; name one layer exactly, not a pattern")
+            entries.append((pattern, spec))
+    else:
+        raise TypeError(
+            "formats must be None, a spec string (e.g. 'posit8_es2'), a {layer pattern: spec or None} dict "
+            f"or a packed state dict from lowbit.load_packed; got {type(formats).__name__}"
+        )
+
+    plan = []
+    for name, module in modules:
+        if not _packable(module):
+            continue
+        role = getattr(module, "lowbit_roles", {}).get("weight") if isinstance(module, QuantLayerMixin) else None
+        chosen: Any = default
+        explicit = False
+        for pattern, spec in entries:
+            if _matches(pattern, name, module):
+                chosen, explicit = spec, True
+        if chosen is None and not explicit and role is not None:
+            first = role.tracker is not None and role.tracker.calls == 0  # as lowbit.tensor_formats does
+            chosen = role.current_format(module.weight if first else None)
+        if chosen is None:
+            continue
+        if isinstance(chosen, PackedTensor):
+            plan.append((name, module, chosen))
+        else:
+            rounding = role.rounding if role is not None else "nearest_even"
+            generator = role.generator if role is not None else None
+            scale = None
+            if role is not None and role.absmax and chosen == role.format:
+                # absmax scaling: the simulated weight is scale · fmt.quantize(w / scale)
+                from lowbit.quant import tensor_scales
+
+                scale = tensor_scales(module).get("weight")
+            plan.append((name, module, (chosen, rounding, generator, scale)))
+    if formats is None and not plan:
+        raise TypeError(
+            f"pack_() got a {type(model).__name__} with no lowbit weight formats (not quantized with "
+            "lowbit.quantize_); pass formats= (one spec such as 'posit8_es2', or {layer: spec})"
+        )
+    return plan
+
+
+def _pack_module(
+    name: str,
+    module: nn.Module,
+    spec: Any,
+    made: "dict[int, PackedTensor]",
+    cache: bool,
+    compute_dtype: "torch.dtype | None",
+) -> None:
+    from torch.nn.utils import parametrize
+
+    label = name or "<model>"
+    if parametrize.is_parametrized(module, "weight"):
+        raise ValueError(
+            f"layer {label!r}: its weight is parametrized (lowbit.prepare_qat?); bake it in first "
+            "(lowbit.quant.convert) and pack the result"
+        )
+    weight = module._parameters.get("weight")
+    if weight is None:
+        raise ValueError(f"layer {label!r} has no weight parameter to pack")
+    if isinstance(spec, PackedTensor):
+        packed = spec
+        if packed.shape != weight.shape:
+            raise ValueError(
+                f"layer {label!r}: packed weight of shape {tuple(packed.shape)} does not fit the layer's "
+                f"weight of shape {tuple(weight.shape)}"
+            )
+    elif id(weight) in made and made[id(weight)].format == spec[0] and spec[3] is None:
+        packed = made[id(weight)]
+    else:
+        fmt, rounding, generator, scale = spec
+        if weight.is_meta:
+            raise ValueError(f"layer {label!r}: its weight is on the meta device; there is nothing to encode")
+        try:
+            packed = PackedTensor.from_tensor(
+                weight.detach(), fmt, rounding, scale=None if scale is None else scale.to(torch.float32),
+                generator=generator,
+            )
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"layer {label!r}: cannot pack its weight in {fmt}: {err}") from None
+        made[id(weight)] = packed
+    roles = getattr(module, "lowbit_roles", None) if isinstance(module, QuantLayerMixin) else None
+    prior = (type(module), roles, bool(weight.requires_grad))
+    float_cls = _float_class_of(module)
+    device = weight.device if not weight.is_meta else None
+    del module._parameters["weight"]
+    for attr in ("_lowbit_weight_cache",):  # the simulated layer's quantized copy: not needed any more
+        module.__dict__.pop(attr, None)
+    module.__class__ = _packed_class_for(float_cls)
+    assert isinstance(module, PackedLayerMixin)
+    module.lowbit_roles = {r: q for r, q in (roles or {}).items() if r != "weight"}
+    if not isinstance(roles, dict):
+        module.lowbit_accumulate = None
+    module._packed_prior = prior
+    module.cache = bool(cache)
+    module._packed_table = None
+    module._packed_decoded = None
+    module._set_packed(packed, device)
+    module.compute_dtype = compute_dtype or packed.dtype
+    bias = module._parameters.get("bias")
+    if compute_dtype is not None and bias is not None and bias.dtype != compute_dtype:
+        bias.data = bias.data.to(compute_dtype)
+
+
+def unpack_(model: nn.Module) -> nn.Module:
+    """Undo `pack_`, in place: every packed layer gets back the class it had (float, or simulated
+    with the roles it had) and a float weight Parameter holding the decoded values, in the
+    layer's ``compute_dtype`` (the original weight's dtype unless `pack_` or a ``.to(dtype)``
+    changed it, as it changed the bias). Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    restored: dict[int, nn.Parameter] = {}
+    for module in list(model.modules()):
+        if not isinstance(module, PackedLayerMixin):
+            continue
+        prior_cls, roles, requires_grad = module._packed_prior
+        data = module._buffers[_DATA]
+        key = data.data_ptr()
+        if key in restored and restored[key].shape == module._packed_shape:
+            param = restored[key]
+        else:
+            param = nn.Parameter(module.packed_weight.decode(module.compute_dtype).to(data.device),
+                                 requires_grad=requires_grad)
+            restored[key] = param
+        for k in module._packed_keys():
+            del module._buffers[k]
+        for attr in ("_packed_format", "_packed_shape", "_packed_dtype", "_packed_axis", "_packed_params",
+                     "_packed_decoded", "_packed_table", "_packed_prior", "cache", "compute_dtype"):
+            module.__dict__.pop(attr, None)
+        module.__class__ = prior_cls
+        module.register_parameter("weight", param)
+        if roles is not None:
+            module.lowbit_roles = roles  # type: ignore[assignment]
+            module._lowbit_weight_cache = None  # type: ignore[assignment]
+        else:
+            for attr in ("lowbit_roles", "lowbit_accumulate"):
+                module.__dict__.pop(attr, None)
+    return model
+
+
+# ------------------------------------------------------------------------------ state and memory
+def packed_state_dict(model: nn.Module) -> "collections.OrderedDict[str, Any]":
+    """``model.state_dict()`` with each packed layer's buffers folded back into one
+    ``"<layer>.weight": PackedTensor`` entry (what `lowbit.save` stores and `lowbit.load_packed`
+    gives back)."""
+    packed = {name: m for name, m in model.named_modules() if isinstance(m, PackedLayerMixin)}
+    out: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+    for key, value in model.state_dict().items():
+        owner, _, local = key.rpartition(".")
+        if owner in packed:
+            layer = packed[owner]
+            wkey = f"{owner}.weight" if owner else "weight"
+            if wkey not in out:
+                out[wkey] = layer.packed_weight
+            if local == "_extra_state" or local in layer._packed_keys():
+                continue
+        out[key] = value
+    return out
+
+
+def memory_footprint(model: nn.Module) -> "dict[str, int]":
+    """Resident bytes of a model's tensors, each storage counted once.
+
+    ``packed``: packed weights (codes + side parameters + scales); ``cache``: decoded weights
+    held by packed layers' caches; ``float``: every other parameter and buffer (float weights,
+    biases, norms); ``total``: their sum.
+    """
+    seen: set[tuple[int, int]] = set()
+
+    def size(t: torch.Tensor) -> int:
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if t.numel() == 0 or key in seen:
+            return 0
+        seen.add(key)
+        return t.untyped_storage().nbytes()
+
+    packed = cache = other = 0
+    for module in model.modules():
+        if isinstance(module, PackedLayerMixin):
+            packed += sum(size(module._buffers[k]) for k in module._packed_keys())
+            if module._packed_decoded is not None:
+                cache += size(module._packed_decoded)
+            keys = set(module._packed_keys())
+            tensors: Iterator[torch.Tensor] = (b for k, b in module._buffers.items() if b is not None and k not in keys)
+        else:
+            tensors = (b for b in module._buffers.values() if b is not None)
+        other += sum(size(t) for t in tensors)
+        other += sum(size(p) for p in module._parameters.values() if p is not None)
+    return {"packed": packed, "cache": cache, "float": other, "total": packed + cache + other}
