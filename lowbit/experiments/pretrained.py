@@ -327,7 +327,8 @@ def _run_efficientnet(cfg: "dict[str, Any]", ctx: Any, tmp: str) -> "list[dict[s
     ctx.info["efficientnet-lite0"] = {"crops": int(len(crops)), "quantized_layers": len(layers),
                                      "quantized_weights": numel, "fp32_checkpoint_bytes": fp32_bytes,
                                      "zero_output_channels": _zero_channels(layers),
-                                     "max_channel_range": _channel_range(layers),
+                                     "max_live_channel_range": _channel_range(layers)[0],
+                                     "dead_channels": _channel_range(layers)[1],
                                      "fp32_mean_top_probability": float(torch.softmax(reference.double(), 1)
                                                                         .amax(1).mean())}
     base = {"kind": "efficientnet", "model": "efficientnet-lite0", "crops": int(len(crops))}
@@ -350,15 +351,17 @@ def _zero_channels(layers: "dict[str, nn.Module]") -> int:
                for m in layers.values())
 
 
-def _channel_range(layers: "dict[str, nn.Module]") -> float:
-    """Largest ratio, within one layer, of the largest to the smallest nonzero per-output-channel max|w|."""
-    worst = 1.0
+def _channel_range(layers: "dict[str, nn.Module]", dead: float = 1e-4) -> "tuple[float, int]":
+    """(largest ratio, within one layer, of the largest to the smallest live per-output-channel max|w|,
+    number of dead channels). A channel is dead when its max|w| is below ``dead`` × its layer's largest."""
+    worst, n_dead = 1.0, 0
     for m in layers.values():
         amax = m.weight.detach().reshape(m.weight.shape[0], -1).abs().amax(1)
-        amax = amax[amax > 0]
-        if amax.numel():
-            worst = max(worst, float(amax.max() / amax.min()))
-    return worst
+        live = amax[amax > dead * amax.max()]
+        n_dead += int(amax.numel() - live.numel())
+        if live.numel():
+            worst = max(worst, float(live.max() / live.min()))
+    return worst, n_dead
 
 
 def _run_minilm(cfg: "dict[str, Any]", ctx: Any, tmp: str) -> "list[dict[str, Any]]":
@@ -497,10 +500,12 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
                        f"{100 * r['top5_agreement']:.1f} | {r['mean_kl']:.4f} | {r['max_kl']:.3f} | "
                        f"{_mb(r['checkpoint_bytes'])} | {r['size_vs_fp32']:.3f} |")
         out += ["", _best_line(eff, "mean_kl", "mean KL", False, "efficientnet"), "",
-                "Within one layer, the largest output channel's max|w| is up to "
-                f"{info.get('max_channel_range', 0):.1e}× the smallest nonzero one's (near-dead channels that "
-                "BatchNorm scales back up): one power-of-two scale per layer (posit, float, fixed) cannot serve both "
-                "ends, a float scale per channel (int/ch) can. The FP32 model is not confident on these crops "
+                "Within one layer, the live output channels' max|w| differ by up to "
+                f"{info.get('max_live_channel_range', 0):.0f}× ({info.get('dead_channels', '?')} more channels are "
+                "dead: max|w| below 10⁻⁴ of their layer's largest): one power-of-two scale per layer (posit, float, "
+                "fixed) leaves the small channels several bits less resolution; a float scale per channel (int/ch) "
+                "does not. "
+                "The FP32 model is not confident on these crops "
                 f"(mean top-class probability {info.get('fp32_mean_top_probability', float('nan')):.2f}), so top-1 "
                 "agreement moves in steps of a crop; the KL is the steadier measure.", ""]
     mini = [r for r in rows if r["kind"] == "minilm"]
