@@ -35,6 +35,11 @@ ratios to FP32. ``tr √(Σ₁Σ₂)`` is computed as Σ √λᵢ over the eigen
 matrix √Σ₁ Σ₂ √Σ₁ (float64), which equals the trace of scipy's ``sqrtm(Σ₁Σ₂)`` without its
 complex round-off.
 
+**Cost.** Measured on 2 shared CPU cores (load 4–8 from other jobs): the full run 19–22 min
+(each format ≈ 2.5–5 min for 1200 iterations of batch 64), ``--quick`` ≈ 50–80 s. Numba's
+OpenMP workers spin between lowbit's kernels and starve torch's, ≈ 10× slower here; `run` picks
+numba's "workqueue" layer when numba has not started yet (`_sleeping_numba_workers`).
+
 **Deployment.** The FP32-trained generator, weights and layer inputs rounded to ``posit8_es1`` /
 ``posit6_es1``, with and without per-tensor histogram scaling (calibrated once on a separate
 batch), with the exact tanh or the fast posit tanh (`lowbit.PositTanh`; the bit trick needs
@@ -100,7 +105,7 @@ def config(quick: bool = False, seed: int = 0) -> "dict[str, Any]":
         "dataset": "mnist",
         "fallback": "digits",  # used when MNIST is not installed
         "formats": list(TRAIN_FORMATS),
-        "iterations": 150 if quick else 1200,
+        "iterations": 120 if quick else 1200,
         "batch_size": 32 if quick else 64,
         "lr": 2e-4,
         "betas": [0.5, 0.999],
@@ -482,7 +487,11 @@ def _sleeping_numba_workers() -> "str | None":
     except ImportError:  # pragma: no cover - numba's layout changed
         return None
     if getattr(parallel, "_is_initialized", True):
-        return None
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # pragma: no cover - not initialized after all
+            return None
+        return "omp (already started: expect a much slower run)" if layer == "omp" else None
     numba.config.THREADING_LAYER = "workqueue"
     return "workqueue"
 
@@ -495,6 +504,10 @@ def run(cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
     layer = _sleeping_numba_workers()
     if layer is not None:
         ctx.info["numba_threading_layer"] = layer
+        if layer.startswith("omp"):
+            ctx.note("numba's OpenMP workers were started before this experiment; their spin-waiting slows "
+                     "torch's kernels several-fold on 2 cores — run it in a fresh process or set "
+                     "NUMBA_THREADING_LAYER=workqueue")
     with threads(cfg["threads"]):
         return _run(cfg, ctx)
 
@@ -786,7 +799,7 @@ def _verdict_training(train_rows: "list[dict[str, Any]]") -> "list[str]":
 def _caveats(train_rows: "list[dict[str, Any]]") -> "list[str]":
     """How far to trust the ratios: one seed, and whether FID was still falling at the end."""
     lines = ["**How much to read into it.** Each row is one training run with one seed, and GAN training is noisy: "
-             "ratios within about ±0.2 of each other can swap between seeds (rerun with `--seed N` to see the "
+             "ratios within about ±0.25 of each other can swap between seeds (two seeds of the full run moved FP8 e5m2 from 1.21 to 0.96) (rerun with `--seed N` to see the "
              "spread); only large gaps are findings."]
     falling = [LABELS[r["format"]] for r in train_rows
                if len(r["fid_curve"]) >= 2 and r["fid_curve"][-1][1] < 0.95 * r["fid_curve"][-2][1]]
