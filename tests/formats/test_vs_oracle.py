@@ -69,15 +69,9 @@ def _seed(spec: str) -> int:
     return zlib.crc32(spec.encode())
 
 
-# KNOWN BUG (see test_numba_minifloats_without_mantissa_bits_round_doubles_from_2_pow_1023_like_the_oracle):
-# the numba kernels send finite |x| >= 2**1023 to 0 in minifloats with man_bits == 0. Those inputs
-# are left out of the general numba comparisons so the rest of those formats stays checked.
 def _checked(spec: str, backend: str, x: np.ndarray) -> np.ndarray:
-    """Mask of the inputs a comparison checks (all but the known-bug ones)."""
-    fmt = lb.parse_format(spec)
-    if backend == "numba" and isinstance(fmt, lb.Minifloat) and fmt.man_bits == 0:
-        with np.errstate(all="ignore"):
-            return ~(np.isfinite(x) & (np.abs(x) >= 2.0**1023))
+    """Mask of the inputs a comparison checks: all of them (a past numba bug for |x| >= 2**1023 in
+    man_bits == 0 minifloats is fixed and pinned by its own test below)."""
     return np.ones(x.shape, dtype=bool)
 
 
@@ -333,17 +327,7 @@ def test_stochastic_codes_and_values_are_always_one_of_the_two_oracle_neighbours
     assert went_up > 0 and went_down > 0, "stochastic rounding should take both neighbours somewhere"
 
 
-# ---------------------------------------------------------------------------------- known bugs
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG numba kernels: minifloats with man_bits == 0 map finite |x| >= 2**1023 to 0 (e8m0fnu: to "
-    "its smallest value 2**-127) instead of overflowing: _mf_value scales by _pow2(-qexp) with "
-    "-qexp = man_bits - 1023 = -1023, outside _pow2's exact range [-1022, 1023], which gives 0.0 "
-    "(the reference's pow2 covers subnormal powers). Repro: "
-    "parse_format('e8m0fnu').encode(torch.tensor([2.0**1023], dtype=torch.float64), backend='numba') "
-    "-> [0], oracle/reference -> [255] (NaN)",
-)
+# ---------------------------------------------------------------------------------- past bugs
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("spec", ["e8m0fnu", "e8m0fnu_sat", "e3m0fn", "e4m0fnuz"])
 def test_numba_minifloats_without_mantissa_bits_round_doubles_from_2_pow_1023_like_the_oracle(spec, mode):
