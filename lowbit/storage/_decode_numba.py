@@ -1,11 +1,16 @@
-"""numba kernel for packed-weight decoding: unpack n-bit codes and look each one up, in one pass.
+"""numba kernels for packed-weight decoding: unpack n-bit codes and look each one up, in one pass.
 
 The optional fast path of `lowbit.storage.modules` (the torch reference there is
-``unpack_bits`` + ``index_select``): it reads the ``lsb_first`` bit stream exactly as
-`lowbit.storage._bitpack_numba.unpack_into` does and writes ``table[code]`` straight into the
-output, so no intermediate code tensor is made. The table and the output are given as integer
-views of the float values (int16 for float16/bfloat16, int32 for float32, int64 for float64):
-the kernel copies bit patterns, so every float dtype decodes bit for bit the same way.
+``unpack_bits`` + ``index_select``). The kernels read the ``lsb_first`` bit stream exactly as
+`lowbit.storage._bitpack_numba.unpack_into` does and write ``table[code]`` straight into the
+output, so no intermediate code tensor is made. Tables and outputs are given as integer views of
+the float values (int16 for float16/bfloat16, int32 for float32, int64 for float64): the kernels
+copy bit patterns, so every float dtype decodes bit for bit the same way.
+
+Widths 1, 2, 4 and 6 also have *wide* tables (`wide_table`), built once per layer: every byte
+(1, 2, 4 bits) or every 12-bit pair of codes (6 bits) maps to the values of all its codes at
+once, stored as one integer of twice the value's width (int64 for float32). A 4-bit weight then
+decodes with one lookup per byte instead of two shifts, masks and lookups per code.
 
 Sequential on purpose, like the bit-packing kernels: decoding runs next to torch's own threads
 in a forward pass, and a second parallel region there only fights them for the cores.
@@ -16,7 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["lut_decode_into", "lut_decode_rows_scaled_into"]
+__all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "scale_rows_into"]
+
+#: Code widths with a wide table (see the module docstring).
+WIDE_BITS = (1, 2, 4, 6)
 
 
 @njit(cache=True, nogil=True)
@@ -67,15 +75,49 @@ def _gcd8(bits):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def lut_decode_rows_scaled_into(data, bits, table, scale, row, out):  # type: ignore[no-untyped-def]
-    """As `lut_decode_into` with float32 ``table``/``out``, then ``out[i] *= scale[i // row]``.
+def wide_decode_into(data, bits, wide, out2):  # type: ignore[no-untyped-def]
+    """Decode whole chunks with a wide table; returns how many codes were written.
 
-    One float32 multiply per element, rounded to nearest even exactly as torch's float32
-    ``values * scale`` rounds it (no fast-math, no float64 detour), so the bits are the same.
+    ``out2``: the output viewed as pairs of values (one integer per two codes). Chunks: one byte
+    (8 / bits codes) for 1, 2 and 4 bits, three bytes (four codes) for 6 bits. The caller decodes
+    the remaining codes (fewer than a chunk) with `lut_decode_into`.
     """
-    lut_decode_into(data, bits, table.view(np.int32), out.view(np.int32))
+    if bits == 6:
+        groups = min(data.size // 3, out2.size // 2)
+        for k in range(groups):
+            p = 3 * k
+            word = int(data[p]) | (int(data[p + 1]) << 8) | (int(data[p + 2]) << 16)
+            out2[2 * k] = wide[word & 0xFFF]
+            out2[2 * k + 1] = wide[word >> 12]
+        return 4 * groups
+    per = 4 // bits  # pairs per byte; one loop per width, so each compiles to straight-line code
+    nbytes = min(data.size, out2.size // per)
+    if bits == 4:
+        for k in range(nbytes):
+            out2[k] = wide[data[k]]
+    elif bits == 2:
+        for k in range(nbytes):
+            b = 2 * int(data[k])
+            out2[2 * k] = wide[b]
+            out2[2 * k + 1] = wide[b + 1]
+    else:
+        for k in range(nbytes):
+            b = 4 * int(data[k])
+            out2[4 * k] = wide[b]
+            out2[4 * k + 1] = wide[b + 1]
+            out2[4 * k + 2] = wide[b + 2]
+            out2[4 * k + 3] = wide[b + 3]
+    return 2 * per * nbytes
+
+
+@njit(cache=True, nogil=True)
+def scale_rows_into(out, scale, row):  # type: ignore[no-untyped-def]
+    """``out[i] *= scale[i // row]`` in float32: one IEEE multiply rounded to nearest even per
+    element, exactly as torch's float32 ``values * scale`` (no fast-math, no float64 detour)."""
     n = out.size
     for r in range(scale.size):
-        s = scale[r]
-        for i in range(r * row, min(n, (r + 1) * row)):
-            out[i] = out[i] * s
+        s = np.float32(scale[r])
+        start = r * row
+        stop = min(n, start + row)
+        for i in range(start, stop):
+            out[i] *= s

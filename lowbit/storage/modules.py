@@ -52,7 +52,8 @@ from __future__ import annotations
 import collections
 import fnmatch
 import functools
-from typing import Any, Callable, Iterator, Mapping
+import threading
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ class PackedLayerMixin(nn.Module):
     _packed_axis: "int | None"
     _packed_params: "tuple[str, ...]"
     _packed_decoded: "torch.Tensor | None"
-    _packed_table: "tuple[Any, torch.Tensor] | None"
+    _packed_table: "tuple[Any, _Lut] | None"
     _packed_prior: "tuple[type, dict[str, Any] | None, bool]"
 
     # -- the simulated forward's hooks (see lowbit.simulate.layers) ----------------------------
@@ -125,6 +126,12 @@ class PackedLayerMixin(nn.Module):
     _lowbit_finish = QuantLayerMixin._lowbit_finish
 
     def _lowbit_weight(self) -> torch.Tensor:
+        # the forward's weight. Without autograd, on the CPU and without a cache, decode into this
+        # thread's reusable staging buffer: the weight lives only while its op runs, and a fresh
+        # allocation per layer and forward costs more than the decoding itself (page faults)
+        if self._packed_decoded is None and not self.cache and not torch.is_grad_enabled() \
+                and self._buffers[_DATA].device.type == "cpu":
+            return self._decode(staging=True)
         return self.weight
 
     # -- the packed weight ---------------------------------------------------------------------
@@ -214,7 +221,7 @@ class PackedLayerMixin(nn.Module):
         self.clear_cache()
 
     # -- decoding --------------------------------------------------------------------------------
-    def _decode(self) -> torch.Tensor:
+    def _decode(self, staging: bool = False) -> torch.Tensor:
         dtype = self.compute_dtype
         fmt = self._packed_format
         data = self._buffers[_DATA]
@@ -224,9 +231,10 @@ class PackedLayerMixin(nn.Module):
         if table is None:  # no table for this format: the reference decoder
             return self.packed_weight.decode(dtype)
         n = self._packed_shape.numel()
+        out = _staging(n, value_dtype) if staging and value_dtype == dtype else None
         fused = None
         if not isinstance(fmt, BlockFormat):  # numba: decode and per-row scale in one serial pass
-            fused = _fused_row_scale(data, fmt.bits, table, scale, self._packed_shape)
+            fused = _fused_row_scale(data, fmt.bits, table, scale, self._packed_shape, out)
         if fused is not None:
             return fused.to(dtype)
         if isinstance(fmt, BlockFormat):
@@ -234,26 +242,29 @@ class PackedLayerMixin(nn.Module):
             if values is None:  # exponents outside the table: the reference decoder says why
                 return self.packed_weight.decode(dtype)
         else:
-            values = _lut_decode(data, fmt.bits, table, n).reshape(self._packed_shape)
+            values = _lut_decode(data, fmt.bits, table, n, out).reshape(self._packed_shape)
         if scale is None:
             return values
         return _scaled(values, scale).to(dtype)
 
-    def _table(self, dtype: torch.dtype) -> "torch.Tensor | None":
+    def _table(self, dtype: torch.dtype) -> "_Lut | None":
         """The value of every code (for block formats: of every element code) in ``dtype``."""
         device = self._buffers[_DATA].device
         key = (dtype, device)
         cached = self._packed_table
-        stale = cached is not None and cached[1].is_inference() and not torch.is_inference_mode_enabled()
+        stale = cached is not None and cached[1].values.is_inference() and not torch.is_inference_mode_enabled()
         if cached is not None and cached[0] == key and not stale:
             return cached[1]
         fmt = self._packed_format
         params = {p: self._buffers[_PARAM + p] for p in self._packed_params}
-        table = _code_table(fmt, params, dtype)
-        if table is not None:
-            table = table.to(device)
-            self._packed_table = (key, table)
-        return table
+        values = _code_table(fmt, params, dtype)
+        if values is None:
+            return None
+        values = values.to(device)
+        bits = fmt.element_format.bits if isinstance(fmt, BlockFormat) else fmt.bits
+        lut = _Lut(values, _wide_table(values, bits))
+        self._packed_table = (key, lut)
+        return lut
 
     # -- moves and casts ---------------------------------------------------------------------------
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "PackedLayerMixin":
@@ -478,30 +489,89 @@ def _code_table(fmt: NumberFormat, params: Mapping[str, torch.Tensor], dtype: to
     return None
 
 
-def _lut_decode(data: torch.Tensor, bits: int, table: torch.Tensor, n: int) -> torch.Tensor:
-    """``table[code]`` for the ``n`` codes packed ``bits`` bits each in ``data`` (1-D)."""
-    out = torch.empty(n, dtype=table.dtype, device=data.device)
+_STAGING = threading.local()
+
+
+def _staging(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """This thread's staging buffer for ``dtype``, first ``n`` elements (it grows to the largest
+    layer decoded through it, and stays: one layer's decoded weight per thread and dtype)."""
+    bufs = getattr(_STAGING, "bufs", None)
+    if bufs is None:
+        bufs = _STAGING.bufs = {}
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):
+            buf = bufs[dtype] = torch.empty(n, dtype=dtype)
+    return buf[:n]
+
+
+def staging_nbytes() -> int:
+    """Bytes held by this thread's staging buffers (see `PackedLayerMixin._lowbit_weight`)."""
+    return sum(_tensor_nbytes(b) for b in getattr(_STAGING, "bufs", {}).values())
+
+
+class _Lut(NamedTuple):
+    """A decoding table: every code's value, and the wide table of `_decode_numba` (or None)."""
+
+    values: torch.Tensor
+    wide: "torch.Tensor | None"
+
+
+_PAIR = {2: torch.int32, 4: torch.int64}  # value size -> an integer holding two values
+
+
+def _wide_table(values: torch.Tensor, bits: int) -> "torch.Tensor | None":
+    """Values of all codes of every byte (1, 2, 4 bits) or 12-bit code pair (6 bits), as pairs."""
+    from lowbit.kernels import resolve_backend
+
+    pair = _PAIR.get(values.element_size())
+    if pair is None or bits not in _WIDE_BITS or values.device.type != "cpu" or resolve_backend(None, "cpu") != "numba":
+        return None
+    mask = (1 << bits) - 1
+    if bits == 6:
+        idx = torch.arange(1 << 12)
+        codes = torch.stack([idx & mask, idx >> 6], 1)
+    else:
+        codes = (torch.arange(256).unsqueeze(1) >> (bits * torch.arange(8 // bits))) & mask
+    return values[codes].contiguous().view(pair).reshape(-1)
+
+
+_WIDE_BITS = (1, 2, 4, 6)  # lowbit.storage._decode_numba.WIDE_BITS, without importing numba here
+
+
+def _lut_decode(data: torch.Tensor, bits: int, lut: _Lut, n: int, out: "torch.Tensor | None" = None) -> torch.Tensor:
+    """``lut.values[code]`` for the ``n`` codes packed ``bits`` bits each in ``data`` (1-D), into
+    ``out`` (n elements of the table's dtype) when given."""
+    table = lut.values
+    if out is None:
+        out = torch.empty(n, dtype=table.dtype, device=data.device)
     if n == 0:
         return out
     from lowbit.kernels import resolve_backend
 
-    if resolve_backend(None, data.device.type) == "numba":
-        view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[table.element_size()]
-        _numba().lut_decode_into(
-            data.contiguous().numpy(), bits, table.contiguous().view(view).numpy(), out.view(view).numpy()
-        )
-        return out
-    codes = unpack_bits(data.contiguous(), bits, n, torch.int32 if bits < 32 else torch.int64)
-    return torch.index_select(table, 0, codes, out=out)
+    if resolve_backend(None, data.device.type) != "numba":
+        codes = unpack_bits(data.contiguous(), bits, n, torch.int32 if bits < 32 else torch.int64)
+        return torch.index_select(table, 0, codes, out=out)
+    view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[table.element_size()]
+    kernels = _numba()
+    raw = data.contiguous().numpy()
+    done = 0
+    if lut.wide is not None and n >= 2:
+        pairs = out[: n - n % 2].view(lut.wide.dtype)
+        done = kernels.wide_decode_into(raw, bits, lut.wide.numpy(), pairs.numpy())
+    if done < n:  # the rest starts on a byte boundary: whole chunks were decoded
+        kernels.lut_decode_into(raw[done * bits // 8:], bits, table.view(view).numpy(), out[done:].view(view).numpy())
+    return out
 
 
 def _fused_row_scale(
-    data: torch.Tensor, bits: int, table: torch.Tensor, scale: "torch.Tensor | None", shape: torch.Size
+    data: torch.Tensor, bits: int, lut: _Lut, scale: "torch.Tensor | None", shape: torch.Size,
+    out: "torch.Tensor | None" = None,
 ) -> "torch.Tensor | None":
-    """Decode + per-tensor / per-row (axis 0) scale in one numba pass, or None where it does not apply."""
+    """Decode + per-tensor / per-row (axis 0) scale with numba (serial), or None where it does not apply."""
     from lowbit.kernels import resolve_backend
 
-    if scale is None or table.dtype != torch.float32 or data.device.type != "cpu" or len(shape) == 0:
+    if scale is None or lut.values.dtype != torch.float32 or data.device.type != "cpu" or len(shape) == 0:
         return None
     if scale.numel() != 1 and (scale.dim() != len(shape) or scale.shape[0] != shape[0]
                                or any(d != 1 for d in scale.shape[1:])):
@@ -509,13 +579,10 @@ def _fused_row_scale(
     if resolve_backend(None, "cpu") != "numba":
         return None
     n = shape.numel()
+    out = _lut_decode(data, bits, lut, n, out)
     row = n if scale.numel() == 1 else n // max(shape[0], 1)
-    out = torch.empty(n, dtype=torch.float32)
     if n:
-        _numba().lut_decode_rows_scaled_into(
-            data.contiguous().numpy(), bits, table.contiguous().numpy(),
-            scale.reshape(-1).contiguous().numpy(), max(row, 1), out.numpy(),
-        )
+        _numba().scale_rows_into(out.numpy(), scale.reshape(-1).contiguous().numpy(), max(row, 1))
     return out.reshape(shape)
 
 
@@ -550,7 +617,7 @@ def _pow2_table(dtype: torch.dtype) -> torch.Tensor:
     return table.to(dtype)
 
 
-def _decode_block(layer: PackedLayerMixin, table: torch.Tensor, dtype: torch.dtype) -> "torch.Tensor | None":
+def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype) -> "torch.Tensor | None":
     """Block formats: element value × 2^s per block, rounded once to ``dtype`` (as decode_tensor)."""
     fmt = layer._packed_format
     assert isinstance(fmt, BlockFormat)
@@ -571,7 +638,7 @@ def _decode_block(layer: PackedLayerMixin, table: torch.Tensor, dtype: torch.dty
         rows = F.pad(rows, (0, nb * k - length))
     # float32 products are exact-then-rounded once (elements have few significant bits, 2^s is
     # exact), so they equal float64 products rounded to float32; other dtypes go through float64
-    work = table.dtype
+    work = table.values.dtype
     factor = _pow2_table(work).to(data.device)[(s + 127).reshape(-1, nb)]
     values = (rows.reshape(-1, nb, k) * factor.unsqueeze(-1)).reshape(-1, nb * k)[:, :length]
     values = values.reshape(shape)

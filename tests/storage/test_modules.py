@@ -85,8 +85,19 @@ class TestPackedEqualsSimulated:
         with use_backend(backend):
             assert torch.equal(packed.weight, packed.packed_weight.decode())
 
+    @pytest.mark.parametrize("backend", available_backends())
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize("spec", ["binary", "int2", "int4", "e3m2fn", "posit5_es1"])
+    def test_every_length(self, spec: str, dtype: torch.dtype, backend: str) -> None:
+        # chunked decoding (a byte, or 3 bytes for 6 bits) plus a tail of any length
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 17]:
+            layer = nn.Linear(n, 1, bias=False).to(dtype)
+            packed = pack_(layer, spec)
+            with use_backend(backend):
+                assert torch.equal(packed.weight, packed.packed_weight.decode()), n
+
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-    @pytest.mark.parametrize("spec", ["posit8_es2", "mxfp8_e4m3fn", "codebook3", "e2m1fn"])
+    @pytest.mark.parametrize("spec", ["posit8_es2", "mxfp8_e4m3fn", "codebook3", "e2m1fn", "e3m2fn"])
     def test_other_weight_dtypes(self, spec: str, dtype: torch.dtype) -> None:
         layer, x, _ = _layer("linear")
         layer, x = layer.to(dtype), x.to(dtype)
@@ -201,6 +212,24 @@ class TestMemory:
         out = packed(x)
         out.sum().backward()
         assert torch.equal(out.detach(), y) and x.grad is not None
+
+    def test_no_grad_forwards_decode_into_a_reused_staging_buffer(self) -> None:
+        from lowbit.storage.modules import staging_nbytes
+
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+        x = torch.randn(2, 3, 8, 8)
+        for spec in ["posit8_es2", "int4", {"format": "e2m3fn", "scaling": "absmax", "granularity": "channel"}]:
+            sim = lb.quantize_(copy.deepcopy(model), {"weight": spec})
+            packed = pack_(copy.deepcopy(sim))
+            y = sim(x)
+            with torch.no_grad():
+                a, b = packed(x), packed(x)
+            with torch.inference_mode():
+                c = packed(x)
+            assert torch.equal(a, y) and torch.equal(b, y) and torch.equal(c, y)
+            assert torch.equal(packed(x), y)  # with autograd: a fresh weight per forward
+        assert staging_nbytes() >= 4 * 16 * 4 * 4 * 10  # the largest layer's weight, once
 
     def test_tied_weights_stay_tied(self) -> None:
         emb, head = nn.Embedding(30, 8), nn.Linear(8, 30, bias=False)
