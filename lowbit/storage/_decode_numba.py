@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "scale_rows_into"]
+__all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "scale_rows_into", "decode_into"]
 
 #: Code widths with a wide table (see the module docstring).
 WIDE_BITS = (1, 2, 4, 6)
@@ -121,3 +121,17 @@ def scale_rows_into(out, scale, row):  # type: ignore[no-untyped-def]
         stop = min(n, start + row)
         for i in range(start, stop):
             out[i] *= s
+
+
+@njit(cache=True, nogil=True)
+def decode_into(data, bits, table, wide, use_wide, scale, row, n, out, out2, outf):  # type: ignore[no-untyped-def]
+    """A layer's whole decode in one call: the first ``n`` entries of ``out`` (integer view),
+    through the wide table where ``use_wide`` (``out2``: the same memory as pairs), the rest code
+    by code, then ``outf[i] *= scale[i // row]`` (``outf``: the same memory as float32) if row > 0."""
+    done = 0
+    if use_wide and n >= 2:
+        done = wide_decode_into(data, bits, wide, out2[: n // 2])
+    if done < n:
+        lut_decode_into(data[done * bits // 8:], bits, table, out[done:n])
+    if row > 0:
+        scale_rows_into(outf[:n], scale, row)

@@ -20,6 +20,10 @@ Semantics, exactly:
   dtype, read by a fused unpack-and-look-up kernel (numba, when installed; else torch's
   ``unpack_bits`` + ``index_select``). MX / block formats look up the element and multiply by
   the block's power of two. Anything else decodes through `PackedTensor.decode`.
+- **Staging.** Without autograd (``torch.no_grad`` / ``inference_mode``) a CPU forward decodes
+  into a reusable per-thread staging buffer (as large as the largest layer decoded through it;
+  `staging_nbytes`) instead of a fresh tensor per layer: the decoded weight lives only while its
+  op runs. ``module.weight`` and forwards under autograd always get a tensor of their own.
 - **Cache.** ``cache=True`` keeps the decoded weight after the first forward (as fast as a float
   layer, the memory of both); ``nbytes`` then counts both. ``clear_cache()`` drops it.
 - **Storage in the module.** The packed codes and side parameters are buffers
@@ -55,6 +59,7 @@ import functools
 import threading
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,6 +92,7 @@ __all__ = [
     "unpack_",
     "packed_state_dict",
     "memory_footprint",
+    "staging_nbytes",
 ]
 
 _DATA = "weight_packed"
@@ -231,6 +237,9 @@ class PackedLayerMixin(nn.Module):
         if table is None:  # no table for this format: the reference decoder
             return self.packed_weight.decode(dtype)
         n = self._packed_shape.numel()
+        if table.fast is not None:  # numba on the CPU: one kernel call, views prepared once
+            values = _fast_decode(table.fast, n, value_dtype, staging).view(self._packed_shape)
+            return values if value_dtype == dtype else values.to(dtype)
         out = _staging(n, value_dtype) if staging and value_dtype == dtype else None
         fused = None
         if not isinstance(fmt, BlockFormat):  # numba: decode and per-row scale in one serial pass
@@ -262,7 +271,9 @@ class PackedLayerMixin(nn.Module):
             return None
         values = values.to(device)
         bits = fmt.element_format.bits if isinstance(fmt, BlockFormat) else fmt.bits
-        lut = _Lut(values, _wide_table(values, bits))
+        wide = _wide_table(values, bits)
+        lut = _Lut(values, wide, None)
+        lut = lut._replace(fast=_fast_args(self, lut, bits))
         self._packed_table = (key, lut)
         return lut
 
@@ -492,7 +503,22 @@ def _code_table(fmt: NumberFormat, params: Mapping[str, torch.Tensor], dtype: to
 _STAGING = threading.local()
 
 
-def _staging(n: int, dtype: torch.dtype) -> torch.Tensor:
+def _staging_views(
+    n: int, dtype: torch.dtype, pair: "torch.dtype | None"
+) -> "tuple[torch.Tensor, tuple[Any, Any, Any]]":
+    """This thread's staging buffer for ``dtype`` (at least ``n`` elements) and its numpy views."""
+    views = getattr(_STAGING, "views", None)
+    if views is None:
+        views = _STAGING.views = {}
+    key = (dtype, pair)
+    cached = views.get(key)
+    full = _staging(n, dtype, whole=True)
+    if cached is None or cached[0] is not full:
+        cached = views[key] = (full, _out_views(full, pair))
+    return full, cached[1]
+
+
+def _staging(n: int, dtype: torch.dtype, whole: bool = False) -> torch.Tensor:
     """This thread's staging buffer for ``dtype``, first ``n`` elements (it grows to the largest
     layer decoded through it, and stays: one layer's decoded weight per thread and dtype)."""
     bufs = getattr(_STAGING, "bufs", None)
@@ -502,7 +528,7 @@ def _staging(n: int, dtype: torch.dtype) -> torch.Tensor:
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):
             buf = bufs[dtype] = torch.empty(n, dtype=dtype)
-    return buf[:n]
+    return buf if whole else buf[:n]
 
 
 def staging_nbytes() -> int:
@@ -511,10 +537,64 @@ def staging_nbytes() -> int:
 
 
 class _Lut(NamedTuple):
-    """A decoding table: every code's value, and the wide table of `_decode_numba` (or None)."""
+    """A decoding table: every code's value, the wide table of `_decode_numba` (or None), and
+    the prepared arguments of its one-call decoder (`_fast_args`, or None)."""
 
     values: torch.Tensor
     wide: "torch.Tensor | None"
+    fast: "tuple[Any, ...] | None"
+
+
+_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, ...] | None":
+    """numpy views (made once) of what `_decode_numba.decode_into` reads, for a scalar or fitted
+    format on the CPU with the numba backend; None otherwise (block formats, other scales)."""
+    from lowbit.kernels import resolve_backend
+
+    fmt = layer._packed_format
+    data = layer._buffers[_DATA]
+    if isinstance(fmt, BlockFormat) or data.device.type != "cpu" or resolve_backend(None, "cpu") != "numba":
+        return None
+    shape = layer._packed_shape
+    scale = layer._buffers.get(_SCALE)
+    row = 0
+    if scale is not None:
+        per_row = len(shape) > 0 and scale.dim() == len(shape) and scale.shape[0] == shape[0] \
+            and all(d == 1 for d in scale.shape[1:])
+        if lut.values.dtype != torch.float32 or not (scale.numel() == 1 or per_row):
+            return None
+        n = shape.numel()
+        row = max(1, n if scale.numel() == 1 else n // max(shape[0], 1))
+        scale_np = scale.reshape(-1).contiguous().numpy()
+    else:
+        scale_np = np.zeros(1, dtype=np.float32)
+    wide = lut.wide if lut.wide is not None else torch.zeros(1, dtype=_PAIR.get(lut.values.element_size(), torch.int64))
+    table = lut.values.contiguous().view(_VIEW[lut.values.element_size()])
+    return (data.contiguous().numpy(), bits, table.numpy(), wide.numpy(), lut.wide is not None, scale_np, row)
+
+
+def _out_views(buf: torch.Tensor, pair: "torch.dtype | None") -> "tuple[Any, Any, Any]":
+    """The integer, pair and float32 numpy views of a flat output buffer."""
+    ints = buf.view(_VIEW[buf.element_size()]).numpy()
+    even = buf[: buf.numel() - buf.numel() % 2]
+    pairs = even.view(pair).numpy() if pair is not None else np.zeros(1, dtype=np.int64)
+    floats = buf.numpy() if buf.dtype == torch.float32 else np.zeros(1, dtype=np.float32)
+    return ints, pairs, floats
+
+
+def _fast_decode(fast: "tuple[Any, ...]", n: int, dtype: torch.dtype, staging: bool) -> torch.Tensor:
+    data, bits, table, wide, use_wide, scale, row = fast
+    pair = _PAIR.get(torch.empty((), dtype=dtype).element_size()) if use_wide else None
+    if staging:
+        buf, (ints, pairs, floats) = _staging_views(n, dtype, pair)
+    else:
+        buf = torch.empty(n, dtype=dtype)
+        ints, pairs, floats = _out_views(buf, pair)
+    if n:
+        _numba().decode_into(data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats)
+    return buf[:n]
 
 
 _PAIR = {2: torch.int32, 4: torch.int64}  # value size -> an integer holding two values
