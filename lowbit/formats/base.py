@@ -108,7 +108,6 @@ class NumberFormat(abc.ABC):
         """The canonical spec string (same as ``str(fmt)``)."""
         return str(self)
 
-    @abc.abstractmethod
     def quantize(
         self,
         x: torch.Tensor,
@@ -116,7 +115,25 @@ class NumberFormat(abc.ABC):
         generator: "torch.Generator | None" = None,
         out: "torch.Tensor | None" = None,
     ) -> torch.Tensor:
-        """Round ``x`` to this format; the result has x's dtype, shape and device."""
+        """Round ``x`` to this format; the result has x's dtype, shape and device.
+
+        ``decode_tensor(encode_tensor(x, rounding, generator), x.dtype)``; ``out=`` takes a
+        preallocated tensor like ``x`` (``x`` itself for in place).
+        """
+        x = check_float_tensor(x)
+        if out is not None:
+            _check_out(out, x)
+        result = self.decode_tensor(self.encode_tensor(x, rounding, generator), x.dtype)
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+
+    def card(self) -> "dict[str, Any]":
+        """Facts about this format (see ``lowbit info``)."""
+        from lowbit.formats.card import format_card
+
+        return format_card(self)
 
 
 class ScalarFormat(NumberFormat):
@@ -279,12 +296,6 @@ class ScalarFormat(NumberFormat):
         v = self._table
         v = v[torch.isfinite(v)]
         return torch.unique(v + 0.0)  # +0.0 folds -0 into 0; unique sorts
-
-    def card(self) -> "dict[str, Any]":
-        """Facts about this format (see ``lowbit info``)."""
-        from lowbit.formats.card import format_card
-
-        return format_card(self)
 
 
 def _check_out(out: object, x: torch.Tensor) -> None:

@@ -40,14 +40,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, exponent_of, pow2, round_float64_to
-from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, _check_out, code_dtype_for
+from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, code_dtype_for
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.rounding import Rounding, check_rounding
@@ -238,29 +237,6 @@ class BlockFormat(NumberFormat):
         factor = torch.where(s == self.nan_exponent, torch.full_like(factor, float("nan")), factor)
         values = self._unblocked(elements * factor.unsqueeze(-1), rows.shape[-1])
         return round_float64_to(values, dtype).reshape(codes.shape)
-
-    def quantize(
-        self,
-        x: torch.Tensor,
-        rounding: "str | Rounding" = "nearest_even",
-        generator: "torch.Generator | None" = None,
-        out: "torch.Tensor | None" = None,
-    ) -> torch.Tensor:
-        """``decode_tensor(encode_tensor(x, rounding, generator), x.dtype)``; ``out=`` as for scalar formats."""
-        x = check_float_tensor(x)
-        if out is not None:
-            _check_out(out, x)
-        result = self.decode_tensor(self.encode_tensor(x, rounding, generator), x.dtype)
-        if out is None:
-            return result
-        out.copy_(result)
-        return out
-
-    def card(self) -> "dict[str, Any]":
-        """Facts about this format (see ``lowbit info``)."""
-        from lowbit.formats.card import format_card
-
-        return format_card(self)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

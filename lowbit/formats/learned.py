@@ -32,14 +32,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
 import torch
 
 from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, round_float64_to
-from lowbit.formats.base import EncodedTensor, NumberFormat, _check_out
+from lowbit.formats.base import EncodedTensor, NumberFormat
 from lowbit.formats.block import _unpack
 from lowbit.formats.rounding import Rounding
 
@@ -183,29 +182,6 @@ class LearnedFormat(NumberFormat):
 
     def _code_note(self) -> str:
         return f"[0, {(1 << self.bits) - 1}]"
-
-    def quantize(
-        self,
-        x: torch.Tensor,
-        rounding: "str | Rounding" = "nearest_even",
-        generator: "torch.Generator | None" = None,
-        out: "torch.Tensor | None" = None,
-    ) -> torch.Tensor:
-        """Fit the levels to ``x`` and map every element to its level, in x's dtype (``out=`` as usual)."""
-        x = check_float_tensor(x)
-        if out is not None:
-            _check_out(out, x)
-        result = self.decode_tensor(self.encode_tensor(x, rounding, generator), x.dtype)
-        if out is None:
-            return result
-        out.copy_(result)
-        return out
-
-    def card(self) -> "dict[str, Any]":
-        """Facts about this format (see ``lowbit info``)."""
-        from lowbit.formats.card import format_card
-
-        return format_card(self)
 
 
 def _scalar_param(encoded: EncodedTensor, name: str, fmt: NumberFormat) -> float:

@@ -24,7 +24,7 @@ from torch import nn
 
 from lowbit.errors import LowbitWarning
 from lowbit.formats import NumberFormat
-from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config
+from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config
 from lowbit.simulate.layers import (
     CHUNKED_ACCUMULATION,
     INAPPLICABLE_ROLES,
