@@ -252,14 +252,14 @@ def quant_class_for(cls: type) -> "type | None":
         return QUANT_CLASSES[cls]
     for base, qcls in QUANT_CLASSES.items():
         if issubclass(cls, base) and cls.forward is base.forward and not issubclass(cls, QuantLayerMixin):
-            return _derived(cls, qcls, base)
+            return _derived(cls, qcls)
     return None
 
 
 _DERIVED: "dict[type, type]" = {}
 
 
-def _derived(cls: type, qcls: type, base: type) -> type:
+def _derived(cls: type, qcls: type) -> type:
     if cls not in _DERIVED:
         _DERIVED[cls] = type(f"Quant{cls.__name__}", (qcls, cls), {"__module__": __name__})
     return _DERIVED[cls]
