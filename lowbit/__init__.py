@@ -42,7 +42,7 @@ from lowbit.quant import (
     tensor_formats,
     tensor_scales,
 )
-from lowbit.quant import Granularity, allocate, calibrate, fold_batchnorm, sensitivity_scan
+from lowbit.quant import Granularity, allocate, calibrate, calibrate_config, fold_batchnorm, sensitivity_scan
 from lowbit.storage import PackedTensor, load, load_packed, pack_, save, unpack_
 
 __version__ = "0.1.0"
@@ -65,6 +65,7 @@ __all__ = [
     "tensor_scales",
     "Granularity",
     "calibrate",
+    "calibrate_config",
     "fold_batchnorm",
     "sensitivity_scan",
     "allocate",

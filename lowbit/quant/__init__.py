@@ -35,6 +35,7 @@ from lowbit.quant.observers import (
     PercentileObserver,
 )
 from lowbit.quant.mixed import Plan, PlanLayer, allocate, pareto_front, uniform_plan
+from lowbit.quant.ptq import calibrate_config, observer_for
 from lowbit.quant.qat import LSQQuantizer, convert, lsq_quantizers, prepare_qat
 from lowbit.quant.quantize import (
     QuantizationReport,
@@ -63,6 +64,8 @@ __all__ = [
     "tensor_formats",
     "tensor_scales",
     "quantization_report",
+    "calibrate_config",
+    "observer_for",
     "QuantizationReport",
     # granularity and scales
     "Granularity",

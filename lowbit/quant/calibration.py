@@ -133,8 +133,8 @@ class Calibration:
 
     def _post_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: "tuple[Any, ...]", output: Any) -> None:
-            obs = self.observers[name]["output"]
-            if isinstance(output, torch.Tensor) and output.dtype.is_floating_point:
+            obs = self.observers[name].get("output")
+            if obs is not None and isinstance(output, torch.Tensor) and output.dtype.is_floating_point:
                 obs.observe(output)
         return hook
 

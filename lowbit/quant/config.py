@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Mapping
 
 from lowbit.formats import NumberFormat, parse_format
 from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
 from lowbit.quant.granularity import Granularity, as_granularity
 
-__all__ = ["ROLES", "SCALINGS", "RoleConfig", "LayerConfig", "QuantConfig", "as_config", "CONFIG_VERSION"]
+__all__ = ["ROLES", "SCALINGS", "STATIC_ROLES", "RoleConfig", "LayerConfig", "QuantConfig", "as_config", "CONFIG_VERSION"]
 
 #: Tensor roles of a quantized layer: its weight and bias, its input activations, its output,
 #: and the gradient flowing back into its output.
 ROLES = ("weight", "bias", "input", "output", "grad")
-#: Per-tensor power-of-two scale rules (see lowbit.simulate.scaling).
-SCALINGS = ("histogram", "amax", "absmax")
+#: Scale rules: per-tensor power-of-two scales (see lowbit.simulate.scaling), per-granule float
+#: scales from the tensor itself ("absmax"), or a fixed calibrated range ("static").
+SCALINGS = ("histogram", "amax", "absmax", "static")
+#: roles that can take a calibrated ``range`` (activations; weights use "absmax" per granule)
+STATIC_ROLES = ("input", "output")
 CONFIG_VERSION = 1
 _LAYER_KEYS = ROLES + ("accumulate", "accumulate_every")
 _TOP_KEYS = _LAYER_KEYS + ("exclude", "layers", "seed", "version", "rounding")
@@ -53,6 +57,12 @@ class RoleConfig:
     onto the format's max (the usual symmetric per-channel int8 rule; any scalar format), with
     ``granularity`` ``"tensor"`` (default), ``"channel"`` (axis 0: output channels) or a
     `Granularity` / its dict (per group).
+    ``"static"``: a fixed per-tensor ``range`` ``(lo, hi)`` found by calibration (see
+    `lowbit.calibrate_config`), the usual post-training rule for activations. Unsigned integer
+    formats (``uint8`` …) use it asymmetrically: scale s = (hi − lo) / (2^b − 1) and zero point
+    z = round(−lo / s), x̂ = s · (clamp(R(x / s) + z, 0, 2^b − 1) − z); every other scalar format
+    symmetrically: s = max(|lo|, |hi|) / fmt.max, x̂ = s · fmt.quantize(x / s) (unsigned ones
+    use s = hi / fmt.max). A zero range gives s = 0: the role quantizes to exactly 0.
     """
 
     format: NumberFormat
@@ -61,11 +71,15 @@ class RoleConfig:
     every: "int | None" = None
     history: int = 16
     granularity: "Granularity | None" = None
+    range: "tuple[float, float] | None" = None
 
     def to_dict(self) -> "dict[str, Any]":
-        return {"format": str(self.format), "rounding": self.rounding, "scaling": self.scaling,
-                "every": self.every, "history": self.history,
-                "granularity": None if self.granularity is None else self.granularity.to_dict()}
+        d = {"format": str(self.format), "rounding": self.rounding, "scaling": self.scaling,
+             "every": self.every, "history": self.history,
+             "granularity": None if self.granularity is None else self.granularity.to_dict()}
+        if self.range is not None:
+            d["range"] = list(self.range)
+        return d
 
     @classmethod
     def parse(cls, value: Any, where: str, rounding: str = "nearest_even") -> "RoleConfig | None":
@@ -77,10 +91,10 @@ class RoleConfig:
         if not isinstance(value, Mapping):
             raise TypeError(f"{where} must be a format spec string, a dict with 'format', or None; "
                             f"got {type(value).__name__}")
-        unknown = set(value) - {"format", "rounding", "scaling", "every", "history", "granularity"}
+        unknown = set(value) - {"format", "rounding", "scaling", "every", "history", "granularity", "range"}
         if unknown:
             raise _fail(where, f"unknown key(s) {sorted(unknown)}; "
-                        "allowed: format, rounding, scaling, every, history, granularity")
+                        "allowed: format, rounding, scaling, every, history, granularity, range")
         if value.get("format") is None:
             raise _fail(where, "needs a 'format' (a spec string such as 'posit8_es2')")
         try:
@@ -95,25 +109,44 @@ class RoleConfig:
         mode = str(getattr(mode, "value", mode))
         scaling = value.get("scaling")
         if isinstance(scaling, bool) or not (scaling is None or isinstance(scaling, int) or scaling in SCALINGS):
-            raise _fail(where, f"scaling={scaling!r}; allowed: None, 'histogram', 'amax' or an int exponent k")
-        if scaling is not None and scaling != "absmax" and fmt.family not in ("posit", "minifloat"):
+            raise _fail(where, f"scaling={scaling!r}; allowed: None, 'histogram', 'amax', 'absmax', 'static' "
+                        f"or an int exponent k")
+        if scaling is not None and scaling not in ("absmax", "static") and fmt.family not in ("posit", "minifloat"):
             raise _fail(where, f"scaling={scaling!r} applies to posit and minifloat formats, not {fmt} "
                         f"({fmt.family}); use scaling='absmax' for a per-tensor/channel float scale")
-        if scaling == "absmax" and fmt.data_dependent:
-            raise _fail(where, f"scaling='absmax' needs a scalar element format, not {fmt} (it fits its own scale)")
+        if scaling in ("absmax", "static") and fmt.data_dependent:
+            raise _fail(where, f"scaling={scaling!r} needs a scalar element format, not {fmt} (it fits its own scale)")
+        range_ = _parse_range(value.get("range"), where)
+        if range_ is not None and scaling != "static":
+            raise _fail(where, f"range={list(range_)} needs scaling='static' (got scaling={scaling!r})")
         try:
             granularity = None if value.get("granularity") is None else as_granularity(value["granularity"])
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
         if granularity is not None and granularity.kind != "tensor" and scaling != "absmax":
-            raise _fail(where, f"granularity {granularity.kind!r} needs scaling='absmax' (per-granule scales)")
+            raise _fail(where, f"granularity {granularity.kind!r} needs scaling='absmax' (per-granule scales); "
+                        f"scaling={scaling!r} is per tensor")
         every = value.get("every")
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise _fail(where, f"every={every!r}; allowed: None (once) or an int >= 1")
         history = value.get("history", 16)
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise _fail(where, f"history={history!r}; allowed: an int >= 1")
-        return cls(fmt, mode, scaling, every, history, granularity)
+        return cls(fmt, mode, scaling, every, history, granularity, range_)
+
+
+def _parse_range(value: Any, where: str) -> "tuple[float, float] | None":
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise _fail(where, f"range={value!r}; allowed: None or two numbers [lo, hi] with lo <= hi")
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise _fail(where, f"range={value!r}; allowed: None or two numbers [lo, hi] with lo <= hi") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise _fail(where, f"range={[lo, hi]}; allowed: finite numbers with lo <= hi")
+    return (lo, hi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +190,10 @@ class LayerConfig:
         for role in ROLES:
             if role in value:
                 fields[role] = RoleConfig.parse(value[role], f"{where}[{role!r}]", rounding)
+                if fields[role] is not None and fields[role].scaling == "static" and role not in STATIC_ROLES:
+                    raise _fail(f"{where}[{role!r}]", f"scaling='static' applies to the roles "
+                                f"{', '.join(STATIC_ROLES)} (activations seen by calibration), not {role!r}; "
+                                f"weights take scaling='absmax' with a granularity")
         if "accumulate" in value:
             acc = value["accumulate"]
             try:

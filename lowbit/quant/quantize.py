@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitWarning
+from lowbit.quant.observers import CalibrationError
 from lowbit.formats import NumberFormat
 from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config
 from lowbit.simulate.layers import (
@@ -90,24 +91,58 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
     if on_unsupported not in _ON_UNSUPPORTED:
         raise ValueError(f"on_unsupported={on_unsupported!r}; allowed: {', '.join(_ON_UNSUPPORTED)}")
     cfg = as_config(config)
+    plan = resolve_layers(model, cfg)
+    for name, (_, _, layer) in plan.layers.items():  # check everything before changing anything
+        for role in ROLES:
+            rc = getattr(layer, role)
+            if rc is not None and rc.scaling == "static" and rc.range is None:
+                raise CalibrationError(f"layer {name!r} role {role!r}: scaling='static' has no calibrated range; "
+                                       f"run cfg = lowbit.calibrate_config(model, config, data) first, or give "
+                                       f"'range': [lo, hi]")
+    dequantize_(model)
+    report = QuantizationReport(unsupported=dict(plan.unsupported), excluded=list(plan.excluded))
+    for name, (module, qcls, layer) in plan.layers.items():
+        _convert(module, qcls, layer, name, cfg.seed)
+        report.quantized[name] = layer
+    _report_unsupported(model, report, on_unsupported)
+    model.lowbit_report = report  # type: ignore[assignment]
+    model.lowbit_config = cfg  # type: ignore[assignment]
+    return model
+
+
+@dataclasses.dataclass
+class ResolvedLayers:
+    """Which layer gets which `LayerConfig` under a config (what `quantize_` would do)."""
+
+    layers: "dict[str, tuple[nn.Module, type, LayerConfig]]" = dataclasses.field(default_factory=dict)
+    unsupported: "dict[str, str]" = dataclasses.field(default_factory=dict)
+    excluded: "list[str]" = dataclasses.field(default_factory=list)
+
+
+def resolve_layers(model: nn.Module, config: Any) -> ResolvedLayers:
+    """Match ``config``'s patterns against ``model`` without changing it.
+
+    ``layers``: ``{name: (module, simulated class, LayerConfig)}`` for every supported layer
+    that gets a non-identity config. A pattern that matches no module raises ValueError.
+    """
+    cfg = as_config(config)
     modules = list(model.named_modules())
     for pattern in [p for p, _ in cfg.layers] + list(cfg.exclude):
         if not any(_matches(pattern, n, m) for n, m in modules if n):
             names = [n for n, _ in modules if n]
             raise ValueError(f"layer pattern {pattern!r} matches no module of the model; "
                              f"module names: {', '.join(names[:30])}{' …' if len(names) > 30 else ''}")
-    dequantize_(model)
-    report = QuantizationReport()
+    out = ResolvedLayers()
     for name, module in modules:
         if not name and len(modules) > 1:
             continue
-        qcls = quant_class_for(type(module))
+        qcls = quant_class_for(_float_class(module))
         if qcls is None:
             if _own_params(module) and not list(module.children()):
-                report.unsupported[name or "<model>"] = type(module).__name__
+                out.unsupported[name or "<model>"] = type(module).__name__
             continue
         if any(_matches(p, name, module) for p in cfg.exclude):
-            report.excluded.append(name)
+            out.excluded.append(name)
             continue
         layer = cfg.default
         for pattern, override in cfg.layers:
@@ -115,12 +150,8 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
                 layer = override
         if layer.is_identity:
             continue
-        _convert(module, qcls, layer, name, cfg.seed)
-        report.quantized[name] = layer
-    _report_unsupported(model, report, on_unsupported)
-    model.lowbit_report = report  # type: ignore[assignment]
-    model.lowbit_config = cfg  # type: ignore[assignment]
-    return model
+        out.layers[name] = (module, qcls, layer)
+    return out
 
 
 def _report_unsupported(model: nn.Module, report: QuantizationReport, on_unsupported: str) -> None:
@@ -150,7 +181,7 @@ def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed:
         if rc is None or role in skipped:
             continue
         roles[role] = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history,
-                                    _role_seed(seed, name, role), rc.granularity)
+                                    _role_seed(seed, name, role), rc.granularity, rc.range)
     module.__class__ = qcls
     module.lowbit_float_class = float_cls  # type: ignore[assignment]
     module.lowbit_roles = roles  # type: ignore[assignment]

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.formats import NumberFormat
+from lowbit.formats import NumberFormat, parse_format  # noqa: F401 (parse_format: doctest)
 from lowbit.simulate.fake_quant import fake_quantize
 from lowbit.simulate.scaling import ScaleTracker
 
-__all__ = ["RoleQuantizer", "QuantLayerMixin", "QUANT_CLASSES", "SUPPORTED_LAYERS", "quant_class_for"]
+__all__ = ["RoleQuantizer", "StaticRange", "QuantLayerMixin", "QUANT_CLASSES", "SUPPORTED_LAYERS", "quant_class_for"]
 
 
 class RoleQuantizer:
@@ -37,11 +37,18 @@ class RoleQuantizer:
 
     def __init__(self, fmt: NumberFormat, rounding: str = "nearest_even", scaling: "str | int | None" = None,
                  every: "int | None" = None, history: int = 16, seed: "int | None" = None,
-                 granularity: "Any" = None):
+                 granularity: "Any" = None, range: "tuple[float, float] | None" = None):
         self.format, self.rounding = fmt, rounding
         self.absmax = scaling == "absmax"
         self.granularity = granularity
-        self.tracker = None if scaling is None or self.absmax else ScaleTracker(fmt, scaling, every, history)
+        self.static: "StaticRange | None" = None
+        if scaling == "static":
+            if range is None:
+                raise ValueError(f"scaling='static' for {fmt} needs a calibrated range (lo, hi); "
+                                 f"fill it with lowbit.calibrate_config(model, config, data)")
+            self.static = StaticRange(fmt, *range)
+        self.tracker = (None if scaling is None or self.absmax or self.static is not None
+                        else ScaleTracker(fmt, scaling, every, history))
         self.generator: "torch.Generator | None" = None
         if rounding == "stochastic" and seed is not None:
             self.generator = torch.Generator().manual_seed(seed)
@@ -64,6 +71,10 @@ class RoleQuantizer:
                                                             else torch.float32) / self.format.max
 
     def __call__(self, x: torch.Tensor, backward: "RoleQuantizer | None" = None) -> torch.Tensor:
+        if self.static is not None:
+            static = self.static
+            y = _STE.apply(x, lambda t: static.quantize(t, self.rounding, self.generator))
+            return y if backward is None else _gradient_only(y, backward)
         if self.absmax:
             from lowbit.quant.granularity import quantize_with_scale
 
@@ -79,8 +90,69 @@ class RoleQuantizer:
 
     def __repr__(self) -> str:
         scale = "" if self.tracker is None else f", scaling={self.tracker.rule!r}"
+        if self.static is not None:
+            scale = f", static range=({self.static.lo:g}, {self.static.hi:g})"
         return f"RoleQuantizer({self.format}, {self.rounding}{scale})"
 
+
+class StaticRange:
+    """A fixed calibrated range (lo, hi) for a scalar format (rules in `lowbit.RoleConfig`).
+
+    Unsigned integer formats: asymmetric affine (scale, zero point); other formats: a symmetric
+    float scale max(|lo|, |hi|) / fmt.max (hi / fmt.max when the format is unsigned).
+
+    >>> r = StaticRange(parse_format("uint8"), -1.0, 3.0)
+    >>> round(r.scale, 6), r.zero_point
+    (0.015686, 64)
+    >>> StaticRange(parse_format("int8n"), -2.0, 1.0).quantize(torch.tensor([0.5, -3.0])).tolist()
+    [0.5039370059967041, -2.0]
+    """
+
+    def __init__(self, fmt: NumberFormat, lo: float, hi: float) -> None:
+        from lowbit.formats import IntegerFormat
+        from lowbit.quant.affine import affine_qparams, qrange
+
+        self.format, self.lo, self.hi = fmt, float(lo), float(hi)
+        self.affine = isinstance(fmt, IntegerFormat) and not fmt.signed
+        if self.affine:
+            s, z = affine_qparams(torch.tensor(self.lo, dtype=torch.float64), torch.tensor(self.hi, dtype=torch.float64),
+                                  bits=fmt.word_bits, symmetric=False, signed=False)
+            self.scale, self.zero_point = float(s), int(z)
+            self.qmin, self.qmax = qrange(fmt.word_bits, signed=False)
+        else:
+            low = getattr(fmt, "min", None)
+            signed = not (isinstance(low, (int, float)) and low >= 0)
+            amax = max(-min(self.lo, 0.0), max(self.hi, 0.0)) if signed else max(self.hi, 0.0)
+            self.scale, self.zero_point = amax / float(fmt.max), 0
+            self.low = float(low) if isinstance(low, (int, float)) else (-float(fmt.max) if signed else 0.0)
+        self._scales: "dict[tuple[torch.dtype, torch.device], torch.Tensor]" = {}
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        from lowbit.quant.granularity import compute_dtype
+
+        key = (x.dtype, x.device)
+        if key not in self._scales:
+            self._scales[key] = torch.tensor(self.scale, dtype=compute_dtype(x.dtype), device=x.device)
+        return self._scales[key]
+
+    def quantize(self, x: torch.Tensor, rounding: str = "nearest_even",
+                 generator: "torch.Generator | None" = None) -> torch.Tensor:
+        """x̂ for a floating tensor ``x`` (same dtype and shape); values beyond the range saturate.
+
+        Symmetric rule: s · fmt.quantize(clamp(x / s, fmt's lowest, fmt.max)) — the clamp makes
+        formats without saturation (``e4m3fn``: overflow → NaN) clip like integers do.
+        """
+        from lowbit.formats._float64 import check_float_tensor
+        from lowbit.quant.affine import fake_quantize_affine
+
+        if self.affine:
+            return fake_quantize_affine(x, self._scale(x), self.zero_point, self.qmin, self.qmax, rounding, generator)
+        x = check_float_tensor(x)
+        s = self._scale(x)
+        if self.scale == 0.0:
+            return torch.zeros_like(x)
+        v = (x.detach().to(s.dtype) / s).clamp(self.low, float(self.format.max))
+        return (self.format.quantize(v, rounding, generator) * s).to(x.dtype)
 
 class _STE(torch.autograd.Function):
     """Forward ``fn(x)``, backward the identity (straight through)."""
