@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -134,6 +134,14 @@ class NumberFormat(abc.ABC):
         from lowbit.formats.card import format_card
 
         return format_card(self)
+
+    def storage_params(self, params: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
+        """``EncodedTensor.params`` in their compact stored form (identity unless a format packs them)."""
+        return dict(params)
+
+    def params_from_storage(self, stored: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
+        """Inverse of `storage_params`: the ``params`` that ``decode_tensor`` reads."""
+        return dict(stored)
 
 
 class ScalarFormat(NumberFormat):

@@ -41,6 +41,8 @@ import dataclasses
 import functools
 import math
 
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -311,6 +313,41 @@ class MXFormat(BlockFormat):
     @property
     def _encode_shift(self) -> int:  # type: ignore[override]
         return 6 if self.element == "int8" else 0
+
+    def storage_params(self, params: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
+        """The shared scales as 8-bit E8M0 codes, as the OCP MX spec stores them.
+
+        ``scale_e8m0`` (uint8) = scale_exponent + 127; 255 is the NaN scale. A zero block
+        (exponent −127) is code 0.
+
+        >>> import torch
+        >>> fmt = MXFormat("e4m3fn", block_size=2)
+        >>> enc = fmt.encode_tensor(torch.tensor([1.0, 2.0, 0.0, 0.0, float("nan"), 1.0]))
+        >>> fmt.storage_params(enc.params)["scale_e8m0"].tolist()
+        [120, 0, 255]
+        """
+        out = dict(params)
+        s = out.pop("scale_exponent", None)
+        if s is None:
+            return out
+        s = s.to(torch.int16)
+        code = torch.where(s == self.nan_exponent, torch.full_like(s, 255), s + 127)
+        if bool(((code < 0) | (code > 255)).any()):
+            raise ValueError(f"{self}: scale_exponent outside [-127, {self.nan_exponent}] cannot be stored as E8M0")
+        out["scale_e8m0"] = code.to(torch.uint8)
+        return out
+
+    def params_from_storage(self, stored: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
+        """``scale_e8m0`` codes back to ``scale_exponent`` (int16); files that stored the exponent itself still read."""
+        out = dict(stored)
+        code = out.pop("scale_e8m0", None)
+        if code is None:
+            return out
+        if code.dtype != torch.uint8:
+            raise ValueError(f"{self}: params['scale_e8m0'] must be uint8 E8M0 codes, got {code.dtype}")
+        c = code.to(torch.int16)
+        out["scale_exponent"] = torch.where(c == 255, torch.full_like(c, self.nan_exponent), c - 127)
+        return out
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

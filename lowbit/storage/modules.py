@@ -702,7 +702,8 @@ def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype) ->
     fmt = layer._packed_format
     assert isinstance(fmt, BlockFormat)
     shape = layer._packed_shape
-    s = layer._buffers[_PARAM + "scale_exponent"].to(torch.int64)
+    stored = {p: layer._buffers[_PARAM + p] for p in layer._packed_params}
+    s = fmt.params_from_storage(stored)["scale_exponent"].to(torch.int64)
     if fmt.exponent_min < -127 or fmt.exponent_max > 127 or fmt.nan_exponent != 128:
         return None
     if bool((((s < fmt.exponent_min) | (s > fmt.exponent_max)) & (s != fmt.nan_exponent)).any()):

@@ -112,7 +112,7 @@ class PackedTensor:
         enc = fmt.encode_tensor(y, rounding, generator)
         if tuple(enc.codes.shape) != tuple(x.shape):
             raise ValueError(f"{fmt}.encode_tensor returned codes of shape {tuple(enc.codes.shape)} for {tuple(x.shape)}")
-        params = {k: v.detach() for k, v in enc.params.items()}
+        params = {k: v.detach() for k, v in fmt.storage_params(enc.params).items()}  # MX scales: E8M0 bytes
         return cls(pack_bits(enc.codes, fmt.bits), fmt, x.shape, params, scale_t, axis, x.dtype)
 
     # ------------------------------------------------------------------ reading
@@ -138,7 +138,7 @@ class PackedTensor:
 
     def encoded(self) -> EncodedTensor:
         """The codes and side parameters as an `EncodedTensor` (scale not applied)."""
-        return EncodedTensor(self.format, self.codes(), dict(self.params))
+        return EncodedTensor(self.format, self.codes(), self.format.params_from_storage(self.params))
 
     def decode(self, dtype: "torch.dtype | None" = None) -> torch.Tensor:
         """The values, as a ``dtype`` tensor of ``shape`` (see the module docstring).
@@ -157,7 +157,7 @@ class PackedTensor:
             index = codes.reshape(-1).to(torch.int32)
             values = torch.index_select(table, 0, index).reshape(self.shape)
         else:
-            values = fmt.decode_tensor(EncodedTensor(fmt, codes, dict(self.params)), value_dtype)
+            values = fmt.decode_tensor(EncodedTensor(fmt, codes, fmt.params_from_storage(self.params)), value_dtype)
         if self.scale is None:
             return values
         return (values * self.scale.to(values.device)).to(dtype)

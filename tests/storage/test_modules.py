@@ -321,7 +321,8 @@ class TestStateDict:
         layer, x, _ = _layer("conv2d")
         packed = pack_(copy.deepcopy(layer), "mxfp4_e2m1fn")
         sd = packed.state_dict()
-        assert {"weight_packed", "weight_param_scale_exponent", "bias", "_extra_state"} <= set(sd)
+        assert {"weight_packed", "weight_param_scale_e8m0", "bias", "_extra_state"} <= set(sd)
+        assert sd["weight_param_scale_e8m0"].dtype == torch.uint8  # one E8M0 byte per block
         assert "weight" not in sd
         buf = io.BytesIO()
         torch.save(sd, buf)

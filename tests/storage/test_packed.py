@@ -181,3 +181,43 @@ class TestConstruction:
     def test_repr(self) -> None:
         p = PackedTensor.from_tensor(torch.ones(2, 3), "posit8_es2")
         assert repr(p) == "PackedTensor(posit8_es2, shape=(2, 3), nbytes=6)"
+
+
+class TestMXScalesAreE8M0Bytes:
+    """MX shared scales are stored as one E8M0 byte per block (OCP MX), not as wider integers."""
+
+    @pytest.mark.parametrize("spec,bits", [("mxfp8_e4m3fn", 8), ("mxfp6_e3m2fn", 6), ("mxfp4_e2m1fn", 4),
+                                           ("mxint8", 8), ("mxfp8_e5m2_b16", 8)])
+    def test_nbytes_is_codes_plus_one_byte_per_block(self, spec, bits):
+        fmt = lb.parse_format(spec)
+        x = torch.randn(7, 100)
+        p = PackedTensor.from_tensor(x, fmt)
+        blocks = 7 * -(-100 // fmt.block_size)
+        assert p.params["scale_e8m0"].dtype == torch.uint8 and p.params["scale_e8m0"].numel() == blocks
+        assert p.nbytes == -(-700 * bits // 8) + blocks
+
+    def test_special_blocks_map_to_their_codes_and_back(self):
+        fmt = lb.parse_format("mxfp8_e4m3fn_b2")
+        x = torch.tensor([1.0, 2.0, 0.0, 0.0, float("nan"), 1.0, 2.0**-130, 0.0, 3e38, 1.0])
+        enc = fmt.encode_tensor(x)
+        stored = fmt.storage_params(enc.params)
+        s = enc.params["scale_exponent"]
+        assert stored["scale_e8m0"].tolist() == [255 if int(e) == 128 else int(e) + 127 for e in s]
+        assert torch.equal(fmt.params_from_storage(stored)["scale_exponent"], s)
+        got = PackedTensor.from_tensor(x, fmt).decode()
+        assert torch.equal(got.nan_to_num(1234.0), fmt.quantize(x).nan_to_num(1234.0))
+
+    def test_a_wide_exponent_param_still_decodes(self):
+        # PackedTensors (and files) made before the E8M0 form held the int16 exponent itself
+        fmt = lb.parse_format("mxfp4_e2m1fn")
+        x = torch.randn(3, 64)
+        enc = fmt.encode_tensor(x)
+        from lowbit.storage.bitpack import pack_bits
+
+        old = PackedTensor(pack_bits(enc.codes, fmt.bits), fmt, x.shape, dict(enc.params))
+        assert torch.equal(old.decode(), fmt.quantize(x))
+
+    def test_bad_e8m0_dtype_is_refused(self):
+        fmt = lb.parse_format("mxfp8_e4m3fn")
+        with pytest.raises(ValueError, match="scale_e8m0"):
+            fmt.params_from_storage({"scale_e8m0": torch.zeros(2, dtype=torch.int16)})
