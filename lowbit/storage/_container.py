@@ -18,7 +18,8 @@ The JSON document::
         "format": "posit8_es2",                    # canonical spec, or null: stored as it is
         "packing": {"bits": 8, "bit_order": "lsb_first"},   # null when format is null
         "params": {"scale_exp": {"dtype": "uint8", "shape": [64, 1]}},  # EncodedTensor.params
-        "scale": {"shape": [64, 1], "axis": 0},    # float32 per-channel scale, or null
+        "scale": {"shape": [64, 1], "axis": 0},    # float32 per-channel scale, or null; per group:
+                                                    # {"shape": [64, 4], "axis": 1, "group_size": 32}
         "sha256": "…"}]}                           # over this entry's fields + its stored bytes
 
 Stored safetensors tensors, per entry: the packed codes (1-D uint8, ``ceil(numel*bits/8)``
@@ -117,6 +118,7 @@ class Entry:
     scale: "Stored | None"
     axis: "int | None"
     sha256: str
+    group_size: "int | None" = None
 
     @property
     def numel(self) -> int:
@@ -144,9 +146,17 @@ class Entry:
             "params": {
                 s.key.split(":param:", 1)[1]: {"dtype": dtype_name(s.dtype), "shape": list(s.shape)} for s in self.params
             },
-            "scale": None if self.scale is None else {"shape": list(self.scale.shape), "axis": self.axis},
+            "scale": None if self.scale is None else self._scale_json(),
             "sha256": self.sha256,
         }
+
+
+    def _scale_json(self) -> "dict[str, Any]":
+        assert self.scale is not None
+        doc: dict[str, Any] = {"shape": list(self.scale.shape), "axis": self.axis}
+        if self.group_size is not None:  # only when grouped: older entries keep their exact JSON (and digest)
+            doc["group_size"] = self.group_size
+        return doc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +334,7 @@ def _parse_entry(item: object, index: int, where: str) -> Entry:
                 _parse_shape(spec.get("shape"), f"param {pname!r} shape", bad),
             )
         )
-    scale_doc, scale, axis = item["scale"], None, None
+    scale_doc, scale, axis, group_size = item["scale"], None, None, None
     if scale_doc is not None:
         if not isinstance(scale_doc, dict):
             raise bad(f"field 'scale' must be an object or null, got {scale_doc!r}")
@@ -332,10 +342,17 @@ def _parse_entry(item: object, index: int, where: str) -> Entry:
         axis = scale_doc.get("axis")
         if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or not 0 <= axis < max(len(shape), 1)):
             raise bad(f"scale 'axis' must be null or an int in [0, {len(shape)}), got {axis!r}")
+        unknown = set(scale_doc) - {"shape", "axis", "group_size"}
+        if unknown:
+            raise bad(f"scale has unknown field(s) {sorted(unknown)} (written by a newer lowbit?)")
+        if "group_size" in scale_doc:
+            group_size = scale_doc["group_size"]
+            if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1 or axis is None:
+                raise bad(f"scale 'group_size' must be an int >= 1 with an axis, got {group_size!r} (axis {axis!r})")
     sha = item["sha256"]
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise bad(f"field 'sha256' must be 64 lowercase hex digits, got {sha!r}")
-    return Entry(name, dtype, shape, fmt, bits, tuple(params), scale, axis, sha)
+    return Entry(name, dtype, shape, fmt, bits, tuple(params), scale, axis, sha, group_size)
 
 
 def _parse_dtype(value: object, field: str, bad: Any) -> torch.dtype:

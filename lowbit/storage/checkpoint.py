@@ -36,7 +36,7 @@ from lowbit.storage._container import (
     scale_key,
     entry_digest,
 )
-from lowbit.storage.packed import PackedTensor
+from lowbit.storage.packed import PackedTensor, absmax_scale_args
 
 __all__ = ["save", "load", "load_packed"]
 
@@ -173,14 +173,20 @@ def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, Numb
 
 def _with_scaled_weights(model: torch.nn.Module, state: "Mapping[str, Any]",
                          formats: "dict[str, NumberFormat | None]") -> "dict[str, Any]":
-    """Weights simulated with a per-tensor/channel float scale become scaled PackedTensors."""
-    from lowbit.quant import tensor_scales
+    """Weights simulated with a float scale per tensor / channel / group become scaled PackedTensors."""
+    from lowbit.simulate.layers import QuantLayerMixin
 
-    scales = tensor_scales(model)
     state = dict(state)
-    for name, scale in scales.items():
-        fmt = formats.pop(name)
-        state[name] = PackedTensor.from_tensor(state[name].detach(), fmt, scale=scale.to(torch.float32))
+    for module_name, module in model.named_modules():
+        if not isinstance(module, QuantLayerMixin):
+            continue
+        for role in ("weight", "bias"):
+            q, t = module.lowbit_roles.get(role), getattr(module, role, None)
+            name = f"{module_name}.{role}" if module_name else role
+            if q is None or t is None or not q.absmax or name not in state:
+                continue
+            fmt = formats.pop(name)
+            state[name] = PackedTensor.from_tensor(state[name].detach(), fmt, **absmax_scale_args(q, t.detach()))
     return state
 
 
@@ -226,6 +232,7 @@ def _store_one(name: str, value: Any, fmt: "NumberFormat | None") -> "tuple[Entr
         scale=scale,
         axis=value.axis,
         sha256="",
+        group_size=value.group_size,
     )
     return dataclasses.replace(entry, sha256=entry_digest(entry, stored)), stored
 
@@ -315,7 +322,7 @@ def _restore(
     params = {s.key.split(":param:", 1)[1]: t for s, t in zip(entry.params, stored[1:])}
     scale = stored[-1] if entry.scale is not None else None
     try:
-        packed = PackedTensor(stored[0], fmt, entry.shape, params, scale, entry.axis, entry.dtype)
+        packed = PackedTensor(stored[0], fmt, entry.shape, params, scale, entry.axis, entry.dtype, entry.group_size)
         return packed.decode() if decode else packed
     except (ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{where}: tensor {entry.name!r}: cannot decode: {err}") from None

@@ -78,7 +78,7 @@ from lowbit.simulate.layers import (
     quant_class_for,
 )
 from lowbit.storage.bitpack import unpack_bits
-from lowbit.storage.packed import PackedTensor, _value_table
+from lowbit.storage.packed import PackedTensor, _value_table, absmax_scale_args, multiply_by_scale
 
 __all__ = [
     "PackedLayerMixin",
@@ -122,6 +122,7 @@ class PackedLayerMixin(nn.Module):
     _packed_shape: torch.Size
     _packed_dtype: torch.dtype
     _packed_axis: "int | None"
+    _packed_group_size: "int | None"
     _packed_params: "tuple[str, ...]"
     _packed_decoded: "torch.Tensor | None"
     _packed_table: "tuple[Any, _Lut] | None"
@@ -174,7 +175,7 @@ class PackedLayerMixin(nn.Module):
         params = {p: self._buffers[_PARAM + p] for p in self._packed_params}
         return PackedTensor(
             self._buffers[_DATA], self._packed_format, self._packed_shape, params,  # type: ignore[arg-type]
-            self._buffers.get(_SCALE), self._packed_axis, self._packed_dtype,
+            self._buffers.get(_SCALE), self._packed_axis, self._packed_dtype, self._packed_group_size,
         )
 
     @property
@@ -223,6 +224,7 @@ class PackedLayerMixin(nn.Module):
         self._packed_shape = packed.shape
         self._packed_dtype = packed.dtype
         self._packed_axis = packed.axis
+        self._packed_group_size = packed.group_size
         self._packed_params = tuple(packed.params)
         self.clear_cache()
 
@@ -254,6 +256,8 @@ class PackedLayerMixin(nn.Module):
             values = _lut_decode(data, fmt.bits, table, n, out).reshape(self._packed_shape)
         if scale is None:
             return values
+        if self._packed_group_size is not None:
+            return multiply_by_scale(values, scale, self._packed_axis, self._packed_group_size).to(dtype)
         return _scaled(values, scale).to(dtype)
 
     def _table(self, dtype: torch.dtype) -> "_Lut | None":
@@ -305,6 +309,7 @@ class PackedLayerMixin(nn.Module):
             "shape": list(self._packed_shape),
             "dtype": _fmt_dtype(self._packed_dtype),
             "axis": self._packed_axis,
+            "group_size": self._packed_group_size,
             "params": list(self._packed_params),
             "scale": _SCALE in self._buffers,
         }
@@ -365,7 +370,7 @@ class PackedLayerMixin(nn.Module):
         scale = state_dict.get(prefix + _SCALE) if meta.get("scale") else None
         packed = PackedTensor(
             state_dict[prefix + _DATA], parse_format(meta["format"]), tuple(meta["shape"]), params, scale,
-            meta.get("axis"), _DTYPES[meta["dtype"]],
+            meta.get("axis"), _DTYPES[meta["dtype"]], meta.get("group_size"),
         )
         if packed.shape != self._packed_shape:
             raise ValueError(f"shape {tuple(packed.shape)} does not match the layer's {tuple(self._packed_shape)}")
@@ -882,9 +887,7 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
             scale = None
             if role is not None and role.absmax and chosen == role.format:
                 # absmax scaling: the simulated weight is scale · fmt.quantize(w / scale)
-                from lowbit.quant import tensor_scales
-
-                scale = tensor_scales(module).get("weight")
+                scale = absmax_scale_args(role, module.weight.detach())
             plan.append((name, module, (chosen, rounding, generator, scale)))
     if formats is None and not plan:
         raise TypeError(
@@ -927,10 +930,7 @@ def _pack_module(
         if weight.is_meta:
             raise ValueError(f"layer {label!r}: its weight is on the meta device; there is nothing to encode")
         try:
-            packed = PackedTensor.from_tensor(
-                weight.detach(), fmt, rounding, scale=None if scale is None else scale.to(torch.float32),
-                generator=generator,
-            )
+            packed = PackedTensor.from_tensor(weight.detach(), fmt, rounding, generator=generator, **(scale or {}))
         except (ValueError, TypeError) as err:
             raise type(err)(f"layer {label!r}: cannot pack its weight in {fmt}: {err}") from None
         made[id(weight)] = packed
@@ -979,7 +979,7 @@ def unpack_(model: nn.Module) -> nn.Module:
             restored[key] = param
         for k in module._packed_keys():
             del module._buffers[k]
-        for attr in ("_packed_format", "_packed_shape", "_packed_dtype", "_packed_axis", "_packed_params",
+        for attr in ("_packed_format", "_packed_shape", "_packed_dtype", "_packed_axis", "_packed_group_size", "_packed_params",
                      "_packed_decoded", "_packed_table", "_packed_prior", "cache", "compute_dtype"):
             module.__dict__.pop(attr, None)
         module.__class__ = prior_cls

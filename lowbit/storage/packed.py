@@ -4,7 +4,9 @@ A PackedTensor is what a lowbit checkpoint stores per quantized tensor: the code
 ``format.bits`` bits each (`lowbit.storage.bitpack`, bit order ``lsb_first``), the tensor's shape,
 the side parameters a data-dependent or block format fitted (`EncodedTensor.params`: MX shared
 exponents, codebook levels, ...) and, optionally, a float32 ``scale`` broadcastable to the shape
-(per tensor or per channel along ``axis``).
+(per tensor or per channel along ``axis``) — or, with ``group_size`` g, one scale per group of g
+contiguous elements along ``axis``: the scale then broadcasts to the shape with that axis shrunk
+to ``shape[axis] // g`` and is stored that small (4 bytes per group, not per element).
 
 Values, exactly:
 
@@ -27,7 +29,7 @@ from lowbit.formats.base import MAX_TABLE_BITS, EncodedTensor, NumberFormat, Sca
 from lowbit.formats.spec import parse_format
 from lowbit.storage.bitpack import pack_bits, packed_nbytes, unpack_bits
 
-__all__ = ["PackedTensor"]
+__all__ = ["PackedTensor", "multiply_by_scale", "divide_by_scale", "absmax_scale_args"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -53,6 +55,7 @@ class PackedTensor:
     scale: "torch.Tensor | None" = None
     axis: "int | None" = None
     dtype: torch.dtype = torch.float32
+    group_size: "int | None" = None
 
     def __post_init__(self) -> None:
         fmt = parse_format(self.format)
@@ -76,7 +79,7 @@ class PackedTensor:
             if not isinstance(key, str) or not isinstance(value, torch.Tensor):
                 raise TypeError(f"params must map str names to tensors; got {key!r}: {type(value).__name__}")
         object.__setattr__(self, "params", params)
-        scale, axis = _check_scale(self.scale, self.axis, shape)
+        scale, axis = _check_scale(self.scale, self.axis, shape, group_size=self.group_size)
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "axis", axis)
         check_float_dtype(self.dtype, "dtype")
@@ -91,29 +94,36 @@ class PackedTensor:
         scale: "torch.Tensor | float | None" = None,
         axis: "int | None" = None,
         generator: "torch.Generator | None" = None,
+        group_size: "int | None" = None,
     ) -> "PackedTensor":
         """Quantize ``x`` to ``fmt`` and pack the codes.
 
         ``scale`` (optional): a positive finite float or float32 tensor broadcastable to
         ``x.shape`` (e.g. shape ``(out_channels, 1)`` for per-row scales); ``x / scale`` is
         what gets quantized (see the module docstring). ``axis`` names the dimension the scale
-        varies along (inferred when the scale varies along exactly one).
+        varies along (inferred when the scale varies along exactly one). ``group_size`` g: one
+        scale per g contiguous elements along ``axis`` (scale shape: the tensor's, with ``axis``
+        shrunk to ``shape[axis] // g``).
 
         >>> import torch
         >>> w = torch.tensor([[1.0, 3.0], [10.0, 30.0]])
         >>> p = PackedTensor.from_tensor(w, "int4", scale=torch.tensor([[0.5], [5.0]]))
         >>> p.decode().tolist(), p.axis
         ([[1.0, 3.0], [10.0, 30.0]], 0)
+        >>> g = PackedTensor.from_tensor(torch.arange(8.0).reshape(1, 8), "int4", scale=torch.tensor([[1.0, 2.0]]),
+        ...                              axis=1, group_size=4)
+        >>> g.decode().tolist(), g.nbytes                 # 4 bytes of codes + 2 float32 scales
+        ([[0.0, 1.0, 2.0, 3.0, 4.0, 4.0, 6.0, 8.0]], 12)
         """
         fmt = parse_format(fmt)
         x = check_float_tensor(x)
-        scale_t, axis = _check_scale(scale, axis, x.shape, device=x.device)
-        y = x.detach() if scale_t is None else x.detach().to(torch.float32) / scale_t
+        scale_t, axis = _check_scale(scale, axis, x.shape, device=x.device, group_size=group_size)
+        y = x.detach() if scale_t is None else divide_by_scale(x.detach().to(torch.float32), scale_t, axis, group_size)
         enc = fmt.encode_tensor(y, rounding, generator)
         if tuple(enc.codes.shape) != tuple(x.shape):
             raise ValueError(f"{fmt}.encode_tensor returned codes of shape {tuple(enc.codes.shape)} for {tuple(x.shape)}")
         params = {k: v.detach() for k, v in fmt.storage_params(enc.params).items()}  # MX scales: E8M0 bytes
-        return cls(pack_bits(enc.codes, fmt.bits), fmt, x.shape, params, scale_t, axis, x.dtype)
+        return cls(pack_bits(enc.codes, fmt.bits), fmt, x.shape, params, scale_t, axis, x.dtype, group_size)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -160,10 +170,12 @@ class PackedTensor:
             values = fmt.decode_tensor(EncodedTensor(fmt, codes, fmt.params_from_storage(self.params)), value_dtype)
         if self.scale is None:
             return values
-        return (values * self.scale.to(values.device)).to(dtype)
+        return multiply_by_scale(values, self.scale.to(values.device), self.axis, self.group_size).to(dtype)
 
     def __repr__(self) -> str:
         extra = "" if self.scale is None else f", scale={tuple(self.scale.shape)}, axis={self.axis}"
+        if self.group_size is not None:
+            extra += f", group_size={self.group_size}"
         return f"PackedTensor({self.format}, shape={tuple(self.shape)}, nbytes={self.nbytes}{extra})"
 
 
@@ -177,12 +189,46 @@ def _value_table(fmt: ScalarFormat, dtype: torch.dtype) -> torch.Tensor:
     return round_float64_to(fmt._table, dtype)
 
 
+def _grouped_view(t: torch.Tensor, axis: int, group_size: int) -> "tuple[int, ...]":
+    """``t``'s shape with ``axis`` split into (groups, group_size)."""
+    shape = tuple(t.shape)
+    return shape[:axis] + (shape[axis] // group_size, group_size) + shape[axis + 1:]
+
+
+def _grouped_scale(scale: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    """A compact group scale as ``ndim`` + 1 dims, broadcastable to the grouped view."""
+    s = scale.reshape((1,) * (ndim - scale.dim()) + tuple(scale.shape))
+    return s.unsqueeze(axis + 1)
+
+
+def multiply_by_scale(values: torch.Tensor, scale: torch.Tensor, axis: "int | None",
+                      group_size: "int | None") -> torch.Tensor:
+    """``values · scale`` for a broadcastable scale, or a per-group one (no expanded copy is made)."""
+    if group_size is None or values.dim() == 0:
+        return values * scale
+    assert axis is not None
+    grouped = values.reshape(_grouped_view(values, axis, group_size))
+    return (grouped * _grouped_scale(scale, values.dim(), axis)).reshape(values.shape)
+
+
+def divide_by_scale(x: torch.Tensor, scale: torch.Tensor, axis: "int | None", group_size: "int | None") -> torch.Tensor:
+    """``x / scale``, the inverse of `multiply_by_scale`'s broadcasting."""
+    if group_size is None or x.dim() == 0:
+        return x / scale
+    assert axis is not None
+    grouped = x.reshape(_grouped_view(x, axis, group_size))
+    return (grouped / _grouped_scale(scale, x.dim(), axis)).reshape(x.shape)
+
+
 def _check_scale(
-    scale: object, axis: object, shape: torch.Size, device: "torch.device | None" = None
+    scale: object, axis: object, shape: torch.Size, device: "torch.device | None" = None,
+    group_size: object = None,
 ) -> "tuple[torch.Tensor | None, int | None]":
     if scale is None:
         if axis is not None:
             raise ValueError(f"axis={axis!r} needs a scale (axis names the dimension the scale varies along)")
+        if group_size is not None:
+            raise ValueError(f"group_size={group_size!r} needs a scale (one per group)")
         return None, None
     if isinstance(scale, torch.Tensor):
         if scale.dtype.is_complex or not (scale.dtype.is_floating_point or scale.dtype in _INT_DTYPES):
@@ -192,15 +238,28 @@ def _check_scale(
         s = torch.tensor(float(scale), dtype=torch.float32, device=device)
     else:
         raise TypeError(f"scale must be a positive float or a float32 tensor broadcastable to the shape, got {scale!r}")
+    ndim = len(shape)
+    target = shape
+    if group_size is not None:
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size={group_size!r}; allowed: None or an int >= 1")
+        if not isinstance(axis, int) or isinstance(axis, bool) or not -ndim <= axis < ndim:
+            raise ValueError(f"group_size needs the grouped axis: an int in [{-ndim}, {ndim}), got axis={axis!r}")
+        axis %= ndim
+        if shape[axis] % group_size:
+            raise ValueError(f"group_size={group_size} does not divide the size {shape[axis]} of axis {axis}")
+        target = torch.Size(shape[:axis] + (shape[axis] // group_size,) + shape[axis + 1:])
     try:
-        broadcast = torch.broadcast_shapes(s.shape, shape)
+        broadcast = torch.broadcast_shapes(s.shape, target)
     except RuntimeError:
         broadcast = None
-    if broadcast != shape:
-        raise ValueError(f"scale of shape {tuple(s.shape)} must be broadcastable to the tensor's shape {tuple(shape)}")
+    if broadcast != target:
+        what = "the tensor's shape" if group_size is None else f"the grouped shape (axis {axis} / {group_size})"
+        raise ValueError(f"scale of shape {tuple(s.shape)} must be broadcastable to {what} {tuple(target)}")
     if s.numel() and not bool(((s > 0) & torch.isfinite(s)).all()):
         raise ValueError("scale must be positive and finite everywhere")
-    ndim = len(shape)
+    if group_size is not None:
+        return s.contiguous(), axis
     varying = [ndim - s.dim() + i for i, d in enumerate(s.shape) if d != 1]
     if axis is None:
         axis = varying[0] if len(varying) == 1 else None
@@ -214,3 +273,18 @@ def _check_scale(
 
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def absmax_scale_args(role: object, t: torch.Tensor) -> "dict[str, object]":
+    """``scale`` / ``axis`` / ``group_size`` keywords of `PackedTensor.from_tensor` for a tensor
+    that a role quantizer (``scaling='absmax'``) simulates as scale · fmt.quantize(t / scale).
+
+    Per-group scales stay one per group. A zero scale (an all-zero granule) becomes 1, which
+    quantizes that granule to the same zeros.
+    """
+    scale = role.scale(t)  # type: ignore[attr-defined]
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale).to(torch.float32)
+    gran = role.granularity  # type: ignore[attr-defined]
+    if gran is not None and gran.kind == "group":
+        return {"scale": scale, "axis": gran.axis % t.dim(), "group_size": gran.group_size}
+    return {"scale": scale}

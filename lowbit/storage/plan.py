@@ -43,7 +43,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats._float64 import FLOAT_DTYPES
 from lowbit.formats.base import NumberFormat
 from lowbit.formats.spec import parse_format
-from lowbit.storage.packed import PackedTensor
+from lowbit.storage.packed import PackedTensor, absmax_scale_args
 
 __all__ = ["read_state_dict", "read_plan", "plan_formats", "pack_state_dict"]
 
@@ -202,13 +202,8 @@ def _stored(t: torch.Tensor, rc: Any, key: str) -> Any:
     q = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history, granularity=rc.granularity)
     if not q.absmax:
         return q.current_format(t)
-    scale = q.scale(t)
-    gran = q.granularity
-    if gran is not None and gran.kind == "group":
-        scale = scale.repeat_interleave(gran.group_size, dim=gran.axis % t.dim())
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero granule stays 0
     try:
-        return PackedTensor.from_tensor(t, rc.format, rc.rounding, scale=scale.to(torch.float32))
+        return PackedTensor.from_tensor(t, rc.format, rc.rounding, **absmax_scale_args(q, t))
     except ValueError as err:
         raise LowbitError(f"bad plan: {key!r}: {err}") from None
 

@@ -4,6 +4,7 @@ can be wrong raising CheckpointError (never zero-filled, never unpickled)."""
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import os
 import pickle
@@ -408,6 +409,9 @@ class TestHeader:
             (lambda d: d["tensors"][3].update(params={"x": {}}), "tensor 'bn.num_batches_tracked': a tensor without"),
             (lambda d: d["tensors"][5]["scale"].update(axis=None), "tensor 'scaled' is corrupt \\(its sha256"),
             (lambda d: d["tensors"][5]["scale"].update(axis=7), "scale 'axis' must be null or an int in \\[0, 2\\)"),
+            (lambda d: d["tensors"][5]["scale"].update(group_size=2), "tensor 'scaled' is corrupt \\(its sha256"),
+            (lambda d: d["tensors"][5]["scale"].update(group_size=0), "scale 'group_size' must be an int >= 1"),
+            (lambda d: d["tensors"][5]["scale"].update(zero_point=3), "scale has unknown field\\(s\\) \\['zero_point'\\]"),
         ],
     )
     def test_bad_header(self, path: Path, mutate: Callable[[dict], Any], match: str) -> None:
@@ -469,3 +473,75 @@ class TestDataDependentFormats:
         path.write_bytes(bytes(raw))
         with pytest.raises(lb.CheckpointError, match="tensor 'w' is corrupt"):
             lb.load(path)
+
+
+class TestGroupScales:
+    """Per-group float scales are stored one per group (not expanded to the tensor's shape)."""
+
+    GROUP = {"format": "int4", "scaling": "absmax", "granularity": {"kind": "group", "axis": 1, "group_size": 32}}
+
+    @pytest.mark.parametrize("layer", ["linear", "conv"])
+    def test_round_trip_is_exact_and_small(self, tmp_path: Path, layer: str) -> None:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(256, 96) if layer == "linear" else torch.nn.Conv2d(64, 48, 3))
+        w = model[0].weight
+        w.data[3] = 0.0  # an all-zero row: its groups' scales are 0 in simulation, stored as 1, decoded as 0
+        lb.quantize_(model, {"weight": self.GROUP})
+        with torch.no_grad():
+            simulated = model[0]._lowbit_weight().clone()
+        path = tmp_path / "g.lowbit"
+        lb.save(model, path)
+        loaded = lb.load(path)
+        assert_same_bits(loaded["0.weight"], simulated)
+        groups = w.numel() // 32
+        codes = w.numel() // 2
+        entry = next(e for e in read_header(path).entries if e.name == "0.weight")
+        assert entry.group_size == 32 and entry.axis == 1 and entry.scale.nbytes == 4 * groups
+        # codes + one float32 per group + the float32 bias + the header: far below 4 bytes per weight
+        assert path.stat().st_size < codes + 4 * groups + 4 * model[0].bias.numel() + 4096
+
+    def test_packed_model_from_a_group_checkpoint(self, tmp_path: Path) -> None:
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(128, 40))
+        lb.quantize_(model, {"weight": self.GROUP})
+        x = torch.randn(5, 128)
+        with torch.no_grad():
+            want = model(x)
+        path = tmp_path / "g.lowbit"
+        lb.save(model, path)
+        packed = lb.pack_(copy.deepcopy(model))
+        assert packed[0].packed_weight.group_size == 32
+        assert packed[0].packed_nbytes == 128 * 40 // 2 + 4 * 40 * 4
+        with torch.no_grad():
+            assert torch.equal(packed(x), want)
+        rebuilt = lb.pack_(torch.nn.Sequential(torch.nn.Linear(128, 40)), lb.load_packed(path))
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), want)
+        again = lb.pack_(torch.nn.Sequential(torch.nn.Linear(128, 40)), "int4")
+        again.load_state_dict(packed.state_dict())  # the physical state dict carries group_size
+        assert again[0].packed_weight.group_size == 32
+        with torch.no_grad():
+            assert torch.equal(again(x), want)
+
+
+class TestGroupScaledPackedTensor:
+    def test_decode_equals_the_expanded_rule(self) -> None:
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(6, 12, 2, generator=g)
+        scale = torch.rand(6, 3, 2, generator=g) + 0.1
+        p = PackedTensor.from_tensor(x, "e2m1fn", scale=scale, axis=1, group_size=4)
+        full = scale.repeat_interleave(4, dim=1)
+        want = lb.parse_format("e2m1fn").quantize(x / full) * full
+        assert torch.equal(p.decode(), want)
+        assert p.nbytes == 6 * 12 * 2 // 2 + 4 * scale.numel()
+
+    @pytest.mark.parametrize("kwargs, match", [
+        ({"scale": torch.ones(4, 3), "axis": 1, "group_size": 5}, "does not divide the size 12"),
+        ({"scale": torch.ones(4, 3), "group_size": 4}, "needs the grouped axis"),
+        ({"scale": torch.ones(4, 12), "axis": 1, "group_size": 4}, "grouped shape"),
+        ({"scale": None, "group_size": 4}, "needs a scale"),
+        ({"scale": torch.ones(4, 3), "axis": 1, "group_size": 0}, "group_size=0"),
+    ])
+    def test_bad_group_arguments(self, kwargs: "dict[str, Any]", match: str) -> None:
+        with pytest.raises(ValueError, match=match):
+            PackedTensor.from_tensor(torch.ones(4, 12), "int4", **kwargs)
