@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from fractions import Fraction
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -113,9 +114,16 @@ def round_fraction(q: Fraction, man_bits: int, min_exponent: int) -> float:
 
 
 class LearnedFormat(NumberFormat):
-    """Shared checks and codec of the formats fitted per tensor (binary, ternary, codebook)."""
+    """Shared checks and codec of the formats fitted per tensor (binary, ternary, codebook).
+
+    Per channel: `encode_channels` fits one set of parameters per index of axis 0 (per output
+    channel of a weight); the parameters then gain a leading dimension of that size and
+    ``decode_tensor`` reads either form.
+    """
 
     data_dependent = True
+    #: each fitted parameter's number of dimensions when fitted per tensor
+    PARAM_NDIM: "ClassVar[dict[str, int]]" = {}
 
     @property
     def code_dtype(self) -> torch.dtype:
@@ -167,15 +175,79 @@ class LearnedFormat(NumberFormat):
         """float64 value of each (validated, int64) code."""
         raise NotImplementedError
 
+    def encode_channels(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+    ) -> EncodedTensor:
+        """Codes of ``x`` with the levels fitted separately for every index of axis 0.
+
+        Each parameter gets a leading dimension of size ``x.shape[0]`` (binary/ternary
+        ``scale``: shape (C,); codebook ``levels``: (C, 2^k)).
+
+        >>> import torch
+        >>> w = torch.tensor([[1.0, -3.0], [0.25, 0.5]])
+        >>> enc = BinaryFormat().encode_channels(w)
+        >>> enc.params["scale"].tolist(), BinaryFormat().decode_tensor(enc).tolist()
+        ([2.0, 0.375], [[2.0, -2.0], [0.375, 0.375]])
+        """
+        x = check_float_tensor(x)
+        if x.dim() == 0:
+            raise ValueError(f"{self}: per-channel fitting needs a tensor with at least one dimension")
+        parts = [self.encode_tensor(x[c], rounding, generator) for c in range(x.shape[0])]
+        if not parts:
+            empty = self.encode_tensor(x.new_zeros(0), rounding, generator)
+            params = {k: v.new_zeros((0, *v.shape)) for k, v in empty.params.items()}
+            return EncodedTensor(self, torch.zeros(x.shape, dtype=torch.uint8, device=x.device), params)
+        codes = torch.stack([p.codes for p in parts]).reshape(x.shape)
+        params = {k: torch.stack([p.params[k] for p in parts]) for k in parts[0].params}
+        return EncodedTensor(self, codes, params)
+
+    def quantize_channels(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+    ) -> torch.Tensor:
+        """``x`` with levels fitted per index of axis 0 (see `encode_channels`), in x's dtype."""
+        return self.decode_tensor(self.encode_channels(x, rounding, generator), x.dtype)
+
+    def per_channel(self, encoded: EncodedTensor) -> bool:
+        """Whether ``encoded`` holds parameters fitted per channel (one more leading dimension)."""
+        return any(isinstance(t, torch.Tensor) and t.dim() == self.PARAM_NDIM.get(k, -2) + 1
+                   for k, t in encoded.params.items())
+
     def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The fitted level of every code, as ``dtype``."""
+        """The fitted level of every code, as ``dtype`` (per-tensor or per-channel parameters)."""
         (codes,) = _unpack(self, encoded)
         dtype = check_float_dtype(dtype)
         flat = codes.reshape(-1).to(torch.int64)
         bad = (flat < 0) | (flat >= (1 << self.bits)) | self._unused(flat)
         if bool(bad.any()):
             raise ValueError(f"codes of {self} must be in {self._code_note()}; got {int(flat[bad][0])}")
+        if self.per_channel(encoded):
+            return round_float64_to(self._channel_values(codes, encoded), dtype).reshape(codes.shape)
         return round_float64_to(self._levels_of(flat, encoded), dtype).reshape(codes.shape)
+
+    def _channel_values(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
+        """float64 values for per-channel parameters: a table of every code per channel, gathered."""
+        if codes.dim() == 0:
+            raise ValueError(f"per-channel params of {self} need codes with at least one dimension")
+        channels = codes.shape[0]
+        for k, want in self.PARAM_NDIM.items():
+            t = encoded.params.get(k)
+            if not isinstance(t, torch.Tensor) or t.dim() != want + 1 or t.shape[0] != channels:
+                got = None if not isinstance(t, torch.Tensor) else tuple(t.shape)
+                raise ValueError(f"encoded.params[{k!r}] of {self} must hold one entry per channel: leading dimension "
+                                 f"{channels} (codes of shape {tuple(codes.shape)}), got shape {got}")
+        every = torch.arange(1 << self.bits, device=codes.device)
+        valid = ~self._unused(every)
+        tables = torch.full((channels, 1 << self.bits), float("nan"), dtype=torch.float64, device=codes.device)
+        for c in range(channels):
+            one = EncodedTensor(self, every[valid].to(torch.uint8), {k: v[c] for k, v in encoded.params.items()})
+            tables[c, valid] = self._levels_of(every[valid], one)
+        return tables.gather(1, codes.reshape(channels, -1).to(torch.int64))
 
     def _unused(self, codes: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(codes, dtype=torch.bool)
@@ -204,6 +276,7 @@ class BinaryFormat(LearnedFormat):
     """
 
     family = "binary"
+    PARAM_NDIM = {"scale": 0}
 
     def __str__(self) -> str:
         return "binary"
@@ -234,6 +307,7 @@ class TernaryFormat(LearnedFormat):
     """
 
     family = "ternary"
+    PARAM_NDIM = {"scale": 0}
     #: Δ = THRESHOLD · mean|x|, exactly (0.7 as the fraction 7/10).
     THRESHOLD = Fraction(7, 10)
 
@@ -288,6 +362,7 @@ class Codebook(LearnedFormat):
     index_bits: int
 
     family = "codebook"
+    PARAM_NDIM = {"levels": 1}
     #: Upper bound on Lloyd steps (each is O(2^k · log n) on the sorted values).
     MAX_ITERATIONS = 300
 

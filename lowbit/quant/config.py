@@ -33,6 +33,8 @@ ROLES = ("weight", "bias", "input", "output", "grad")
 #: Scale rules: per-tensor power-of-two scales (see lowbit.simulate.scaling), per-granule float
 #: scales from the tensor itself ("absmax"), or a fixed calibrated range ("static").
 SCALINGS = ("histogram", "amax", "absmax", "static")
+#: formats that fit their own levels, per tensor or (granularity "channel") per output channel
+LEARNED_FAMILIES = ("binary", "ternary", "codebook")
 #: roles that can take a calibrated ``range`` (activations; weights use "absmax" per granule)
 STATIC_ROLES = ("input", "output")
 CONFIG_VERSION = 1
@@ -57,6 +59,8 @@ class RoleConfig:
     onto the format's max (the usual symmetric per-channel int8 rule; any scalar format), with
     ``granularity`` ``"tensor"`` (default), ``"channel"`` (axis 0: output channels) or a
     `Granularity` / its dict (per group).
+    Binary, ternary and codebook formats fit their levels per tensor, or per output channel
+    (axis 0) with ``granularity="channel"`` and no scaling.
     ``"static"``: a fixed per-tensor ``range`` ``(lo, hi)`` found by calibration (see
     `lowbit.calibrate_config`), the usual post-training rule for activations. Unsigned integer
     formats (``uint8`` …) use it asymmetrically: scale s = (hi − lo) / (2^b − 1) and zero point
@@ -123,9 +127,15 @@ class RoleConfig:
             granularity = None if value.get("granularity") is None else as_granularity(value["granularity"])
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
-        if granularity is not None and granularity.kind != "tensor" and scaling != "absmax":
+        fitted = fmt.family in LEARNED_FAMILIES
+        if granularity is not None and granularity.kind != "tensor" and scaling != "absmax" and not (
+                fitted and scaling is None):
             raise _fail(where, f"granularity {granularity.kind!r} needs scaling='absmax' (per-granule scales); "
                         f"scaling={scaling!r} is per tensor")
+        if fitted and granularity is not None and granularity.kind != "tensor" and not (
+                granularity.kind == "channel" and granularity.axis == 0):
+            raise _fail(where, f"{fmt} fits its levels per tensor or per channel along axis 0; "
+                        f"granularity {granularity.to_dict()} is not supported")
         every = value.get("every")
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise _fail(where, f"every={every!r}; allowed: None (once) or an int >= 1")

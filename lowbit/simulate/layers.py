@@ -49,6 +49,9 @@ class RoleQuantizer:
             self.static = StaticRange(fmt, *range)
         self.tracker = (None if scaling is None or self.absmax or self.static is not None
                         else ScaleTracker(fmt, scaling, every, history))
+        #: a fitted format (binary, ternary, codebook) fitted per output channel
+        self.per_channel_fit = (scaling is None and granularity is not None and granularity.kind == "channel"
+                                and hasattr(fmt, "quantize_channels"))
         self.generator: "torch.Generator | None" = None
         if rounding == "stochastic" and seed is not None:
             self.generator = torch.Generator().manual_seed(seed)
@@ -71,6 +74,10 @@ class RoleQuantizer:
                                                             else torch.float32) / self.format.max
 
     def __call__(self, x: torch.Tensor, backward: "RoleQuantizer | None" = None) -> torch.Tensor:
+        if self.per_channel_fit:
+            fmt = self.format
+            y = _STE.apply(x, lambda t: fmt.quantize_channels(t, self.rounding, self.generator))  # type: ignore[attr-defined]
+            return y if backward is None else _gradient_only(y, backward)
         if self.static is not None:
             static = self.static
             y = _STE.apply(x, lambda t: static.quantize(t, self.rounding, self.generator))
@@ -92,6 +99,8 @@ class RoleQuantizer:
         scale = "" if self.tracker is None else f", scaling={self.tracker.rule!r}"
         if self.static is not None:
             scale = f", static range=({self.static.lo:g}, {self.static.hi:g})"
+        if self.per_channel_fit:
+            scale = ", fitted per channel"
         return f"RoleQuantizer({self.format}, {self.rounding}{scale})"
 
 

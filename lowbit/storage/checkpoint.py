@@ -36,7 +36,7 @@ from lowbit.storage._container import (
     scale_key,
     entry_digest,
 )
-from lowbit.storage.packed import PackedTensor, absmax_scale_args
+from lowbit.storage.packed import PackedTensor, pack_for_role
 
 __all__ = ["save", "load", "load_packed"]
 
@@ -173,7 +173,8 @@ def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, Numb
 
 def _with_scaled_weights(model: torch.nn.Module, state: "Mapping[str, Any]",
                          formats: "dict[str, NumberFormat | None]") -> "dict[str, Any]":
-    """Weights simulated with a float scale per tensor / channel / group become scaled PackedTensors."""
+    """Weights simulated with float scales (per tensor / channel / group) or with levels fitted per
+    channel become PackedTensors that reproduce the simulation."""
     from lowbit.simulate.layers import QuantLayerMixin
 
     state = dict(state)
@@ -183,10 +184,12 @@ def _with_scaled_weights(model: torch.nn.Module, state: "Mapping[str, Any]",
         for role in ("weight", "bias"):
             q, t = module.lowbit_roles.get(role), getattr(module, role, None)
             name = f"{module_name}.{role}" if module_name else role
-            if q is None or t is None or not q.absmax or name not in state:
+            if q is None or t is None or name not in state:
                 continue
-            fmt = formats.pop(name)
-            state[name] = PackedTensor.from_tensor(state[name].detach(), fmt, **absmax_scale_args(q, t.detach()))
+            packed = pack_for_role(q, state[name])
+            if packed is not None:
+                formats.pop(name, None)
+                state[name] = packed
     return state
 
 

@@ -78,7 +78,7 @@ from lowbit.simulate.layers import (
     quant_class_for,
 )
 from lowbit.storage.bitpack import unpack_bits
-from lowbit.storage.packed import PackedTensor, _value_table, absmax_scale_args, multiply_by_scale
+from lowbit.storage.packed import PackedTensor, _value_table, multiply_by_scale, pack_for_role
 
 __all__ = [
     "PackedLayerMixin",
@@ -496,6 +496,8 @@ def _code_table(fmt: NumberFormat, params: Mapping[str, torch.Tensor], dtype: to
         # element values, exact in both; float32 products are formed only for a float32 result
         return _value_table(element, torch.float32 if dtype == torch.float32 else torch.float64)
     if isinstance(fmt, LearnedFormat):
+        if any(t.dim() == fmt.PARAM_NDIM.get(k, -2) + 1 for k, t in params.items()):
+            return None  # levels fitted per channel: one table per channel, decoded by the reference path
         codes = torch.arange(1 << fmt.bits)
         valid = codes[~fmt._unused(codes)]
         table = torch.full((1 << fmt.bits,), float("nan"), dtype=dtype)
@@ -884,11 +886,14 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
         else:
             rounding = role.rounding if role is not None else "nearest_even"
             generator = role.generator if role is not None else None
-            scale = None
-            if role is not None and role.absmax and chosen == role.format:
-                # absmax scaling: the simulated weight is scale · fmt.quantize(w / scale)
-                scale = absmax_scale_args(role, module.weight.detach())
-            plan.append((name, module, (chosen, rounding, generator, scale)))
+            packed = None
+            if role is not None and chosen == role.format:
+                # float scales or per-channel fitted levels: pack exactly what the simulation computes
+                packed = pack_for_role(role, module.weight)
+            if packed is not None:
+                plan.append((name, module, packed))
+            else:
+                plan.append((name, module, (chosen, rounding, generator, None)))
     if formats is None and not plan:
         raise TypeError(
             f"pack_() got a {type(model).__name__} with no lowbit weight formats (not quantized with "
@@ -930,7 +935,7 @@ def _pack_module(
         if weight.is_meta:
             raise ValueError(f"layer {label!r}: its weight is on the meta device; there is nothing to encode")
         try:
-            packed = PackedTensor.from_tensor(weight.detach(), fmt, rounding, generator=generator, **(scale or {}))
+            packed = PackedTensor.from_tensor(weight.detach(), fmt, rounding, generator=generator)
         except (ValueError, TypeError) as err:
             raise type(err)(f"layer {label!r}: cannot pack its weight in {fmt}: {err}") from None
         made[id(weight)] = packed

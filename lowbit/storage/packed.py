@@ -29,7 +29,7 @@ from lowbit.formats.base import MAX_TABLE_BITS, EncodedTensor, NumberFormat, Sca
 from lowbit.formats.spec import parse_format
 from lowbit.storage.bitpack import pack_bits, packed_nbytes, unpack_bits
 
-__all__ = ["PackedTensor", "multiply_by_scale", "divide_by_scale", "absmax_scale_args"]
+__all__ = ["PackedTensor", "multiply_by_scale", "divide_by_scale", "absmax_scale_args", "pack_for_role"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -124,6 +124,21 @@ class PackedTensor:
             raise ValueError(f"{fmt}.encode_tensor returned codes of shape {tuple(enc.codes.shape)} for {tuple(x.shape)}")
         params = {k: v.detach() for k, v in fmt.storage_params(enc.params).items()}  # MX scales: E8M0 bytes
         return cls(pack_bits(enc.codes, fmt.bits), fmt, x.shape, params, scale_t, axis, x.dtype, group_size)
+
+    @classmethod
+    def from_encoded(cls, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> "PackedTensor":
+        """Pack an `EncodedTensor` as it is (e.g. a fitted format's `encode_channels`).
+
+        >>> import torch
+        >>> fmt = parse_format("ternary")
+        >>> p = PackedTensor.from_encoded(fmt.encode_channels(torch.tensor([[1.0, -2.0], [0.1, 0.0]])))
+        >>> p.decode().tolist()
+        [[0.0, -2.0], [0.10000000149011612, 0.0]]
+        """
+        fmt = encoded.format
+        codes = encoded.codes
+        params = {k: v.detach() for k, v in fmt.storage_params(encoded.params).items()}
+        return cls(pack_bits(codes, fmt.bits), fmt, codes.shape, params, None, None, check_float_dtype(dtype))
 
     # ------------------------------------------------------------------ reading
     @property
@@ -288,3 +303,18 @@ def absmax_scale_args(role: object, t: torch.Tensor) -> "dict[str, object]":
     if gran is not None and gran.kind == "group":
         return {"scale": scale, "axis": gran.axis % t.dim(), "group_size": gran.group_size}
     return {"scale": scale}
+
+
+def pack_for_role(role: object, t: torch.Tensor) -> "PackedTensor | None":
+    """``t`` packed exactly as a role quantizer simulates it, when that needs more than a format:
+    float scales (``scaling='absmax'``, per tensor / channel / group) or levels fitted per channel
+    (binary / ternary / codebook with ``granularity='channel'``). None for plain formats.
+    """
+    fmt = role.format  # type: ignore[attr-defined]
+    rounding, generator = role.rounding, role.generator  # type: ignore[attr-defined]
+    if getattr(role, "absmax", False):
+        return PackedTensor.from_tensor(t.detach(), fmt, rounding, generator=generator,
+                                        **absmax_scale_args(role, t.detach()))  # type: ignore[arg-type]
+    if getattr(role, "per_channel_fit", False):
+        return PackedTensor.from_encoded(fmt.encode_channels(t.detach(), rounding, generator), t.dtype)
+    return None

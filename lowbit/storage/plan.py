@@ -43,7 +43,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats._float64 import FLOAT_DTYPES
 from lowbit.formats.base import NumberFormat
 from lowbit.formats.spec import parse_format
-from lowbit.storage.packed import PackedTensor, absmax_scale_args
+from lowbit.storage.packed import PackedTensor, pack_for_role
 
 __all__ = ["read_state_dict", "read_plan", "plan_formats", "pack_state_dict"]
 
@@ -195,17 +195,17 @@ def _config_formats(state: Mapping[str, torch.Tensor], plan: Mapping[str, Any]) 
 
 def _stored(t: torch.Tensor, rc: Any, key: str) -> Any:
     """The format (power-of-two scale folded in) or a scaled PackedTensor for role config ``rc``."""
-    if rc.scaling is None:
+    if rc.scaling is None and rc.granularity is None:
         return rc.format
     from lowbit.simulate.layers import RoleQuantizer
 
-    q = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history, granularity=rc.granularity)
-    if not q.absmax:
-        return q.current_format(t)
+    q = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history, granularity=rc.granularity,
+                      range=rc.range)
     try:
-        return PackedTensor.from_tensor(t, rc.format, rc.rounding, **absmax_scale_args(q, t))
+        packed = pack_for_role(q, t)
     except ValueError as err:
         raise LowbitError(f"bad plan: {key!r}: {err}") from None
+    return packed if packed is not None else q.current_format(t)
 
 
 def _parse_spec(spec: Any, where: str) -> "NumberFormat | None":

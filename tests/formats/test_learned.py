@@ -264,3 +264,42 @@ def test_fake_quantize_with_a_learned_format():
     assert torch.equal(y.detach(), lb.parse_format("ternary").quantize(x.detach()))
     y.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+# ---------------------------------------------------------------------- fitted per channel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_binary_per_channel_is_sign_times_each_rows_mean_magnitude(dtype):
+    x = sample(5 * 12, 7, dtype).reshape(5, 3, 4)
+    got = BinaryFormat().quantize_channels(x)
+    for c in range(5):
+        row = [float(v) for v in x[c].reshape(-1).to(torch.float64)]
+        s = round_half_even_to(exact_mean([abs(v) for v in row]), dtype)
+        assert got[c].reshape(-1).tolist() == [(-s if v < 0 else s) for v in row], c
+
+
+@pytest.mark.parametrize("spec", ["ternary", "codebook2", "codebook4"])
+def test_per_channel_fit_equals_fitting_each_channel_alone(spec):
+    fmt = lb.parse_format(spec)
+    x = sample(6 * 40, 3).reshape(6, 40)
+    x[2] = 0.0  # an all-zero channel: zeros, no NaN
+    enc = fmt.encode_channels(x)
+    for c in range(6):
+        alone = fmt.encode_tensor(x[c])
+        assert torch.equal(enc.codes[c], alone.codes), c
+        for k, v in alone.params.items():
+            assert torch.equal(enc.params[k][c], v), (c, k)
+    got = fmt.decode_tensor(enc)
+    want = torch.stack([fmt.quantize(x[c]) for c in range(6)])
+    assert torch.equal(got, want) and torch.equal(fmt.quantize_channels(x), want)
+    assert torch.equal(got[2], torch.zeros(40))
+    assert fmt.per_channel(enc) and not fmt.per_channel(fmt.encode_tensor(x))
+
+
+def test_per_channel_params_must_match_the_channels():
+    fmt = Codebook(2)
+    enc = fmt.encode_channels(torch.randn(3, 8))
+    bad = lb.EncodedTensor(fmt, enc.codes[:2], dict(enc.params))
+    with pytest.raises(ValueError, match=r"one entry per channel: leading dimension 2"):
+        fmt.decode_tensor(bad)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        fmt.encode_channels(torch.tensor(1.0))
