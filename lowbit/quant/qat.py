@@ -27,7 +27,10 @@ with g) then mirrors back instead of silencing the channel for good.
 ``torch.nn.utils.parametrize`` (the model keeps its classes; the state dict gains
 ``parametrizations.weight.original`` and the step); `convert` bakes the quantized weights in
 and removes the parametrizations, so each weight becomes exactly s · fmt.quantize(w / s) with
-s = `LSQQuantizer.effective_step` (= the learned step while it stays positive).
+s = `LSQQuantizer.effective_step` (= the learned step while it stays positive). An ``input``
+role in the config learns one step per layer input as well (LSQ quantizes activations too): a
+submodule ``lowbit_input_lsq`` applied by a forward pre-hook, initialized from the first batch;
+`convert` turns it into a static-range input role of `lowbit.quantize_` with the same numbers.
 
 >>> import torch
 >>> q = LSQQuantizer("int4", init_from=torch.tensor([0.5, -1.0, 2.0]))
@@ -39,6 +42,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from typing import Any
@@ -50,7 +54,7 @@ from torch.nn.utils import parametrize
 from lowbit.formats import NumberFormat
 from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.rounding import Rounding, check_rounding
-from lowbit.quant.config import ROLES, LayerConfig, as_config
+from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config
 from lowbit.quant.granularity import Granularity, _scalar_format, as_granularity
 from lowbit.quant.observers import _format_low
 from lowbit.simulate.scaling import format_centre
@@ -244,20 +248,29 @@ def prepare_qat(
         layer = _layer_config(cfg, name, module)
         if layer is None:
             continue
-        other = [r for r in ROLES if r != "weight" and getattr(layer, r) is not None]
+        other = [r for r in ROLES if r not in ("weight", "input") and getattr(layer, r) is not None]
         if other or layer.accumulate is not None:
-            raise ValueError(f"prepare_qat learns weight steps only; layer {name!r} also configures "
+            raise ValueError(f"prepare_qat learns weight and input steps only; layer {name!r} also configures "
                              f"{other + (['accumulate'] if layer.accumulate is not None else [])} — "
                              f"simulate those with lowbit.quantize_ (it composes with prepare_qat)")
+        for role in ("weight", "input"):
+            rc = getattr(layer, role)
+            if rc is not None and rc.scaling is not None:
+                raise ValueError(f"layer {name!r}: {role} scaling={rc.scaling!r} conflicts with LSQ's learnable step; "
+                                 f"leave scaling None for prepare_qat")
+            if rc is not None and role in getattr(module, "lowbit_roles", {}):
+                raise ValueError(f"layer {name!r} already quantizes its {role} (lowbit.quantize_); "
+                                 f"call prepare_qat on a model without a {role} role")
+        if layer.input is not None:
+            if hasattr(module, INPUT_LSQ):
+                raise ValueError(f"layer {name!r} already learns an input step (prepare_qat twice?)")
+            q_in = LSQQuantizer(layer.input.format, None, rounding=layer.input.rounding)
+            q_in.to(module.weight.device)
+            module.add_module(INPUT_LSQ, q_in)
+            module._lowbit_input_lsq_hook = module.register_forward_pre_hook(_quantize_input)  # type: ignore[assignment]
         rc = layer.weight
         if rc is None:
             continue
-        if rc.scaling is not None:
-            raise ValueError(f"layer {name!r}: weight scaling={rc.scaling!r} conflicts with LSQ's learnable step; "
-                             f"leave scaling None for prepare_qat")
-        if "weight" in getattr(module, "lowbit_roles", {}):
-            raise ValueError(f"layer {name!r} already quantizes its weight (lowbit.quantize_); "
-                             f"call prepare_qat on a model without a weight role")
         if parametrize.is_parametrized(module, "weight"):
             raise ValueError(f"layer {name!r}: its weight is already parametrized (prepare_qat twice?)")
         quantizer = LSQQuantizer(rc.format, g, init_from=module.weight, rounding=rc.rounding)
@@ -266,10 +279,28 @@ def prepare_qat(
     return model
 
 
-def lsq_quantizers(model: nn.Module) -> "dict[str, LSQQuantizer]":
-    """``{layer name: its weight's LSQQuantizer}`` in a model prepared by `prepare_qat`."""
+#: attribute name of a layer's input LSQQuantizer (a submodule: its step is in the state dict)
+INPUT_LSQ = "lowbit_input_lsq"
+
+
+def _quantize_input(module: nn.Module, args: "tuple[Any, ...]") -> "tuple[Any, ...] | None":
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].dtype.is_floating_point:
+        return None
+    return (getattr(module, INPUT_LSQ)(args[0]), *args[1:])
+
+
+def lsq_quantizers(model: nn.Module, role: str = "weight") -> "dict[str, LSQQuantizer]":
+    """``{layer name: its LSQQuantizer}`` for ``role`` ``"weight"`` or ``"input"`` in a model
+    prepared by `prepare_qat`."""
+    if role not in ("weight", "input"):
+        raise ValueError(f"role={role!r}; allowed: 'weight', 'input'")
     out: dict[str, LSQQuantizer] = {}
     for name, module in model.named_modules():
+        if role == "input":
+            q = getattr(module, INPUT_LSQ, None)
+            if isinstance(q, LSQQuantizer):
+                out[name] = q
+            continue
         if parametrize.is_parametrized(module, "weight"):
             for p in module.parametrizations["weight"]:  # type: ignore[index,union-attr]
                 if isinstance(p, LSQQuantizer):
@@ -278,14 +309,37 @@ def lsq_quantizers(model: nn.Module) -> "dict[str, LSQQuantizer]":
 
 
 def convert(model: nn.Module, return_scales: bool = False) -> Any:
-    """Bake every LSQ-quantized weight in (w ← s · fmt.quantize(w / s)) and remove the parametrizations.
+    """Bake every LSQ-quantized weight in (w ← s · fmt.quantize(w / s)) and remove the parametrizations;
+    fix every learned input step as a static range.
 
-    In place; the weight keeps its Parameter object. Returns ``model``, or ``(model, scales)``
-    with ``scales = {layer: (format, step tensor, granularity)}`` when ``return_scales``.
+    In place; the weight keeps its Parameter object. A layer with a learned input step s becomes a
+    `lowbit.quantize_` layer whose input role is ``scaling="static"`` with range (−max·s, max·s)
+    (0 … max·s for unsigned integers) — the same numbers the LSQ forward produced, bit for bit;
+    its other simulated roles are kept, its weight role dropped (the weight is baked). Returns
+    ``model``, or ``(model, scales)`` with ``scales = {layer: (format, step tensor, granularity)}``
+    (input steps under ``"<layer>:input"``) when ``return_scales``.
     """
     scales = {}
     for name, q in lsq_quantizers(model).items():
         module = model.get_submodule(name) if name else model
         scales[name] = (q.format, q.effective_step().clone(), q.granularity)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    for name, q in lsq_quantizers(model, "input").items():
+        module = model.get_submodule(name) if name else model
+        if not bool(q.initialized):
+            raise ValueError(f"layer {name!r}: its input step was never initialized (no forward pass ran "
+                             f"since prepare_qat); train or run a batch before convert")
+        s = float(q.effective_step())
+        scales[f"{name}:input"] = (q.format, q.effective_step().clone(), q.granularity)
+        module._lowbit_input_lsq_hook.remove()  # type: ignore[union-attr]
+        del module._lowbit_input_lsq_hook
+        delattr(module, INPUT_LSQ)
+        signed = q.lo < 0
+        lo = -float(q.format.max) * s if signed else 0.0
+        role = RoleConfig(q.format, q.rounding, "static", range=(lo, float(q.format.max) * s))
+        previous = getattr(module, "lowbit_layer_config", None)
+        layer = dataclasses.replace(previous, input=role, weight=None) if previous is not None else LayerConfig(input=role)
+        from lowbit.quant.quantize import quantize_
+
+        quantize_(module, QuantConfig(layer), on_unsupported="ignore")
     return (model, scales) if return_scales else model

@@ -169,8 +169,10 @@ class TestPrepareConvert:
 
     def test_errors(self):
         model = nn.Sequential(nn.Linear(4, 4))
-        with pytest.raises(ValueError, match="learns weight steps only.*input"):
-            prepare_qat(model, {"weight": "int8", "input": "int8"})
+        with pytest.raises(ValueError, match="learns weight and input steps only.*output"):
+            prepare_qat(model, {"weight": "int8", "output": "int8"})
+        with pytest.raises(ValueError, match="input scaling='histogram' conflicts with LSQ"):
+            prepare_qat(model, {"input": {"format": "posit8_es2", "scaling": "histogram"}})
         with pytest.raises(ValueError, match="conflicts with LSQ"):
             prepare_qat(model, {"weight": {"format": "posit8_es2", "scaling": "amax"}})
         with pytest.raises(ValueError, match="matches no module"):
@@ -184,3 +186,65 @@ class TestPrepareConvert:
         lb.quantize_(q, "int8")
         with pytest.raises(ValueError, match="already quantizes its weight"):
             prepare_qat(q, "int4")
+
+
+class TestInputSteps:
+    """LSQ's activation steps: one learnable step per layer input, fixed as a static range by convert."""
+
+    @pytest.mark.parametrize("spec", ["int8", "uint8", "int4", "posit8_es2", "e4m3fn"])
+    def test_train_then_convert_gives_the_same_numbers(self, spec):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+        prepare_qat(model, {"weight": "int4", "input": spec})
+        steps = lsq_quantizers(model, "input")
+        assert sorted(steps) == ["0", "2"] and all(q.step.dim() == 0 for q in steps.values())
+        x, y = _task()
+        first = steps["0"].initial_step(x)  # LSQ's init from the first batch
+        losses = _train(model, x, y, steps=40)
+        assert losses[-1] < losses[0]
+        assert float(steps["0"].step.detach()) != float(first)  # the step learned
+        probe = x * 3  # beyond the learned range too
+        with torch.no_grad():
+            before = model(probe)
+            s = steps["2"].effective_step()
+            fmt = lb.parse_format(spec)
+            hidden = torch.relu(model[0](probe))
+            lo = -float(fmt.max) if spec != "uint8" else 0.0
+            if spec == "int8" or spec == "int4":
+                lo = float(fmt.min)
+            by_hand = fmt.quantize(torch.clamp(hidden / s, lo, float(fmt.max))) * s  # the LSQ definition
+            assert torch.equal(model[2].lowbit_input_lsq(hidden), by_hand)
+        model, scales = convert(model, return_scales=True)
+        assert type(model[0]).__name__ == "QuantLinear" and not hasattr(model[0], "lowbit_input_lsq")
+        assert not model[0]._forward_pre_hooks
+        role = model[2].lowbit_layer_config.input
+        assert role.scaling == "static" and role.range[1] == float(fmt.max) * float(s)
+        assert str(scales["2:input"][0]) == str(fmt)
+        with torch.no_grad():
+            assert torch.equal(model(probe), before)
+
+    def test_state_dict_carries_the_input_step(self):
+        torch.manual_seed(0)
+        a = nn.Sequential(nn.Linear(8, 4))
+        prepare_qat(a, {"input": "int8"})
+        x, _ = _task()
+        a(x)
+        with torch.no_grad():
+            a[0].lowbit_input_lsq.step.mul_(1.5)
+        sd = a.state_dict()
+        assert "0.lowbit_input_lsq.step" in sd
+        b = nn.Sequential(nn.Linear(8, 4))
+        prepare_qat(b, {"input": "int8"})
+        b.load_state_dict(sd)
+        with torch.no_grad():
+            assert torch.equal(a(x), b(x))
+
+    def test_convert_before_any_forward_is_refused(self):
+        model = nn.Sequential(nn.Linear(4, 4))
+        prepare_qat(model, {"input": "int8"})
+        with pytest.raises(ValueError, match="never initialized"):
+            convert(model)
+        with pytest.raises(ValueError, match="already learns an input step"):
+            prepare_qat(model, {"input": "int8"})
+        with pytest.raises(ValueError, match="role='grad'"):
+            lsq_quantizers(model, "grad")
