@@ -238,12 +238,29 @@ def calibrate(
     DataLoader's ``(x, y)``) or a dict of keyword inputs; ``forward(model, batch)`` overrides that.
     ``max_batches`` stops early. The model's training flag is restored afterwards.
     """
+    check_max_batches(max_batches)
+    cal = Calibration(model, roles, observer, layers, filter_fn)
+    run_calibration(model, cal, data, max_batches, forward)
+    return cal.ranges
+
+
+def check_max_batches(max_batches: "int | None") -> None:
+    """ValueError unless ``max_batches`` is None or an int >= 1."""
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
         raise ValueError(f"max_batches={max_batches!r}; allowed: None or an int >= 1")
+
+
+def run_calibration(
+    model: nn.Module,
+    cal: Calibration,
+    data: "Iterable[Any]",
+    max_batches: "int | None" = None,
+    forward: "Callable[[nn.Module, Any], Any] | None" = None,
+) -> None:
+    """Feed ``data`` through ``model`` inside ``cal`` (eval mode, no grad; training flag restored)."""
     run = forward if forward is not None else _run_batch
     was_training = model.training
-    cal = Calibration(model, roles, observer, layers, filter_fn)
     model.eval()
     try:
         with torch.no_grad(), cal:
@@ -253,4 +270,3 @@ def calibrate(
                 run(model, batch)
     finally:
         model.train(was_training)
-    return cal.ranges

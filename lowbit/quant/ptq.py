@@ -33,11 +33,10 @@ import dataclasses
 import glob
 from typing import Any, Callable, Iterable, Mapping
 
-import torch
 from torch import nn
 
 from lowbit.formats import IntegerFormat, NumberFormat
-from lowbit.quant.calibration import Calibration, _run_batch
+from lowbit.quant.calibration import Calibration, check_max_batches, run_calibration
 from lowbit.quant.config import STATIC_ROLES, LayerConfig, QuantConfig, as_config
 from lowbit.quant.observers import (
     OBSERVERS,
@@ -124,9 +123,7 @@ def calibrate_config(
     flag is restored). A static layer that never ran raises `CalibrationError` naming it.
     """
     cfg = as_config(config)
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
-                                    or max_batches < 1):
-        raise ValueError(f"max_batches={max_batches!r}; allowed: None or an int >= 1")
+    check_max_batches(max_batches)
     if isinstance(observer, Mapping):
         bad = set(observer) - set(STATIC_ROLES)
         if bad:
@@ -148,17 +145,7 @@ def calibrate_config(
     cal = Calibration(model, wanted, MinMaxObserver, filter_fn=lambda n, m: n in todo)
     for name, roles in todo.items():  # format-aware observers, only for the roles each layer needs
         cal.observers[name] = {r: factories[r](fmt) for r, fmt in roles.items()}
-    run = forward if forward is not None else _run_batch
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), cal:
-            for i, batch in enumerate(data):
-                if max_batches is not None and i >= max_batches:
-                    break
-                run(model, batch)
-    finally:
-        model.train(was_training)
+    run_calibration(model, cal, data, max_batches, forward)
     missing = [f"{n}.{r}" for n, roles in todo.items() for r in roles if r not in cal.ranges.get(n, {})]
     if missing:
         raise CalibrationError(f"calibration saw no finite data for {', '.join(missing[:10])}"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.formats import NumberFormat, parse_format  # noqa: F401 (parse_format: doctest)
+from lowbit.formats import NumberFormat
 from lowbit.simulate.fake_quant import fake_quantize
 from lowbit.simulate.scaling import ScaleTracker
 
@@ -110,6 +110,7 @@ class StaticRange:
     Unsigned integer formats: asymmetric affine (scale, zero point); other formats: a symmetric
     float scale max(|lo|, |hi|) / fmt.max (hi / fmt.max when the format is unsigned).
 
+    >>> from lowbit.formats import parse_format
     >>> r = StaticRange(parse_format("uint8"), -1.0, 3.0)
     >>> round(r.scale, 6), r.zero_point
     (0.015686, 64)
