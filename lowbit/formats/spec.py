@@ -55,6 +55,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "e8m23", "e5m10", "e8m7", "e4m3fn", "e4m3", "e4m3fnuz", "e4m3b11fnuz", "e5m2", "e5m2fnuz",
         "e3m4", "e3m2fn", "e2m3fn", "e2m1fn", "e8m0fnu", "e4m3fn_sat",
     ),
+    # power-of-two (log) quantization: sign + exponent, no mantissa — 0 and ±2^k only
+    "power-of-two": ("e3m0fn", "e4m0fn", "e2m0fn"),
     "fixed": ("fixed8_f4", "fixed16_f8", "ufixed8_f4"),
     "integer": ("int8", "int8n", "uint8", "int4", "uint4"),
     "block": ("mxfp8_e4m3fn", "mxfp8_e5m2", "mxfp6_e3m2fn", "mxfp6_e2m3fn", "mxfp4_e2m1fn", "mxint8", "bfp8_b16"),

@@ -48,6 +48,7 @@ EXHAUSTIVE = [
     "posit8_es0", "posit8_es2", "posit6_es1_s-4", "posit5_es3", "posit10_es1",
     "e4m3fn", "e4m3", "e5m2", "e4m3fnuz", "e4m3b11fnuz", "e3m4", "e2m1fn", "e3m2fn", "e2m3fn",
     "e8m0fnu", "e6m1", "e2m1", "e4m3fn_sat", "e5m2_sat",
+    "e3m0fn", "e4m0b10fn", "e3m0fnuz",  # power-of-two (log) formats: 0 and ±2^k only
     "fixed8_f4", "ufixed8_f4", "int8", "int8n", "uint4", "int4",
 ]
 SAMPLED_16 = ["posit16_es1", "e5m10", "e8m7", "fixed16_f12"]  # every value; sampled gaps
