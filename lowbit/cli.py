@@ -145,17 +145,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"{args.path}: {len(rows)} tensors", show_footer=True)
-    numbers = ("bits", "stored bytes", "fp32 bytes", "ratio")
+    numbers = ("bits", "bits/elem", "stored bytes", "fp32 bytes", "ratio")
     footer = {"name": "total", "stored bytes": f"{stored:,}", "fp32 bytes": f"{fp32:,}",
               "ratio": f"{fp32 / stored:.2f}x" if stored else "-"}
-    for col in ("name", "format", "bits", "shape", "stored bytes", "fp32 bytes", "ratio"):
+    for col in ("name", "format", "bits", "bits/elem", "scale", "shape", "stored bytes", "fp32 bytes", "ratio"):
         table.add_column(col, footer=footer.get(col, ""), justify="right" if col in numbers else "left")
     for r in rows:
         ratio = "-" if r["compression"] is None else f"{r['compression']:.2f}x"
         shape = "×".join(map(str, r["shape"])) or "scalar"
-        table.add_row(r["name"], r["format"] or f"as is ({r['dtype']})", str(r["bits"]), shape,
-                      f"{r['stored_bytes']:,}", f"{r['fp32_bytes']:,}", ratio)
-    Console(width=max(100, Console().width)).print(table)
+        per = "-" if r["bits_per_element"] is None else f"{r['bits_per_element']:.2f}"
+        table.add_row(r["name"], r["format"] or f"as is ({r['dtype']})", str(r["bits"]), per, r["scale"] or "",
+                      shape, f"{r['stored_bytes']:,}", f"{r['fp32_bytes']:,}", ratio)
+    Console(width=max(130, Console().width)).print(table)
     print(f"file: {size:,} bytes ({_size(size)}); tensors {stored:,} bytes + header {size - stored:,} bytes; "
           f"float32: {fp32:,} bytes ({fp32 / max(size, 1):.2f}x the file)")
     return 0

@@ -19,8 +19,11 @@ def inspect_checkpoint(path: "str | os.PathLike[str]") -> "list[dict[str, Any]]"
 
     Keys: ``name``, ``format`` (spec string, or None when stored as it is), ``dtype`` (of the
     loaded tensor), ``bits`` (per element as stored), ``shape``, ``numel``, ``stored_bytes``
-    (packed codes + side parameters + scale), ``fp32_bytes`` (4 per element) and
-    ``compression`` (``fp32_bytes / stored_bytes``; None for an empty tensor). Only the header
+    (packed codes + side parameters + scale), ``bits_per_element`` (``8 · stored_bytes / numel``:
+    what each element really costs, side parameters included), ``scale`` (None, ``"tensor"``,
+    ``"channel (axis k)"`` or ``"group g (axis k)"``: a float32 scale stored beside the codes),
+    ``fp32_bytes`` (4 per element) and ``compression`` (``fp32_bytes / stored_bytes``; None for an
+    empty tensor). Only the header
     is read (and validated); checksums are checked by `lowbit.load`.
 
     >>> import os, tempfile, torch, lowbit as lb
@@ -43,8 +46,20 @@ def inspect_checkpoint(path: "str | os.PathLike[str]") -> "list[dict[str, Any]]"
                 "shape": list(e.shape),
                 "numel": e.numel,
                 "stored_bytes": stored,
+                "bits_per_element": 8 * stored / e.numel if e.numel else None,
+                "scale": _scale_kind(e),
                 "fp32_bytes": fp32,
                 "compression": fp32 / stored if stored else None,
             }
         )
     return rows
+
+
+def _scale_kind(e: Any) -> "str | None":
+    if e.scale is None:
+        return None
+    if e.group_size is not None:
+        return f"group {e.group_size} (axis {e.axis})"
+    if e.axis is not None:
+        return f"channel (axis {e.axis})"
+    return "tensor"
