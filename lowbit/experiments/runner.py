@@ -48,6 +48,7 @@ EXPERIMENTS: "dict[str, str]" = {
     "weight-formats": "lowbit.experiments.weight_formats",
     "hybrid": "lowbit.experiments.hybrid",
     "mixed-precision": "lowbit.experiments.mixed_precision",
+    "ptq": "lowbit.experiments.ptq",
     "pretrained": "lowbit.experiments.pretrained",
     "training": "lowbit.experiments.lowprec_training",
     "posit-gan": "lowbit.experiments.posit_gan",
