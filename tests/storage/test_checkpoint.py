@@ -545,3 +545,15 @@ class TestGroupScaledPackedTensor:
     def test_bad_group_arguments(self, kwargs: "dict[str, Any]", match: str) -> None:
         with pytest.raises(ValueError, match=match):
             PackedTensor.from_tensor(torch.ones(4, 12), "int4", **kwargs)
+
+
+def test_packed_conv_with_groups_along_input_channels() -> None:
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(64, 8, 3))
+    lb.quantize_(model, {"weight": TestGroupScales.GROUP})
+    x = torch.randn(2, 64, 6, 6)
+    with torch.no_grad():
+        want = model(x)
+        packed = lb.pack_(copy.deepcopy(model))
+        assert packed[0].packed_weight.scale.shape == (8, 2, 3, 3)  # one scale per group of 32 input channels
+        assert torch.equal(packed(x), want)
