@@ -281,11 +281,14 @@ class PercentileObserver(Observer):
 
 
 def _quantize_scaled(v: torch.Tensor, fmt: ScalarFormat, s: float) -> torch.Tensor:
-    """``quantize_with_scale(v, fmt, s)`` for float64 ``v``; uniform grids take a pure-torch shortcut.
+    """``v`` clipped to ±t = ±s · fmt.max and quantized with scale s, for float64 ``v``:
+    s · fmt.quantize(clamp(v / s, lowest, max)).
 
-    For an integer / fixed-point grid and round-to-nearest-even, fmt.quantize(y) is
-    clamp(round(y · 2^f), kmin, kmax) · 2^−f, and torch.round rounds half to even, so the shortcut
-    gives the same bits (tests check it) at a fraction of the cost of the general codec.
+    For saturating formats that is ``quantize_with_scale(v, fmt, s)``; the clamp makes formats
+    that overflow to NaN/inf (``e4m3fn``, ``e5m2``) clip like the others, as a clipping threshold
+    means. Uniform grids take a pure-torch shortcut: fmt.quantize(y) is clamp(round(y · 2^f),
+    kmin, kmax) · 2^−f, and torch.round rounds half to even, so it gives the same bits (tests
+    check it) at a fraction of the cost of the general codec.
     """
     if isinstance(fmt, _UniformGrid) and s > 0:
         up = 2.0 ** fmt.frac_bits
@@ -296,6 +299,9 @@ def _quantize_scaled(v: torch.Tensor, fmt: ScalarFormat, s: float) -> torch.Tens
         if up != 1.0:
             t.div_(up)
         return t.mul_(s)
+    if s > 0 and isinstance(getattr(fmt, "max", None), float):
+        y = (v / s).clamp_(_format_low(fmt), float(fmt.max))
+        return fmt.quantize(y).mul_(s)
     return quantize_with_scale(v, fmt, s)
 
 

@@ -157,7 +157,7 @@ class TestMSE:
         for s in (1.0, 0.5, 0.0371, 3.3):
             assert torch.equal(_quantize_scaled(v.clone(), fmt, s), quantize_with_scale(v, fmt, s)), (spec, s)
 
-    @pytest.mark.parametrize("spec", ["int4", "posit6_es1", "e3m2fn"])
+    @pytest.mark.parametrize("spec", ["int4", "posit6_es1", "e3m2fn", "e4m3fn", "e5m2", "e2m1fn"])
     def test_threshold_is_the_argmin_over_candidates(self, spec):
         gen = torch.Generator().manual_seed(5)
         x = torch.cat([torch.randn(3000, generator=gen), torch.tensor([12.0])])
@@ -169,7 +169,9 @@ class TestMSE:
         errs = []
         for i in range(1, 41):
             t = amax * i / 40
-            xq = quantize_with_scale(x.double(), fmt, t / fmt.max)
+            s = t / fmt.max  # a clipping threshold: values beyond ±t saturate (e4m3fn / e5m2 would give NaN / inf)
+            low = float(getattr(fmt, "min", -fmt.max))  # int4 reaches -8 s
+            xq = quantize_with_scale(x.double().clamp(low * s, fmt.max * s), fmt, s)
             errs.append(float(((xq - x.double()) ** 2).sum()))
         best = max(i for i, e in enumerate(errs) if e == min(errs))
         lo, hi = obs.range()
