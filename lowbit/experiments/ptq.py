@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from lowbit.errors import DataUnavailableError
 from lowbit.experiments.data import Dataset
@@ -34,8 +33,9 @@ from lowbit.quant import calibrate_config, fold_batchnorm, quantize_
 
 NAME = "ptq"
 TITLE = "Post-training quantization of weights and activations with calibrated ranges"
-SUMMARY = ("LeNet-5/MNIST, CNN/Fashion-MNIST and EfficientNet-Lite0: per-channel int8/int4/FP8/posit8 weights with "
-           "calibrated int8/uint8/FP8/posit8 activations; min-max, percentile, MSE and KL observers")
+SUMMARY = ("LeNet-5/MNIST, CNN/Fashion-MNIST and EfficientNet-Lite0: per-channel int8/int4/FP8 and power-of-two "
+           "scaled posit8 weights with calibrated int8/uint8/FP8/posit8 activations; min-max, percentile, MSE, KL, "
+           "log2 observers")
 
 
 def _w(fmt: str, granularity: str = "channel") -> "dict[str, Any]":
@@ -46,26 +46,31 @@ def _a(fmt: str) -> "dict[str, Any]":
     return {"format": fmt, "scaling": "static"}
 
 
-#: label -> (weight role, input role)
-SCHEMES: "dict[str, tuple[dict[str, Any], dict[str, Any]]]" = {
-    "int8 w/ch, int8 a": (_w("int8"), _a("int8")),
-    "int8 w/ch, uint8 a": (_w("int8"), _a("uint8")),
-    "int8 w/tensor, int8 a": (_w("int8", "tensor"), _a("int8")),
-    "int4 w/ch, int8 a": (_w("int4"), _a("int8")),
-    "e4m3fn w/ch, e4m3fn a": (_w("e4m3fn"), _a("e4m3fn")),
-    "posit8 w/ch, posit8 a": (_w("posit8_es2"), _a("posit8_es2")),
+#: label -> (weight role, input role, the observers that apply; None: every configured one).
+#: Posits get power-of-two scales that put the bulk of the values near 1, where a posit is most
+#: precise (the log2-histogram rule of the posit GAN paper, for weights and activations): the
+#: absmax / static rules map the largest value onto the format's max, which suits integers,
+#: fixed point and minifloats but sends a posit's values to its sparse far end.
+SCHEMES: "dict[str, tuple[dict[str, Any], dict[str, Any], tuple[str, ...] | None]]" = {
+    "int8 w/ch, int8 a": (_w("int8"), _a("int8"), None),
+    "int8 w/ch, uint8 a": (_w("int8"), _a("uint8"), None),
+    "int8 w/tensor, int8 a": (_w("int8", "tensor"), _a("int8"), None),
+    "int4 w/ch, int8 a": (_w("int4"), _a("int8"), None),
+    "e4m3fn w/ch, e4m3fn a": (_w("e4m3fn"), _a("e4m3fn"), None),
+    "posit8 w/2^k, posit8 a/2^k": ({"format": "posit8_es2", "scaling": "histogram", "granularity": "tensor"},
+                                   _a("posit8_es2"), ("log2",)),
 }
-OBSERVER_NAMES = ("minmax", "percentile", "mse", "kl")
-COLORS = {"minmax": "tab:blue", "percentile": "tab:green", "mse": "tab:orange", "kl": "tab:red"}
+OBSERVER_NAMES = ("minmax", "percentile", "mse", "kl", "log2")
+COLORS = {"minmax": "tab:blue", "percentile": "tab:green", "mse": "tab:orange", "kl": "tab:red", "log2": "tab:purple"}
 BAR_SCHEME, BAR_POINTS = "int8 w/ch, int8 a", 0.5
 
 
 def config(quick: bool = False, seed: int = 0) -> "dict[str, Any]":
-    """Full: both data sets and EfficientNet-Lite0; quick: MNIST only (4000 test images), 3 schemes."""
+    """Full: both data sets and EfficientNet-Lite0; quick: MNIST only (4000 test images), 5 schemes."""
     return {
         "datasets": ["mnist"] if quick else ["mnist", "fashion-mnist"],
         "fallback": "digits",
-        "schemes": list(SCHEMES)[:4] if quick else list(SCHEMES),
+        "schemes": ([s for s in SCHEMES if s != "int8 w/tensor, int8 a"] if quick else list(SCHEMES)),
         "observers": list(OBSERVER_NAMES),
         "calibration_images": 2048,
         "calibration_batch_size": 256,
@@ -82,8 +87,14 @@ def config(quick: bool = False, seed: int = 0) -> "dict[str, Any]":
 
 
 def _config(scheme: str) -> "dict[str, Any]":
-    weight, act = SCHEMES[scheme]
+    weight, act, _ = SCHEMES[scheme]
     return {"weight": weight, "input": act}
+
+
+def _observers(scheme: str, cfg: "dict[str, Any]") -> "list[str]":
+    """The observers run for ``scheme``: its own list, else the configured ones (log2 only where named)."""
+    own = SCHEMES[scheme][2]
+    return list(own) if own is not None else [o for o in cfg["observers"] if o != "log2"]
 
 
 def _batches(images: torch.Tensor, n: int, batch: int) -> "list[torch.Tensor]":
@@ -101,10 +112,10 @@ def _small_models(cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
         with threads(cfg["threads"]):
             fp32 = evaluate(model, test.test_images, test.test_labels)
             rows.append(_row(test, trained.config.model, "fp32", None, fp32, fp32, cfg["calibration_images"]))
-            task = _task(ctx, f"{data.name}: {len(cfg['schemes'])} schemes × {len(cfg['observers'])} observers",
-                         len(cfg["schemes"]) * len(cfg["observers"]))
+            task = _task(ctx, f"{data.name}: PTQ schemes × observers",
+                         sum(len(_observers(s, cfg)) for s in cfg["schemes"]))
             for scheme in cfg["schemes"]:
-                for obs in cfg["observers"]:
+                for obs in _observers(scheme, cfg):
                     qcfg = calibrate_config(model, _config(scheme), calib, observer=obs)
                     acc = evaluate(quantize_(copy.deepcopy(model), qcfg), test.test_images, test.test_labels)
                     rows.append(_row(test, trained.config.model, scheme, obs, acc, fp32, cfg["calibration_images"]))
@@ -114,10 +125,10 @@ def _small_models(cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
 
 def _row(data: Dataset, model: str, scheme: str, observer: "str | None", acc: float, fp32: float,
          calibration_images: int) -> "dict[str, Any]":
-    weight, act = SCHEMES.get(scheme, (None, None))
+    weight, act, _ = SCHEMES.get(scheme, (None, None, None))
     return {"model": model, "dataset": data.name, "scheme": scheme, "observer": observer,
             "weight": None if weight is None else weight["format"],
-            "weight_granularity": None if weight is None else weight["granularity"],
+            "weight_granularity": None if weight is None else weight.get("granularity"),
             "activation": None if act is None else act["format"], "top1": acc,
             "drop_points": 100 * (fp32 - acc), "calibration_images": calibration_images,
             "test_images": int(data.test_labels.numel())}
@@ -148,16 +159,16 @@ def _efficientnet(cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
     rows = []
     with threads(cfg["threads"]), torch.no_grad():
         reference = torch.cat([model(evals[i:i + 25]) for i in range(0, evals.shape[0], 25)])
-        task = _task(ctx, f"EfficientNet-Lite0: {len(cfg['schemes'])} schemes × {len(cfg['observers'])} observers",
-                     len(cfg["schemes"]) * len(cfg["observers"]))
+        task = _task(ctx, "EfficientNet-Lite0: PTQ schemes × observers",
+                     sum(len(_observers(s, cfg)) for s in cfg["schemes"]))
         for scheme in cfg["schemes"]:
-            for obs in cfg["observers"]:
+            for obs in _observers(scheme, cfg):
                 qcfg = calibrate_config(model, _config(scheme), calib, observer=obs)
                 q = quantize_(copy.deepcopy(model), qcfg, on_unsupported="ignore")
                 logits = torch.cat([q(evals[i:i + 25]) for i in range(0, evals.shape[0], 25)])
-                weight, act = SCHEMES[scheme]
+                weight, act, _ = SCHEMES[scheme]
                 rows.append({"model": "efficientnet-lite0", "dataset": "photo crops", "scheme": scheme,
-                             "observer": obs, "weight": weight["format"], "weight_granularity": weight["granularity"],
+                             "observer": obs, "weight": weight["format"], "weight_granularity": weight.get("granularity"),
                              "activation": act["format"], **agreement(logits, reference),
                              "calibration_images": int(calib_crops.shape[0]), "test_images": int(evals.shape[0])})
                 _advance(ctx, task)
@@ -185,20 +196,21 @@ def plot(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> "list
             panels.append(key)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.5 * len(cfg["schemes"]) * 1.3 + 1.6),
                              squeeze=False)
-    observers = cfg["observers"]
+    observers = [o for o in cfg["observers"] if any(r["observer"] == o for r in rows)]
     for ax, (model, dataset) in zip(axes[0], panels):
         mine = [r for r in rows if r["model"] == model and r["dataset"] == dataset and r["observer"] is not None]
         schemes = [s for s in cfg["schemes"] if any(r["scheme"] == s for r in mine)]
         height = 0.8 / max(len(observers), 1)
         for j, obs in enumerate(observers):
             ys = [i + (j - (len(observers) - 1) / 2) * height for i in range(len(schemes))]
-            if model == "efficientnet-lite0":
-                vals = [100 * next(r["top1_agreement"] for r in mine if r["scheme"] == s and r["observer"] == obs)
-                        for s in schemes]
-            else:
-                vals = [next(r["drop_points"] for r in mine if r["scheme"] == s and r["observer"] == obs)
-                        for s in schemes]
-            ax.barh(ys, vals, height=height, color=COLORS.get(obs, "gray"), label=obs)
+            key = "top1_agreement" if model == "efficientnet-lite0" else "drop_points"
+            scale = 100 if model == "efficientnet-lite0" else 1
+            found = [(y, next((scale * r[key] for r in mine if r["scheme"] == s and r["observer"] == obs), None))
+                     for y, s in zip(ys, schemes)]
+            found = [(y, v) for y, v in found if v is not None]
+            if found:
+                ax.barh([y for y, _ in found], [v for _, v in found], height=height, color=COLORS.get(obs, "gray"),
+                        label=obs)
         ax.set_yticks(range(len(schemes)))
         ax.set_yticklabels(schemes, fontsize=8)
         ax.invert_yaxis()
@@ -222,7 +234,7 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
     lines = ["Weights and layer inputs of every conv/linear layer quantized after training (no retraining); "
              f"activation ranges calibrated on {cfg['calibration_images']} training images per data set "
              "(`lb.calibrate_config`), one range per layer input. Biases FP32, FP32 accumulation.", ""]
-    observers = cfg["observers"]
+    observers = [o for o in cfg["observers"] if any(r["observer"] == o for r in rows)]
     for key in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
         mine = [r for r in rows if (r["model"], r["dataset"]) == key]
         model, dataset = key
@@ -257,7 +269,10 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
         lines.append("")
     lines += ["Observers: `minmax` (running min and max), `percentile` (99.99th), `mse` (clipping threshold with "
               "the least squared quantization error for the activation format), `kl` (TensorRT's entropy rule on a "
-              "2048-bin histogram of |x|; symmetric). The KL rule assumes bell-shaped activations: on a standardized "
+              "2048-bin histogram of |x|, zero bin flattened as NVIDIA's calibrator does; symmetric), `log2` (the "
+              "posit GAN paper's power-of-two scale from the most populated log2|x| bin — the posit scheme's rule: "
+              "the max-based rules would send a posit's values to its sparse far end). "
+              "`uint8` inputs get a zero point. The KL rule assumes bell-shaped activations: on a standardized "
               "image input (mostly background, a few bright strokes) it clips the strokes of the first layer's input, "
               "the likely cause of its larger drops on the MNIST models; an asymmetric `uint8` input range "
               "suffers less from it."]

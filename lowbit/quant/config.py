@@ -61,6 +61,11 @@ class RoleConfig:
     `Granularity` / its dict (per group).
     Binary, ternary and codebook formats fit their levels per tensor, or per output channel
     (axis 0) with ``granularity="channel"`` and no scaling.
+    absmax and static put the largest value on ``fmt.max``: right for integers, fixed point and
+    minifloats, whose relative precision is the same across their range, but a posit is most
+    precise near 1 and coarse near its max — for posits prefer ``"histogram"`` (weights) and the
+    ``"log2"`` observer for static activations (its range makes the scale a power of two that
+    centres the bulk of the values).
     ``"static"``: a fixed per-tensor ``range`` ``(lo, hi)`` found by calibration (see
     `lowbit.calibrate_config`), the usual post-training rule for activations. Unsigned integer
     formats (``uint8`` …) use it asymmetrically: scale s = (hi − lo) / (2^b − 1) and zero point

@@ -425,10 +425,14 @@ class KLObserver(Observer):
       entries, as in MXNet/TVM's implementation) and KL(P ‖ Q) = Σ P log(P / Q) is computed.
 
     The threshold t is the upper edge of the best i (i · width); ties go to the larger i. Range
-    (−t, t). Zeros are counted in bin 0 (no special case for ReLU zeros).
+    (−t, t). ``flatten_zero_bin`` (default): before the search, bin 0's count is replaced by bin
+    1's, as NVIDIA's pytorch-quantization entropy calibrator does — the spike of exact zeros a
+    ReLU leaves in bin 0 otherwise dominates P and drags t far below the bulk (measured on
+    EfficientNet-Lite0's ReLU6 inputs: t ≈ 0.75 instead of ≈ 6, every prediction wrong).
     """
 
-    def __init__(self, bins: int = 2048, quant_bins: int = 128, start_bin: "int | None" = None) -> None:
+    def __init__(self, bins: int = 2048, quant_bins: int = 128, start_bin: "int | None" = None,
+                 flatten_zero_bin: bool = True) -> None:
         for name, v in (("bins", bins), ("quant_bins", quant_bins)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}; allowed: an int >= 1")
@@ -438,6 +442,7 @@ class KLObserver(Observer):
         if isinstance(start, bool) or not isinstance(start, int) or not quant_bins <= start <= bins:
             raise ValueError(f"start_bin={start_bin!r}; allowed: an int in {quant_bins}..{bins}")
         self.bins, self.quant_bins, self.start_bin = bins, quant_bins, start
+        self.flatten_zero_bin = bool(flatten_zero_bin)
         super().__init__()
 
     def reset(self) -> None:  # noqa: D102
@@ -477,6 +482,8 @@ class KLObserver(Observer):
         """(thresholds i · width for i = start_bin … bins, KL(P ‖ Q) for each), float64."""
         self._require_data()
         hist, width = self.histogram
+        if self.flatten_zero_bin and hist.numel() > 1:
+            hist[0] = hist[1]
         ks = torch.arange(self.start_bin, self.bins + 1)
         kls = torch.cat([_kl_rows(hist, ks[c:c + 128], self.quant_bins) for c in range(0, ks.numel(), 128)])
         return ks.to(torch.float64) * width, kls

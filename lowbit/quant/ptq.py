@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 from typing import Any, Callable, Iterable, Mapping
 
+import torch
 from torch import nn
 
 from lowbit.formats import IntegerFormat, NumberFormat
@@ -51,13 +53,55 @@ from lowbit.quant.observers import (
 )
 from lowbit.quant.quantize import resolve_layers
 
-__all__ = ["calibrate_config", "observer_for"]
+__all__ = ["calibrate_config", "observer_for", "AffineRangeObserver"]
 
 ObserverSpec = "str | Callable[[NumberFormat], Observer]"
 
 
+class AffineRangeObserver(Observer):
+    """A symmetric rule made fit for an asymmetric (zero-point) range: the inner observer's (−t, t),
+    with the low end raised to 0 when nothing negative was observed.
+
+    `calibrate_config` uses it for the ``mse`` and ``kl`` rules of unsigned integer roles (which
+    the static rule quantizes with a zero point, so negative inputs stay representable): the
+    error / divergence is measured for the signed grid of the same width, and post-ReLU inputs
+    keep their whole code range for [0, t].
+
+    >>> obs = AffineRangeObserver(MinMaxObserver())
+    >>> obs.observe(torch.tensor([0.0, 2.0])); [float(v) for v in obs.range()]
+    [0.0, 2.0]
+    """
+
+    def __init__(self, inner: Observer) -> None:
+        self.inner = inner
+        super().__init__()
+
+    def reset(self) -> None:  # noqa: D102
+        self._count = 0
+        self._min = math.inf
+        self.inner.reset()
+
+    def _observe(self, x: torch.Tensor) -> None:
+        self.inner.observe(x)
+        finite = x[torch.isfinite(x)]
+        self._min = min(self._min, float(finite.min()))
+
+    def _range(self) -> "tuple[torch.Tensor, torch.Tensor]":
+        lo, hi = self.inner.range()
+        if self._min >= 0:
+            lo = torch.zeros_like(lo)
+        return lo, hi
+
+    def _params(self) -> str:
+        return f"{self.inner!r}, "
+
+
 def observer_for(name: str, fmt: NumberFormat) -> Observer:
     """A fresh observer of kind ``name`` (a key of `OBSERVERS`) set up for format ``fmt``.
+
+    For unsigned integer formats (quantized with a zero point by ``scaling="static"``) the
+    symmetric ``mse`` and ``kl`` rules run on the signed grid of the same width inside an
+    `AffineRangeObserver`.
 
     >>> from lowbit.formats import parse_format
     >>> observer_for("mse", parse_format("int4")).format
@@ -69,6 +113,8 @@ def observer_for(name: str, fmt: NumberFormat) -> Observer:
         return EMAMinMaxObserver()
     if name == "percentile":
         return PercentileObserver()
+    if isinstance(fmt, IntegerFormat) and not fmt.signed and name in ("mse", "kl"):
+        return AffineRangeObserver(observer_for(name, IntegerFormat(fmt.word_bits, signed=True)))
     if name == "mse":
         return MSEObserver(fmt)
     if name == "kl":

@@ -62,3 +62,5 @@ def test_quick_config_fits_the_time_budget_shape():
     quick, full = ptq.config(quick=True), ptq.config()
     assert quick["datasets"] == ["mnist"] and not quick["efficientnet"] and quick["test_subset"] == 4000
     assert full["efficientnet"] and set(full["schemes"]) == set(ptq.SCHEMES)
+    assert ptq._observers("posit8 w/2^k, posit8 a/2^k", full) == ["log2"]
+    assert "log2" not in ptq._observers("int8 w/ch, int8 a", full)

@@ -236,13 +236,32 @@ class TestKL:
         obs = KLObserver(bins=256, quant_bins=16)
         obs.observe(x)
         hist, width = obs.histogram
-        idx, kls = _slow_kl(hist.tolist(), 16, 16)
+        flat = hist.tolist()
+        flat[0] = flat[1]  # flatten_zero_bin (the default)
+        idx, kls = _slow_kl(flat, 16, 16)
         ts, got = obs.divergences()
         assert ts.tolist() == [i * width for i in idx]
         assert np.allclose(got.numpy(), np.array(kls), rtol=1e-9, atol=1e-12)
         best = max(j for j, v in enumerate(kls) if v == min(kls))
         lo, hi = obs.range()
         assert float(hi) == pytest.approx(idx[best] * width, rel=1e-6) and float(lo) == -float(hi)
+
+    def test_relu_zero_spike_does_not_drag_the_threshold_down(self):
+        gen = torch.Generator().manual_seed(8)
+        x = torch.randn(40000, generator=gen).clamp_min(0)  # half exact zeros, as after a ReLU
+        x = torch.cat([x, torch.tensor([6.0])])
+        flat, raw = KLObserver(), KLObserver(flatten_zero_bin=False)
+        flat.observe(x)
+        raw.observe(x)
+        t_flat, t_raw = float(flat.range()[1]), float(raw.range()[1])
+        assert t_flat > 2.5  # covers the bulk of |N(0,1)| (the 99.4th percentile is 2.5)
+        assert t_raw < t_flat  # the zero spike drags the plain rule down
+        # the flattened rule is the plain rule on the histogram with bin 0 replaced by bin 1
+        hist, width = raw.histogram
+        hist[0] = hist[1]
+        idx, kls = _slow_kl(hist.tolist(), 128, 128)
+        best = max(j for j, v in enumerate(kls) if v == min(kls))
+        assert t_flat == pytest.approx(idx[best] * width, rel=1e-6)
 
     def test_histogram_growth_is_exact(self):
         gen = torch.Generator().manual_seed(7)

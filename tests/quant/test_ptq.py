@@ -223,3 +223,27 @@ class TestBadInput:
 
         with pytest.warns(lb.LowbitWarning, match="never ran"), pytest.raises(CalibrationError, match=r"\bb\.input"):
             lb.calibrate_config(TwoHeads(), STATIC_INT8, _batches())
+
+
+class TestUnsignedStaticObservers:
+    """uint8 static roles use a zero point, so the symmetric rules must not clip negative inputs."""
+
+    @pytest.mark.parametrize("observer", ["mse", "kl"])
+    def test_negative_inputs_stay_in_range(self, observer):
+        model, data = _model(), _batches()
+        cfg = lb.calibrate_config(model, {"input": {"format": "uint8", "scaling": "static"}}, data, observer=observer)
+        lo0, hi0 = dict(cfg.layers)["0"].input.range  # raw inputs: both signs
+        assert lo0 < 0 < hi0 and lo0 == -hi0
+        lo2, hi2 = dict(cfg.layers)["2"].input.range  # post-ReLU: nothing negative
+        assert lo2 == 0.0 < hi2
+
+    def test_mse_rule_is_the_signed_grids(self):
+        from lowbit.quant.ptq import observer_for
+
+        data = _batches()
+        obs = observer_for("mse", lb.parse_format("uint8"))
+        ref = MSEObserver("int8")
+        for b in data:
+            obs.observe(b)
+            ref.observe(b)
+        assert [float(v) for v in obs.range()] == [float(v) for v in ref.range()]
