@@ -274,6 +274,7 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
               "the max-based rules would send a posit's values to its sparse far end). "
               "`uint8` inputs get a zero point. The KL rule assumes bell-shaped activations: on a standardized "
               "image input (mostly background, a few bright strokes) it clips the strokes of the first layer's input, "
-              "the likely cause of its larger drops on the MNIST models; an asymmetric `uint8` input range "
-              "suffers less from it."]
+              "the likely cause of its larger drops on LeNet-5. Per-tensor weight scales and 4-bit weights are what "
+              "break EfficientNet-Lite0 (its depthwise channels' ranges differ by up to 140×; see `pretrained`), not "
+              "the activation ranges."]
     return "\n".join(lines)

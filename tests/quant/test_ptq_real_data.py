@@ -39,7 +39,7 @@ def test_the_float_model_is_really_trained(mnist_lenet):
     assert mnist_lenet[2] >= 0.985
 
 
-@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse", "kl"])
 def test_per_channel_int8_ptq_loses_under_half_a_point(mnist_lenet, observer):
     model, ds, fp32 = mnist_lenet
     calibration_batches = [ds.train_images[i:i + 256] for i in range(0, 2048, 256)]
