@@ -58,24 +58,36 @@ def reference_parameters(world: int) -> "list[torch.Tensor]":
     return [p.detach().clone() for p in model.parameters()]
 
 
-def main(out: str) -> None:
-    import torch.distributed as dist
+def _train_shard(out: str, rank: int, world: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
+
+    model = DistributedDataParallel(build_model())
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    xs, ys = global_batch()
+    for step in range(STEPS):
+        opt.zero_grad()
+        x, y = _shard(xs[step], rank, world), _shard(ys[step], rank, world)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    if rank == 0:
+        torch.save([p.detach().clone() for p in model.module.parameters()], out)
+
+
+def main(out: str) -> None:
+    import gc
+
+    import torch.distributed as dist
 
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = DistributedDataParallel(build_model())
-        opt = torch.optim.SGD(model.parameters(), lr=LR)
-        xs, ys = global_batch()
-        for step in range(STEPS):
-            opt.zero_grad()
-            x, y = _shard(xs[step], rank, world), _shard(ys[step], rank, world)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        if rank == 0:
-            torch.save([p.detach().clone() for p in model.module.parameters()], out)
+        _train_shard(out, rank, world)
+        # the DDP wrapper (its reducer holds the process group) is gone before the group is torn
+        # down, and both ranks tear down together: otherwise a rank can die at exit in a
+        # background thread ("terminate called without an active exception"), as CI runs showed
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
