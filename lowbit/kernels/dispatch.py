@@ -175,7 +175,11 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
     Returns None (so the reference runs and raises its precise error) if any code is invalid.
     """
     # the backend is resolved first, so a bad name or numba-on-GPU raises for every format
-    if not _applies(fmt, codes, backend) or fmt.bits > _TABLE_BITS or dtype not in _KERNEL_DTYPES:
+    if not _applies(fmt, codes, backend):
+        return None
+    if fmt.bits > _TABLE_BITS and isinstance(fmt, Posit):
+        return _posit_decode(fmt, codes, dtype)
+    if fmt.bits > _TABLE_BITS or dtype not in _KERNEL_DTYPES:
         return None
     _, k = _numba()
     table = _value_table(fmt, dtype)
@@ -187,6 +191,22 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
     if bad:
         return None
     return out.reshape(codes.shape)
+
+
+def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch.Tensor | None":
+    """Posits of more than 16 bits: decode each code in float64 (exact), then round once to ``dtype``."""
+    _, k = _numba()
+    flat = codes.detach().contiguous().reshape(-1)
+    if flat.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        return None  # the reference says what is wrong with the codes
+    flat = flat.to(torch.int64)
+    direct = dtype == torch.float64  # narrower dtypes: round_float64_to, the reference's own rounding
+    out = torch.empty(flat.shape, dtype=dtype if direct else torch.float64)
+    bad = _run(k.posit_decode, flat.numpy(), fmt.n, fmt.es, fmt.scale, out.numpy())
+    if bad:
+        return None
+    values = out if direct else round_float64_to(out, dtype)
+    return values.reshape(codes.shape)
 
 
 def _unused_code(fmt: ScalarFormat) -> int:

@@ -353,3 +353,45 @@ def table_decode(codes, table, unused_code, out):
         bad += 1 if invalid else 0
         out[i] = table[min(max(c, 0), size - 1)]
     return bad
+
+
+@njit(parallel=True, cache=True)
+def posit_decode(codes, n, es, scale, out):
+    """out[i] = the value of posit<n, es> code codes[i], times 2^scale, computed exactly in float64
+    (a posit of at most 32 bits has at most 29 fraction bits); NaR -> NaN. Returns how many codes
+    were outside [0, 2^n)."""
+    bad = 0
+    mask = (int64(1) << n) - 1
+    nar = int64(1) << (n - 1)
+    for i in prange(codes.size):
+        c = int64(codes[i])
+        invalid = (c < 0) | (c > mask)
+        bad += 1 if invalid else 0
+        c = c & mask
+        if c == 0:
+            out[i] = 0.0
+        elif c == nar:
+            out[i] = np.nan
+        else:
+            neg = c >= nar
+            if neg:
+                c = (-c) & mask  # two's complement magnitude
+            pos = n - 2  # the bit after the sign
+            first = (c >> pos) & 1
+            run = 0
+            while pos >= 0 and ((c >> pos) & 1) == first:
+                run += 1
+                pos -= 1
+            regime = run - 1 if first == 1 else -run
+            pos -= 1  # the regime's terminating bit (absent when the run reaches the end)
+            e = 0
+            for _ in range(es):  # exponent bits cut off by the end of the word count as 0
+                e <<= 1
+                if pos >= 0:
+                    e |= (c >> pos) & 1
+                    pos -= 1
+            fbits = pos + 1 if pos >= 0 else 0
+            frac = c & ((int64(1) << fbits) - 1)
+            v = math.ldexp(float64((int64(1) << fbits) + frac), regime * (1 << es) + e + scale - fbits)
+            out[i] = -v if neg else v
+    return bad

@@ -338,3 +338,41 @@ def test_numba_minifloats_without_mantissa_bits_overflow_doubles_from_2_pow_1023
     for mode in MODES:
         assert_codes_equal(_run(fmt, "encode", x, mode, "numba"), _run(fmt, "encode", x, mode, "reference"), x)
         assert_same_bits(_run(fmt, "quantize", x, mode, "numba"), _run(fmt, "quantize", x, mode, "reference"), x)
+
+
+# ------------------------------------------------------------------ posits of more than 16 bits
+WIDE_POSITS = ["posit17_es1", "posit20_es3", "posit24_es0_s-3", "posit32_es2", "posit32_es5", "posit32_es0",
+               "posit32_es2_s-880", "posit28_es4_s100"]
+
+
+def _wide_codes(n: int, seed: int) -> torch.Tensor:
+    """Every special and boundary code of posit<n> plus random ones over the whole word."""
+    top = (1 << n) - 1
+    edges = [0, 1, 2, 3, top, top - 1, top - 2, 1 << (n - 1), (1 << (n - 1)) - 1, (1 << (n - 1)) + 1,
+             (1 << (n - 2)), (1 << (n - 2)) - 1, (1 << (n - 2)) + 1, top - (1 << (n - 2))]
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.randint(0, 1 << n, (50000,), generator=g, dtype=torch.int64)
+    return torch.cat([torch.tensor(edges, dtype=torch.int64), rand])
+
+
+@pytest.mark.parametrize("spec", WIDE_POSITS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_decode_of_wide_posits_is_bit_identical_across_backends(spec, dtype):
+    fmt = lb.parse_format(spec)
+    codes = _wide_codes(fmt.bits, seed=fmt.bits + fmt.es)
+    got = fmt.decode(codes, dtype, backend="numba")
+    want = fmt.decode(codes, dtype, backend="reference")
+    assert_same_bits(got, want)
+    # int32 codes of a 32-bit posit read as two's complement would be negative: the same error
+    shaped = codes[:600].reshape(20, 30)
+    assert_same_bits(fmt.decode(shaped, dtype, backend="numba"), want[:600].reshape(20, 30))
+    assert fmt.decode(codes[:0], dtype, backend="numba").shape == (0,)
+
+
+@pytest.mark.parametrize("bad", [-1, 1 << 32])
+def test_decode_of_invalid_wide_posit_codes_raises_on_both_backends(bad):
+    fmt = lb.parse_format("posit32_es2")
+    codes = torch.tensor([0, bad], dtype=torch.int64)
+    for backend in ("numba", "reference"):
+        with pytest.raises(ValueError, match="codes must be valid 32-bit patterns"):
+            fmt.decode(codes, backend=backend)
