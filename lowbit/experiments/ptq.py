@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -230,6 +230,16 @@ def plot(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> "list
     return [path]
 
 
+def _table(rows: "list[dict[str, Any]]", schemes: "list[str]", observers: "list[str]",
+           cell: "Callable[[dict[str, Any]], str]") -> "list[str]":
+    """A markdown table: one line per scheme, one column per observer ("–" where not run)."""
+    lines = ["| scheme | " + " | ".join(observers) + " |", "|---|" + "---:|" * len(observers)]
+    for s in schemes:
+        found = [next((r for r in rows if r["scheme"] == s and r["observer"] == o), None) for o in observers]
+        lines.append(f"| {s} | " + " | ".join("–" if r is None else cell(r) for r in found) + " |")
+    return lines
+
+
 def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str:
     lines = ["Weights and layer inputs of every conv/linear layer quantized after training (no retraining); "
              f"activation ranges calibrated on {cfg['calibration_images']} training images per data set "
@@ -241,26 +251,15 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
         if model == "efficientnet-lite0":
             lines += [f"### EfficientNet-Lite0 (ImageNet weights, BN folded) on {mine[0]['test_images']} photo crops",
                       "", "top-1 agreement with FP32 % (mean KL) — calibrated on "
-                      f"{mine[0]['calibration_images']} other crops", "",
-                      "| scheme | " + " | ".join(observers) + " |", "|---|" + "---:|" * len(observers)]
-            for s in cfg["schemes"]:
-                cells = []
-                for o in observers:
-                    r = next((r for r in mine if r["scheme"] == s and r["observer"] == o), None)
-                    cells.append("–" if r is None else f"{100 * r['top1_agreement']:.1f} ({r['mean_kl']:.3f})")
-                lines.append(f"| {s} | " + " | ".join(cells) + " |")
+                      f"{mine[0]['calibration_images']} other crops", ""]
+            lines += _table(mine, cfg["schemes"], observers,
+                            lambda r: f"{100 * r['top1_agreement']:.1f} ({r['mean_kl']:.3f})")
             lines.append("")
             continue
         fp32 = next(r for r in mine if r["scheme"] == "fp32")
         lines += [f"### {model} on {dataset}: FP32 {100 * fp32['top1']:.2f} % on {fp32['test_images']} test images",
-                  "", "top-1 drop vs FP32 in points (lower is better)", "",
-                  "| scheme | " + " | ".join(observers) + " |", "|---|" + "---:|" * len(observers)]
-        for s in cfg["schemes"]:
-            cells = []
-            for o in observers:
-                r = next((r for r in mine if r["scheme"] == s and r["observer"] == o), None)
-                cells.append("–" if r is None else f"{r['drop_points']:+.2f}")
-            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+                  "", "top-1 drop vs FP32 in points (lower is better)", ""]
+        lines += _table(mine, cfg["schemes"], observers, lambda r: f"{r['drop_points']:+.2f}")
         bar = [r for r in mine if r["scheme"] == BAR_SCHEME and r["observer"] == "minmax"]
         if bar:
             d = bar[0]["drop_points"]
