@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from fractions import Fraction
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -213,10 +213,12 @@ class LearnedFormat(NumberFormat):
         """``x`` with levels fitted per index of axis 0 (see `encode_channels`), in x's dtype."""
         return self.decode_tensor(self.encode_channels(x, rounding, generator), x.dtype)
 
-    def per_channel(self, encoded: EncodedTensor) -> bool:
-        """Whether ``encoded`` holds parameters fitted per channel (one more leading dimension)."""
+    def per_channel(self, encoded: "EncodedTensor | Mapping[str, torch.Tensor]") -> bool:
+        """Whether ``encoded`` (or its ``params``) holds parameters fitted per channel (one more
+        leading dimension)."""
+        params = encoded.params if isinstance(encoded, EncodedTensor) else encoded
         return any(isinstance(t, torch.Tensor) and t.dim() == self.PARAM_NDIM.get(k, -2) + 1
-                   for k, t in encoded.params.items())
+                   for k, t in params.items())
 
     def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The fitted level of every code, as ``dtype`` (per-tensor or per-channel parameters)."""

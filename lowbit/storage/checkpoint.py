@@ -130,7 +130,7 @@ def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, Numb
         if formats is None:
             has_packed = any(isinstance(v, PackedTensor) for v in state.values())
             formats = _module_formats(obj, required=not has_packed)
-            state = _with_scaled_weights(obj, state, formats)
+            state = _with_role_packing(obj, state, formats)
     elif isinstance(obj, Mapping):
         state = obj
         for name, value in state.items():
@@ -171,7 +171,7 @@ def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, Numb
     return state, fmt_map
 
 
-def _with_scaled_weights(model: torch.nn.Module, state: "Mapping[str, Any]",
+def _with_role_packing(model: torch.nn.Module, state: "Mapping[str, Any]",
                          formats: "dict[str, NumberFormat | None]") -> "dict[str, Any]":
     """Weights simulated with float scales (per tensor / channel / group) or with levels fitted per
     channel become PackedTensors that reproduce the simulation."""

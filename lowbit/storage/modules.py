@@ -256,9 +256,7 @@ class PackedLayerMixin(nn.Module):
             values = _lut_decode(data, fmt.bits, table, n, out).reshape(self._packed_shape)
         if scale is None:
             return values
-        if self._packed_group_size is not None:
-            return multiply_by_scale(values, scale, self._packed_axis, self._packed_group_size).to(dtype)
-        return _scaled(values, scale).to(dtype)
+        return _scaled(values, scale, self._packed_axis, self._packed_group_size).to(dtype)
 
     def _table(self, dtype: torch.dtype) -> "_Lut | None":
         """The value of every code (for block formats: of every element code) in ``dtype``."""
@@ -496,7 +494,7 @@ def _code_table(fmt: NumberFormat, params: Mapping[str, torch.Tensor], dtype: to
         # element values, exact in both; float32 products are formed only for a float32 result
         return _value_table(element, torch.float32 if dtype == torch.float32 else torch.float64)
     if isinstance(fmt, LearnedFormat):
-        if any(t.dim() == fmt.PARAM_NDIM.get(k, -2) + 1 for k, t in params.items()):
+        if fmt.per_channel(params):
             return None  # levels fitted per channel: one table per channel, decoded by the reference path
         codes = torch.arange(1 << fmt.bits)
         valid = codes[~fmt._unused(codes)]
@@ -673,12 +671,16 @@ def _fused_row_scale(
     return out.reshape(shape)
 
 
-def _scaled(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``values * scale`` (float32), in place: ``values`` is a fresh decode.
+def _scaled(values: torch.Tensor, scale: torch.Tensor, axis: "int | None" = None,
+            group_size: "int | None" = None) -> torch.Tensor:
+    """``values * scale`` (float32), in place where it can be: ``values`` is a fresh decode.
 
     A per-channel scale along axis 0 multiplies a 2-d view: torch's in-place broadcast over
     trailing size-1 dims, (N, C, 1, 1) *= (N, 1, 1, 1), runs ~100x slower than the 2-d form.
+    Per-group scales go through `multiply_by_scale` (a grouped view, no expanded copy).
     """
+    if group_size is not None:
+        return multiply_by_scale(values, scale, axis, group_size)
     if values.dim() >= 2 and scale.dim() == values.dim() and scale.shape[0] == values.shape[0] \
             and all(d == 1 for d in scale.shape[1:]):
         values.view(values.shape[0], -1).mul_(scale.reshape(-1, 1))

@@ -29,7 +29,7 @@ from lowbit.formats.base import MAX_TABLE_BITS, EncodedTensor, NumberFormat, Sca
 from lowbit.formats.spec import parse_format
 from lowbit.storage.bitpack import pack_bits, packed_nbytes, unpack_bits
 
-__all__ = ["PackedTensor", "multiply_by_scale", "divide_by_scale", "absmax_scale_args", "pack_for_role"]
+__all__ = ["PackedTensor", "multiply_by_scale", "divide_by_scale", "pack_for_role"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -290,7 +290,7 @@ def _check_scale(
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def absmax_scale_args(role: object, t: torch.Tensor) -> "dict[str, object]":
+def _absmax_scale_args(role: object, t: torch.Tensor) -> "dict[str, object]":
     """``scale`` / ``axis`` / ``group_size`` keywords of `PackedTensor.from_tensor` for a tensor
     that a role quantizer (``scaling='absmax'``) simulates as scale · fmt.quantize(t / scale).
 
@@ -314,7 +314,7 @@ def pack_for_role(role: object, t: torch.Tensor) -> "PackedTensor | None":
     rounding, generator = role.rounding, role.generator  # type: ignore[attr-defined]
     if getattr(role, "absmax", False):
         return PackedTensor.from_tensor(t.detach(), fmt, rounding, generator=generator,
-                                        **absmax_scale_args(role, t.detach()))  # type: ignore[arg-type]
+                                        **_absmax_scale_args(role, t.detach()))  # type: ignore[arg-type]
     if getattr(role, "per_channel_fit", False):
         return PackedTensor.from_encoded(fmt.encode_channels(t.detach(), rounding, generator), t.dtype)
     return None
