@@ -18,10 +18,12 @@ from lowbit.quant.calibration import Calibration, calibrate, calibration
 from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config
 from lowbit.quant.granularity import (
     Granularity,
+    format_low,
     granule_amax,
     granule_max,
     granule_min,
     granule_minmax,
+    quantize_clipped,
     quantize_with_scale,
 )
 from lowbit.quant.observers import (
@@ -74,6 +76,8 @@ __all__ = [
     "granule_max",
     "granule_minmax",
     "quantize_with_scale",
+    "quantize_clipped",
+    "format_low",
     # affine integer quantization, fixed-point / power-of-two scale and es choice
     "qrange",
     "affine_qparams",

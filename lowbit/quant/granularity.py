@@ -48,6 +48,8 @@ from lowbit.formats._float64 import check_float_tensor
 from lowbit.formats.rounding import Rounding, check_rounding
 
 __all__ = [
+    "format_low",
+    "quantize_clipped",
     "GRANULARITY_KINDS",
     "Granularity",
     "as_granularity",
@@ -332,6 +334,46 @@ def check_scale(scale: torch.Tensor, name: str = "scale") -> None:
     bad = ~torch.isfinite(scale) | (scale < 0)
     if bool(bad.any()):
         raise ValueError(f"{name} must be finite and >= 0 (0 quantizes a granule to 0); got {float(scale[bad][0])}")
+
+
+def format_low(fmt: NumberFormat) -> float:
+    """The lowest finite value of a scalar format: ``fmt.min`` for grids (int8: −128), −max for
+    signed floats and posits, 0 for unsigned formats.
+
+    >>> format_low(_scalar_format("int8")), format_low(_scalar_format("e4m3fn")), format_low(_scalar_format("uint4"))
+    (-128.0, -448.0, 0.0)
+    """
+    low = getattr(fmt, "min", None)
+    if isinstance(low, (int, float)):
+        return float(low)
+    return -float(fmt.max) if getattr(fmt, "signed", True) else 0.0  # type: ignore[attr-defined]
+
+
+def quantize_clipped(
+    x: torch.Tensor,
+    fmt: "str | NumberFormat",
+    scale: "float | torch.Tensor",
+    rounding: "str | Rounding" = "nearest_even",
+    generator: "torch.Generator | None" = None,
+) -> torch.Tensor:
+    """x̂ = s · fmt.quantize(clamp(x / s, lowest, max)) with one scale s, in `compute_dtype`; x's dtype.
+
+    The clip at the format's range makes formats that overflow to NaN or inf (``e4m3fn``,
+    ``e5m2``) saturate like the others — what a clipping threshold s · fmt.max means. For
+    saturating formats it equals `quantize_with_scale`. s = 0 gives exact zeros.
+
+    >>> quantize_clipped(torch.tensor([1.0, 500.0, -9e3]), "e4m3fn", 1.0).tolist()
+    [1.0, 448.0, -448.0]
+    """
+    x = check_float_tensor(x)
+    f = _scalar_format(fmt)
+    cdt = compute_dtype(x.dtype)
+    s = _as_tensor(scale, "scale", cdt, x.device)
+    check_scale(s)
+    if not bool((s != 0).all()):
+        return torch.zeros_like(x)
+    v = (x.detach().to(cdt) / s).clamp_(format_low(f), float(f.max))
+    return (f.quantize(v, rounding, generator) * s).to(x.dtype)
 
 
 def quantize_with_scale(

@@ -55,9 +55,10 @@ from lowbit.quant.granularity import (
     Granularity,
     _scalar_format,
     as_granularity,
+    format_low,
     granule_max,
     granule_min,
-    quantize_with_scale,
+    quantize_clipped,
 )
 from lowbit.simulate.scaling import format_centre
 
@@ -76,14 +77,6 @@ __all__ = [
 
 class CalibrationError(LowbitError, RuntimeError):
     """Calibration state is missing or inconsistent (e.g. an observer that saw no data)."""
-
-
-def _format_low(fmt: NumberFormat) -> float:
-    """The most negative value of a scalar format (0 for unsigned ones)."""
-    low = getattr(fmt, "min", None)
-    if isinstance(low, (int, float)):
-        return float(low)
-    return -float(fmt.max) if getattr(fmt, "signed", True) else 0.0  # type: ignore[attr-defined]
 
 
 class Observer(abc.ABC):
@@ -299,10 +292,7 @@ def _quantize_scaled(v: torch.Tensor, fmt: ScalarFormat, s: float) -> torch.Tens
         if up != 1.0:
             t.div_(up)
         return t.mul_(s)
-    if s > 0 and isinstance(getattr(fmt, "max", None), float):
-        y = (v / s).clamp_(_format_low(fmt), float(fmt.max))
-        return fmt.quantize(y).mul_(s)
-    return quantize_with_scale(v, fmt, s)
+    return quantize_clipped(v, fmt, s)
 
 
 class MSEObserver(Observer):
@@ -326,7 +316,7 @@ class MSEObserver(Observer):
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
             raise ValueError(f"num_candidates={num_candidates!r}; allowed: an int >= 1")
         self.num_candidates = num_candidates
-        self._low = _format_low(self.format)
+        self._low = format_low(self.format)
         self._capacity, self._seed = capacity, seed
         _Reservoir(capacity, seed)
         super().__init__()
@@ -552,7 +542,7 @@ class Log2HistogramObserver(Observer):
     def _range(self) -> "tuple[torch.Tensor, torch.Tensor]":
         k = self.exponent()
         hi = torch.tensor(math.ldexp(self.format_.max, k), dtype=torch.float32)
-        lo = torch.tensor(math.ldexp(_format_low(self.format_), k), dtype=torch.float32)
+        lo = torch.tensor(math.ldexp(format_low(self.format_), k), dtype=torch.float32)
         return lo, hi
 
     def _params(self) -> str:

@@ -55,8 +55,7 @@ from lowbit.formats import NumberFormat
 from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.rounding import Rounding, check_rounding
 from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config
-from lowbit.quant.granularity import Granularity, _scalar_format, as_granularity
-from lowbit.quant.observers import _format_low
+from lowbit.quant.granularity import Granularity, _scalar_format, as_granularity, format_low
 from lowbit.simulate.scaling import format_centre
 
 __all__ = ["LSQQuantizer", "QAT_LAYERS", "prepare_qat", "convert", "lsq_quantizers"]
@@ -137,7 +136,7 @@ class LSQQuantizer(nn.Module):
                                        or not grad_scale > 0):
             raise ValueError(f"grad_scale={grad_scale!r}; allowed: None (LSQ's 1/sqrt(n·Q_P)) or a number > 0")
         self.grad_scale = grad_scale
-        self.lo, self.hi = _format_low(self.format), float(self.format.max)
+        self.lo, self.hi = format_low(self.format), float(self.format.max)
         if isinstance(self.format, _UniformGrid):
             self.qp = float(self.format.max)
             self._uniform = True

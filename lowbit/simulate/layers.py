@@ -130,11 +130,11 @@ class StaticRange:
             self.scale, self.zero_point = float(s), int(z)
             self.qmin, self.qmax = qrange(fmt.word_bits, signed=False)
         else:
-            low = getattr(fmt, "min", None)
-            signed = not (isinstance(low, (int, float)) and low >= 0)
+            from lowbit.quant.granularity import format_low
+
+            signed = format_low(fmt) < 0
             amax = max(-min(self.lo, 0.0), max(self.hi, 0.0)) if signed else max(self.hi, 0.0)
             self.scale, self.zero_point = amax / float(fmt.max), 0
-            self.low = float(low) if isinstance(low, (int, float)) else (-float(fmt.max) if signed else 0.0)
         self._scales: "dict[tuple[torch.dtype, torch.device], torch.Tensor]" = {}
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,17 +152,12 @@ class StaticRange:
         Symmetric rule: s · fmt.quantize(clamp(x / s, fmt's lowest, fmt.max)) — the clamp makes
         formats without saturation (``e4m3fn``: overflow → NaN) clip like integers do.
         """
-        from lowbit.formats._float64 import check_float_tensor
         from lowbit.quant.affine import fake_quantize_affine
+        from lowbit.quant.granularity import quantize_clipped
 
         if self.affine:
             return fake_quantize_affine(x, self._scale(x), self.zero_point, self.qmin, self.qmax, rounding, generator)
-        x = check_float_tensor(x)
-        s = self._scale(x)
-        if self.scale == 0.0:
-            return torch.zeros_like(x)
-        v = (x.detach().to(s.dtype) / s).clamp(self.low, float(self.format.max))
-        return (self.format.quantize(v, rounding, generator) * s).to(x.dtype)
+        return quantize_clipped(x, self.format, self._scale(x), rounding, generator)
 
 class _STE(torch.autograd.Function):
     """Forward ``fn(x)``, backward the identity (straight through)."""

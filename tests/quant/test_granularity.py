@@ -209,3 +209,27 @@ class TestQuantizeWithScale:
         assert torch.equal(a, b) and not torch.equal(a, c)
         # unbiased: the mean rounding error is far below the step
         assert abs(float((a - x.clamp(-2.4, 2.1)).mean())) < 0.03
+
+
+class TestQuantizeClipped:
+    """s · fmt.quantize(clamp(x / s, lowest, max)): quantize_with_scale for saturating formats, a clip otherwise."""
+
+    @pytest.mark.parametrize("spec", ["int8", "int4", "uint4", "fixed8_f4", "posit8_es2", "e4m3fn_sat"])
+    def test_equals_quantize_with_scale_for_saturating_formats(self, spec):
+        from lowbit.quant import quantize_clipped
+
+        x = torch.randn(500, generator=torch.Generator().manual_seed(3)) * 40
+        for s in (0.01, 0.3, 2.0):
+            assert torch.equal(quantize_clipped(x, spec, s), quantize_with_scale(x, spec, s)), (spec, s)
+
+    def test_overflowing_formats_saturate_and_zero_scale_gives_zeros(self):
+        from lowbit.quant import format_low, quantize_clipped
+
+        x = torch.tensor([1e6, -1e6, 3.0, float("nan")])
+        for spec in ("e4m3fn", "e5m2"):
+            fmt = lb.parse_format(spec)
+            got = quantize_clipped(x, fmt, 0.5)
+            assert got[:3].tolist() == [fmt.max * 0.5, -fmt.max * 0.5, 3.0] and torch.isnan(got[3])
+            assert format_low(fmt) == -fmt.max
+        assert torch.equal(quantize_clipped(x[:3], "int8", 0.0), torch.zeros(3))
+        assert format_low(lb.parse_format("int8")) == -128.0 and format_low(lb.parse_format("ufixed8_f4")) == 0.0
