@@ -21,7 +21,7 @@ import json
 import math
 from typing import Any, Mapping
 
-from lowbit.formats import NumberFormat, parse_format
+from lowbit.formats import LearnedFormat, NumberFormat, parse_format
 from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
 from lowbit.quant.granularity import Granularity, as_granularity
 
@@ -33,8 +33,6 @@ ROLES = ("weight", "bias", "input", "output", "grad")
 #: Scale rules: per-tensor power-of-two scales (see lowbit.simulate.scaling), per-granule float
 #: scales from the tensor itself ("absmax"), or a fixed calibrated range ("static").
 SCALINGS = ("histogram", "amax", "absmax", "static")
-#: formats that fit their own levels, per tensor or (granularity "channel") per output channel
-LEARNED_FAMILIES = ("binary", "ternary", "codebook")
 #: roles that can take a calibrated ``range`` (activations; weights use "absmax" per granule)
 STATIC_ROLES = ("input", "output")
 CONFIG_VERSION = 1
@@ -132,7 +130,7 @@ class RoleConfig:
             granularity = None if value.get("granularity") is None else as_granularity(value["granularity"])
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
-        fitted = fmt.family in LEARNED_FAMILIES
+        fitted = isinstance(fmt, LearnedFormat)  # fits its levels per tensor, or per output channel
         if granularity is not None and granularity.kind != "tensor" and scaling != "absmax" and not (
                 fitted and scaling is None):
             raise _fail(where, f"granularity {granularity.kind!r} needs scaling='absmax' (per-granule scales); "

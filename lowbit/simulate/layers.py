@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.formats import NumberFormat
+from lowbit.formats import LearnedFormat, NumberFormat
 from lowbit.simulate.fake_quant import fake_quantize
 from lowbit.simulate.scaling import ScaleTracker
 
@@ -51,7 +51,7 @@ class RoleQuantizer:
                         else ScaleTracker(fmt, scaling, every, history))
         #: a fitted format (binary, ternary, codebook) fitted per output channel
         self.per_channel_fit = (scaling is None and granularity is not None and granularity.kind == "channel"
-                                and hasattr(fmt, "quantize_channels"))
+                                and isinstance(fmt, LearnedFormat))
         self.generator: "torch.Generator | None" = None
         if rounding == "stochastic" and seed is not None:
             self.generator = torch.Generator().manual_seed(seed)
