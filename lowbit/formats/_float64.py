@@ -71,10 +71,15 @@ def round_float64_to(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         r64 = torch.round(safe * pow2(-qexp)) * pow2(qexp)  # torch.round: half to even, exact here
         r64 = torch.where(finite_nonzero, torch.copysign(r64, c), c)
         r = r64.to(dtype)  # exact: r64 is representable in dtype and within its range
+        if dtype == torch.bfloat16:  # torch's vectorized cast makes NaN 0xFFFF, its scalar one 0x7FC0
+            r = torch.where(torch.isnan(r), _BF16_NAN, r)
     lost = (r == 0) & (v != 0) & ~torch.isnan(v)
     if bool(lost.any()):
         r = torch.where(lost, torch.copysign(torch.full_like(r, tiny), v.to(r.dtype)), r)
     return r
+
+
+_BF16_NAN = torch.tensor(float("nan"), dtype=torch.bfloat16)  # the canonical NaN, 0x7FC0
 
 
 def _clamp_finite(v: torch.Tensor, fmax: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lowbit as lb
@@ -230,6 +231,48 @@ class TestMemory:
             assert torch.equal(a, y) and torch.equal(b, y) and torch.equal(c, y)
             assert torch.equal(packed(x), y)  # with autograd: a fresh weight per forward
         assert staging_nbytes() >= 4 * 16 * 4 * 4 * 10  # the largest layer's weight, once
+
+    def test_prepared_staging_decode_follows_every_change_to_the_layer(self) -> None:
+        # the no-grad forward keeps a prepared kernel call per layer (storage.modules._StagedPlan);
+        # new codes, a dtype cast, the cache switched on, a larger layer growing the staging
+        # buffer and another thread must each give the right weight, never a stale one
+        import threading
+
+        from lowbit.storage.modules import _STAGING
+
+        torch.manual_seed(1)
+        x = torch.randn(3, 24)
+        first, second = nn.Linear(24, 16), nn.Linear(24, 16)
+        fmt = lb.parse_format("posit8_es2")
+        packed = pack_(copy.deepcopy(first), fmt)
+        with torch.no_grad():
+            assert torch.equal(packed(x), F.linear(x, fmt.quantize(first.weight), first.bias))
+            packed.load_state_dict(second.state_dict())  # float weight: re-quantized, new codes
+            assert torch.equal(packed(x), F.linear(x, fmt.quantize(second.weight), second.bias))
+            with torch.no_grad():
+                packed.weight_packed.copy_(PackedTensor.from_tensor(first.weight, fmt).data)  # in place
+            assert torch.equal(packed(x), F.linear(x, fmt.quantize(first.weight), second.bias))
+            pack_(nn.Linear(4096, 300), fmt)(torch.zeros(1, 4096))  # grows this thread's staging buffer
+            assert torch.equal(packed(x), F.linear(x, fmt.quantize(first.weight), second.bias))
+            # ... and the layer decodes into the new buffer: no old one stays pinned
+            staging = _STAGING.bufs[torch.float32]
+            assert staging.numel() >= 4096 * 300
+            assert packed._lowbit_weight().untyped_storage().data_ptr() == staging.untyped_storage().data_ptr()
+            packed.double()
+            y64 = packed(x.double())
+            assert y64.dtype == torch.float64
+            assert torch.equal(y64, F.linear(x.double(), fmt.quantize(first.weight.double()), second.bias.double()))
+            packed.float()
+            packed.cache = True
+            y = packed(x)
+            assert packed.cache_nbytes == 4 * 24 * 16 and torch.equal(y, F.linear(x, fmt.quantize(first.weight), second.bias))
+            packed.cache = False
+            packed.clear_cache()
+            got: list[torch.Tensor] = []
+            worker = threading.Thread(target=lambda: got.append(torch.no_grad()(packed)(x)))
+            worker.start()
+            worker.join()
+            assert torch.equal(got[0], y) and torch.equal(packed(x), y)
 
     def test_tied_weights_stay_tied(self) -> None:
         emb, head = nn.Embedding(30, 8), nn.Linear(8, 30, bias=False)
