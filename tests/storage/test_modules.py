@@ -150,6 +150,24 @@ class TestPackedEqualsSimulated:
             assert torch.equal(packed.weight, packed.packed_weight.decode())
             assert torch.equal(packed.weight, sim._lowbit_weight())
 
+    @pytest.mark.parametrize("spec", ["e2m3fn", "int3", "int4", "posit8_es2", "posit10_es1"])
+    @pytest.mark.parametrize("shape", [(7, 1000), (3, 4096), (5, 8193), (1, 10001)])
+    def test_scaled_decode_of_large_weights_in_chunks(self, spec: str, shape: "tuple[int, int]") -> None:
+        # the numba decode scales chunk by chunk (_decode_numba.SCALE_CHUNK = 4096 codes): rows that
+        # straddle chunks, chunks that straddle rows, a row exactly one chunk and ragged tails must
+        # all give the simulated weight bit for bit, with and without staging
+        torch.manual_seed(3)
+        layer = nn.Linear(shape[1], shape[0])
+        for granularity in ("tensor", "channel"):
+            cfg = {"weight": {"format": spec, "scaling": "absmax", "granularity": granularity}}
+            sim = lb.quantize_(copy.deepcopy(layer), cfg)
+            packed = pack_(copy.deepcopy(sim))
+            expected = sim._lowbit_weight()
+            assert torch.equal(packed.weight, expected)
+            with torch.no_grad():
+                assert torch.equal(packed._lowbit_weight(), expected)
+                assert torch.equal(packed._lowbit_weight(), expected)  # the prepared call, again
+
     def test_power_of_two_scaling_folds_into_the_format(self) -> None:
         layer, x, _ = _layer("linear")
         with torch.no_grad():
