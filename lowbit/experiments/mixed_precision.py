@@ -17,6 +17,13 @@ format per layer:
    KL to the FP32 model); a point is on the front when nothing at most as large is at least as
    accurate (the rule of `lowbit.quant.pareto_front`).
 
+4. **The bar across training seeds**: the plan at 5 bits/weight against every uniform 5-bit format,
+   on this model and on ``bar_repeats`` more LeNet-5s trained from other seeds (each scanned and
+   allocated the same way). Two comparators: the uniform format a user would pick *without* the
+   test set (least KL on the training images, as the plan is picked) and, optimistically, the one
+   that turns out best on the test set; per-seed rows, pooled discordant test images and an exact
+   sign test say whether a difference is more than chance.
+
 No test image is used to choose anything. Sizes count everything a layer's weight stores: element
 codes, and for ``int<n>/ch`` one FP32 scale per output channel (added to the scan's storage bits
 before allocation, so budgets include them; ``scale_bits`` in the rows). Power-of-two scales are
@@ -71,6 +78,7 @@ def config(quick: bool = False, seed: int = 0) -> "dict[str, Any]":
         "minifloat_max_exp": 5,
         "calibration_images": 1024 if quick else 4096,  # training images for the KL scan and plan verification
         "verify": 4 if quick else 8,  # DP-frontier plans measured (KL, training images) per budget
+        "bar_repeats": 0 if quick else 4,  # the bar again on LeNet-5s trained with seeds seed+1 ... seed+k
         "test_subset": 4000 if quick else None,
         "epochs": None,  # None: the flagship's (shared cache)
         "train_subset": None,
@@ -213,7 +221,91 @@ def _run(data: Any, cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
                  "test_kl": 0.0, "drop_points": 0.0, "pareto": False, "method": "", "formats": {}, "specs": {}})
     mark_pareto([r for r in rows if r["kind"] in ("plan", "uniform", "full")])
     rows.extend(bar_rows(rows, correct=correct))
+    bar_plan = next((p for (kind, _, b), p in zip(names, plans) if kind == "plan" and b == BAR_BITS), None)
+    trials = [bar_trial(model, report, calib, images, labels, cfg, seed=int(cfg["seed"]), fp32=fp32, plan=bar_plan)]
+    repeats = int(cfg["bar_repeats"])
+    task = progress.add_task("bar across seeds", total=repeats) if progress is not None and repeats else None
+    for extra in range(1, repeats + 1):
+        seed = int(cfg["seed"]) + extra
+        other = trained_model(data, {**cfg, "seed": seed}, ctx)
+        m = copy.deepcopy(other.model).eval().to(memory_format=torch.channels_last)
+        rep = with_scale_costs(sensitivity_scan(m, candidates_for(cfg), "kl", data=calib), m)
+        trials.append(bar_trial(m, rep, calib, images, labels, cfg, seed=seed, fp32=evaluate(m, images, labels)))
+        if task is not None:
+            progress.advance(task)
+    rows.extend({**base, **t} for t in trials)
+    rows.append({**base, **bar_summary(trials)})
     return rows
+
+
+def bar_trial(model: nn.Module, report: SensitivityReport, calib: torch.Tensor, images: torch.Tensor,
+              labels: torch.Tensor, cfg: "dict[str, Any]", *, seed: int, fp32: float,
+              plan: "Plan | None" = None) -> "dict[str, Any]":
+    """The bar on one trained model: its plan at `BAR_BITS` bits/weight (allocated here unless given)
+    against every uniform `BAR_BITS`-bit format, on the test set (top-1, KL) and on the calibration
+    images (KL: how the plan was chosen, and how a user would choose a uniform format)."""
+    if plan is None:
+        plan = allocate(report, avg_bits=BAR_BITS, model=model, metric="kl", data=calib, verify=int(cfg["verify"]))
+    labels_by = {f: f"int{BAR_BITS}/ch" if f == "int/ch" else f"{f}{BAR_BITS}" for f in cfg["families"]}
+    candidates = {"plan": plan, **{lab: uniform_plan(report, lab) for lab in labels_by.values()}}
+    test_ref, calib_ref = _logits(model, images), _logits(model, calib)
+    measured: "dict[str, dict[str, Any]]" = {}
+    correct: "dict[str, torch.Tensor]" = {}
+    for name, p in candidates.items():
+        quantize_(model, p.to_config())
+        try:
+            logits = _logits(model, images)
+            acc, kl = _top1_kl(logits, test_ref, labels)
+            calib_kl = _top1_kl(_logits(model, calib), calib_ref, calib_ref.argmax(1))[1]
+        finally:
+            dequantize_(model)
+        correct[name] = logits.argmax(1) == labels
+        measured[name] = {"accuracy": acc, "test_kl": kl, "calib_kl": calib_kl, "avg_bits": p.avg_bits,
+                          "within_budget": p.total_bits <= plan.budget_bits}
+    uniform = [lab for lab in labels_by.values()]
+    chosen = min(uniform, key=lambda lab: (measured[lab]["calib_kl"], lab))
+    best = max(uniform, key=lambda lab: (measured[lab]["accuracy"], -measured[lab]["avg_bits"]))
+
+    def split(other: str) -> "tuple[int, int]":
+        return int((correct["plan"] & ~correct[other]).sum()), int((correct[other] & ~correct["plan"]).sum())
+
+    (a1, b1), (a2, b2) = split(chosen), split(best)
+    return {"kind": "bar_trial", "name": f"seed {seed}", "seed": seed, "budget_avg_bits": BAR_BITS,
+            "fp32_accuracy": fp32, "plan_accuracy": measured["plan"]["accuracy"], "plan": measured["plan"],
+            "plan_formats": plan.formats, "uniform": {lab: measured[lab] for lab in uniform},
+            "chosen_uniform": chosen, "chosen_accuracy": measured[chosen]["accuracy"],
+            "best_uniform": best, "best_accuracy": measured[best]["accuracy"],
+            "only_plan_right_vs_chosen": a1, "only_chosen_right": b1,
+            "only_plan_right_vs_best": a2, "only_best_right": b2}
+
+
+def bar_summary(trials: "list[dict[str, Any]]") -> "dict[str, Any]":
+    """The bar over all `bar_trial` rows: mean accuracies, per-seed wins / ties / losses of the plan,
+    and the pooled discordant test images with their sign-test p-value, against both comparators.
+
+    >>> t = [{"seed": s, "plan_accuracy": p, "chosen_accuracy": c, "best_accuracy": b, "fp32_accuracy": f,
+    ...       "only_plan_right_vs_chosen": a1, "only_chosen_right": b1, "only_plan_right_vs_best": a2,
+    ...       "only_best_right": b2} for s, p, c, b, f, a1, b1, a2, b2 in
+    ...      [(0, .99, .98, .99, .99, 12, 2, 3, 3), (1, .97, .98, .98, .98, 1, 11, 1, 11)]]
+    >>> r = bar_summary(t); r["wins_vs_chosen"], r["ties_vs_chosen"], r["losses_vs_chosen"], r["pooled_vs_chosen"]
+    (1, 0, 1, [13, 13])
+    >>> r["sign_test_p_vs_chosen"], r["ties_vs_best"], r["mean_plan_accuracy"]
+    (1.0, 1, 0.98)
+    """
+    out: "dict[str, Any]" = {"kind": "bar_summary", "name": f"plan@{BAR_BITS} over {len(trials)} seed(s)",
+                             "budget_avg_bits": BAR_BITS, "seeds": [t["seed"] for t in trials]}
+    for key in ("fp32", "plan", "chosen", "best"):
+        out[f"mean_{key}_accuracy"] = round(sum(t[f"{key}_accuracy"] for t in trials) / len(trials), 6)
+    for who in ("chosen", "best"):
+        diffs = [t["plan_accuracy"] - t[f"{who}_accuracy"] for t in trials]
+        out[f"wins_vs_{who}"] = sum(d > 0 for d in diffs)
+        out[f"ties_vs_{who}"] = sum(d == 0 for d in diffs)
+        out[f"losses_vs_{who}"] = sum(d < 0 for d in diffs)
+        a = sum(t[f"only_plan_right_vs_{who}"] for t in trials)
+        b = sum(t[f"only_{who}_right"] for t in trials)
+        out[f"pooled_vs_{who}"] = [a, b]
+        out[f"sign_test_p_vs_{who}"] = sign_test(a, b)
+    return out
 
 
 def _logits(model: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
@@ -434,6 +526,7 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
         if not bar["plan_ge_uniform"]:
             out += ["The allocator guarantees plan ≥ every uniform plan that fits *in the metric it verifies with* "
                     "(KL on training images); on test accuracy that ordering can flip by a few images.", ""]
+    out += _seeds_section(rows)
     out += [
         "## Plans and uniform formats (test set)",
         "",
@@ -471,6 +564,42 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
         out.append(f"plan@{BAR_BITS} gives " + ", ".join(f"{k} {b} bits" for k, b in widths.items())
                    + f" — {most} at {widths.get(most, '?')} bits, {least} at {widths.get(least, '?')}.")
     return "\n".join(out)
+
+
+def _seeds_section(rows: "list[dict[str, Any]]") -> "list[str]":
+    """The bar on every trained model (`bar_trial` rows) and over all of them (`bar_summary`)."""
+    trials = [r for r in rows if r["kind"] == "bar_trial"]
+    summary = next((r for r in rows if r["kind"] == "bar_summary"), None)
+    if not trials or summary is None:
+        return []
+    labels = list(trials[0]["uniform"])
+    bits = summary["budget_avg_bits"]
+    out = [f"## The bar at {bits:g} bits per weight on {len(trials)} trained model(s)", "",
+           f"Each LeNet-5 trained from its own seed, scanned and allocated as above. *chosen*: the uniform "
+           f"{bits:g}-bit format with the least KL on the training images — the one a user would pick without "
+           "the test set, by the rule that picks the plan; *best on test*: the uniform format that turns out most "
+           "accurate on the test set (an optimistic comparator: the maximum of "
+           f"{len(labels)} noisy accuracies). Top-1 % on the test set:", "",
+           "| seed | FP32 | plan | " + " | ".join(labels) + " | chosen | plan − chosen | plan − best on test |",
+           "|---:|---:|---:|" + "---:|" * len(labels) + "---|---:|---:|"]
+    for t in trials:
+        out.append(f"| {t['seed']} | {_pct(t['fp32_accuracy'])} | **{_pct(t['plan_accuracy'])}** | "
+                   + " | ".join(_pct(t["uniform"][lab]["accuracy"]) for lab in labels)
+                   + f" | {t['chosen_uniform']} | {100 * (t['plan_accuracy'] - t['chosen_accuracy']):+.2f} | "
+                   f"{100 * (t['plan_accuracy'] - t['best_accuracy']):+.2f} |")
+    out.append(f"| mean | {_pct(summary['mean_fp32_accuracy'])} | **{_pct(summary['mean_plan_accuracy'])}** | "
+               + " | ".join(_pct(sum(t["uniform"][lab]["accuracy"] for t in trials) / len(trials)) for lab in labels)
+               + f" | | {100 * (summary['mean_plan_accuracy'] - summary['mean_chosen_accuracy']):+.2f} | "
+               f"{100 * (summary['mean_plan_accuracy'] - summary['mean_best_accuracy']):+.2f} |")
+    out.append("")
+    for who, text in (("chosen", "the chosen uniform format"), ("best", "the best uniform format on test")):
+        a, b = summary[f"pooled_vs_{who}"]
+        out.append(f"- plan vs {text}: {summary[f'wins_vs_{who}']} seed(s) better, {summary[f'ties_vs_{who}']} "
+                   f"equal, {summary[f'losses_vs_{who}']} worse; over all seeds the plan alone is right on {a} "
+                   f"test images and {text} alone on {b} (sign test p = {summary[f'sign_test_p_vs_{who}']:.2f}).")
+    kl_wins = sum(t["plan"]["test_kl"] <= min(u["test_kl"] for u in t["uniform"].values()) for t in trials)
+    out += [f"- test KL to the FP32 model: the plan is lowest of all on {kl_wins} of {len(trials)} seed(s).", ""]
+    return out
 
 
 def _scale_overhead(rows: "list[dict[str, Any]]") -> str:

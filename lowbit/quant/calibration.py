@@ -52,6 +52,8 @@ CALIBRATED_LAYERS: "tuple[type[nn.Module], ...]" = (
 )
 
 ObserverFactory = Callable[[], Observer]
+#: ``(layer name, role) -> Observer``, or None to leave that role of that layer unobserved
+LayerObserverFactory = Callable[[str, str], "Observer | None"]
 
 
 def _check_roles(roles: "Iterable[str] | str") -> "tuple[str, ...]":
@@ -94,6 +96,8 @@ class Calibration:
         observer: "ObserverFactory | Mapping[str, ObserverFactory]" = MinMaxObserver,
         layers: "tuple[type[nn.Module], ...]" = CALIBRATED_LAYERS,
         filter_fn: "Callable[[str, nn.Module], bool] | None" = None,
+        *,
+        layer_observer: "LayerObserverFactory | None" = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -107,14 +111,19 @@ class Calibration:
         if not self.layers:
             raise ValueError(f"model has no layer to calibrate (types {', '.join(t.__name__ for t in layers)}"
                              f"{', filtered by filter_fn' if filter_fn is not None else ''})")
+        if layer_observer is not None and not callable(layer_observer):
+            raise TypeError(f"layer_observer must be a callable (layer name, role) -> Observer | None, "
+                            f"got {type(layer_observer).__name__}")
         self.observers: dict[str, dict[str, Observer]] = {}
         for name in self.layers:
             self.observers[name] = {}
             for role in self.roles:
-                obs = factories[role]()
+                obs = factories[role]() if layer_observer is None else layer_observer(name, role)
+                if obs is None and layer_observer is not None:
+                    continue  # this role of this layer is not observed
                 if not isinstance(obs, Observer):
-                    raise TypeError(f"observer factory for role {role!r} returned {type(obs).__name__}, "
-                                    f"not an Observer")
+                    raise TypeError(f"observer factory for layer {name!r}, role {role!r} returned "
+                                    f"{type(obs).__name__}, not an Observer")
                 self.observers[name][role] = obs
         self.ranges: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.unseen: list[str] = []
@@ -192,12 +201,16 @@ def calibration(
     observer: "ObserverFactory | Mapping[str, ObserverFactory]" = MinMaxObserver,
     layers: "tuple[type[nn.Module], ...]" = CALIBRATED_LAYERS,
     filter_fn: "Callable[[str, nn.Module], bool] | None" = None,
+    *,
+    layer_observer: "LayerObserverFactory | None" = None,
 ) -> Calibration:
     """A context manager that records per-layer ranges (see the module docstring).
 
     ``observer``: a factory (an `Observer` class or a zero-argument callable) used for every
-    role, or ``{role: factory}``. ``layers``: layer types to hook; ``filter_fn(name, module)``
-    narrows them further. The block does not change the model's mode or grad state.
+    role, or ``{role: factory}``. ``layer_observer(name, role)``, if given, makes each layer's
+    observer instead (None: that role of that layer is not observed), e.g. one that knows the
+    layer's format. ``layers``: layer types to hook; ``filter_fn(name, module)`` narrows them
+    further. The block does not change the model's mode or grad state.
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
@@ -206,7 +219,7 @@ def calibration(
     >>> float(cal.ranges["0"]["input"][0])
     -3.0
     """
-    return Calibration(model, roles, observer, layers, filter_fn)
+    return Calibration(model, roles, observer, layers, filter_fn, layer_observer=layer_observer)
 
 
 def _run_batch(model: nn.Module, batch: Any) -> None:

@@ -188,9 +188,11 @@ def calibrate_config(
     if not todo:
         return cfg
     wanted = tuple(r for r in STATIC_ROLES if any(r in roles for roles in todo.values()))
-    cal = Calibration(model, wanted, MinMaxObserver, filter_fn=lambda n, m: n in todo)
-    for name, roles in todo.items():  # format-aware observers, only for the roles each layer needs
-        cal.observers[name] = {r: factories[r](fmt) for r, fmt in roles.items()}
+    def layer_observer(name: str, role: str) -> "Observer | None":  # format-aware, only where needed
+        fmt = todo[name].get(role)
+        return None if fmt is None else factories[role](fmt)
+
+    cal = Calibration(model, wanted, filter_fn=lambda n, m: n in todo, layer_observer=layer_observer)
     run_calibration(model, cal, data, max_batches, forward)
     missing = [f"{n}.{r}" for n, roles in todo.items() for r in roles if r not in cal.ranges.get(n, {})]
     if missing:

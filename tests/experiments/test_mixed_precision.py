@@ -19,6 +19,7 @@ TINY = {
     "calibration_images": 128,
     "epochs": {"digits": 2},
     "threads": 1,
+    "bar_repeats": 1,
 }
 LAYERS = {"conv1": (16, 9), "conv2": (32, 144), "fc1": (10, 128)}  # digits-cnn: out channels, fan-in
 POINT_KEYS = {"dataset", "model", "kind", "name", "family", "bits", "budget_avg_bits", "avg_bits", "total_bits",
@@ -104,6 +105,39 @@ def test_bar_row(tiny):
     assert mp.sign_test(3, 3) == 1.0 and mp.sign_test(0, 0) == 1.0
     text = (tiny.out_dir / "report.md").read_text()
     assert "The bar at 5 bits" in text and "pareto.png" in text
+
+
+def test_bar_across_seeds(tiny):
+    trials = [r for r in tiny.rows if r["kind"] == "bar_trial"]
+    assert [t["seed"] for t in trials] == [1, 2]  # the run's seed, then bar_repeats more
+    main = trials[0]
+    plan = next(r for r in tiny.rows if r["kind"] == "plan" and r["budget_avg_bits"] == 5.0)
+    uniform5 = {r["name"]: r for r in tiny.rows if r["kind"] == "uniform" and r["bits"] == 5}
+    # the run's own model: the same plan and the same uniform points as the sweep measured
+    assert main["plan_formats"] == plan["formats"] and main["plan_accuracy"] == plan["accuracy"]
+    assert main["plan"]["test_kl"] == pytest.approx(plan["test_kl"], rel=1e-9)
+    assert set(main["uniform"]) == set(uniform5)
+    for name, u in main["uniform"].items():
+        assert u["accuracy"] == uniform5[name]["accuracy"]
+    n_test = 500
+    for t in trials:
+        assert t["plan"]["within_budget"] and t["plan"]["avg_bits"] <= 5.0
+        us = t["uniform"]
+        assert t["chosen_uniform"] == min(us, key=lambda k: (us[k]["calib_kl"], k))
+        assert t["best_accuracy"] == max(u["accuracy"] for u in us.values())
+        assert t["chosen_accuracy"] == us[t["chosen_uniform"]]["accuracy"]
+        a, b = t["only_plan_right_vs_chosen"], t["only_chosen_right"]
+        assert a - b == round((t["plan_accuracy"] - t["chosen_accuracy"]) * n_test)
+        assert 0 <= t["fp32_accuracy"] <= 1
+    assert trials[1]["fp32_accuracy"] != trials[0]["fp32_accuracy"] or trials[1]["plan"] != trials[0]["plan"]
+    summary = [r for r in tiny.rows if r["kind"] == "bar_summary"]
+    assert len(summary) == 1 and summary[0]["seeds"] == [1, 2]
+    s = summary[0]
+    assert s["pooled_vs_chosen"] == [sum(t["only_plan_right_vs_chosen"] for t in trials),
+                                     sum(t["only_chosen_right"] for t in trials)]
+    assert s["wins_vs_best"] + s["ties_vs_best"] + s["losses_vs_best"] == 2
+    assert s["mean_plan_accuracy"] == pytest.approx(sum(t["plan_accuracy"] for t in trials) / 2)
+    assert "trained model(s)" in (tiny.out_dir / "report.md").read_text()
 
 
 def test_family_candidates():

@@ -57,6 +57,31 @@ class TestCalibration:
         with pytest.raises(ValueError, match=r"no factory for role\(s\) \['weight'\]"):
             calibration(model, roles=("input", "weight"), observer={"input": MinMaxObserver})
 
+    def test_layer_observer_makes_each_layers_observers(self):
+        # one observer per (layer, role) from a callable that sees the layer's name; None leaves
+        # that role of that layer unobserved (calibrate_config uses this for format-aware observers)
+        model, data = _model(), _data()
+        made: "list[tuple[str, str]]" = []
+
+        def layer_observer(name: str, role: str):
+            made.append((name, role))
+            if (name, role) == ("2", "output"):
+                return None
+            return MinMaxObserver(Granularity.channel(1)) if name == "0" else MinMaxObserver()
+
+        with calibration(model, roles=("input", "output"), layer_observer=layer_observer) as cal:
+            for x in data:
+                model(x)
+        assert sorted(made) == [("0", "input"), ("0", "output"), ("2", "input"), ("2", "output")]
+        assert set(cal.ranges["0"]) == {"input", "output"} and set(cal.ranges["2"]) == {"input"}
+        x = torch.cat(data)
+        assert torch.equal(cal.ranges["0"]["input"][1], x.amax(0, keepdim=True))  # per channel
+        assert cal.ranges["2"]["input"][1].dim() == 0  # per tensor
+        with pytest.raises(TypeError, match=r"layer '0', role 'input' returned str"):
+            calibration(model, layer_observer=lambda name, role: "minmax")
+        with pytest.raises(TypeError, match="layer_observer must be a callable"):
+            calibration(model, layer_observer="minmax")
+
     def test_quantized_layers_see_the_float_input(self):
         model, data = _model(), _data()
         ref = calibrate(model, data, roles=("input",))
