@@ -596,7 +596,9 @@ def _seeds_section(rows: "list[dict[str, Any]]") -> "list[str]":
         a, b = summary[f"pooled_vs_{who}"]
         out.append(f"- plan vs {text}: {summary[f'wins_vs_{who}']} seed(s) better, {summary[f'ties_vs_{who}']} "
                    f"equal, {summary[f'losses_vs_{who}']} worse; over all seeds the plan alone is right on {a} "
-                   f"test images and {text} alone on {b} (sign test p = {summary[f'sign_test_p_vs_{who}']:.2f}).")
+                   f"test images and {text} alone on {b} (sign test p = {summary[f'sign_test_p_vs_{who}']:.2f}"
+                   + ("; this comparator is picked by looking at these same images, so the p-value overstates "
+                      "the difference)." if who == "best" else ")."))
     kl_wins = sum(t["plan"]["test_kl"] <= min(u["test_kl"] for u in t["uniform"].values()) for t in trials)
     out += [f"- test KL to the FP32 model: the plan is lowest of all on {kl_wins} of {len(trials)} seed(s).", ""]
     return out
