@@ -113,12 +113,55 @@ def round_fraction(q: Fraction, man_bits: int, min_exponent: int) -> float:
     return math.copysign(math.ldexp(k, quantum), q)
 
 
+def granule_grid(shape: "tuple[int, ...]", axis: int = 0, group_size: "int | None" = None) -> "tuple[int, ...]":
+    """The number of granules along each dimension: per channel along ``axis`` (``group_size``
+    None) or per ``group_size`` contiguous elements along ``axis``.
+
+    >>> granule_grid((8, 64), 0), granule_grid((8, 64), 1), granule_grid((8, 64), 1, group_size=16)
+    ((8, 1), (1, 64), (8, 4))
+    """
+    nd = len(shape)
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -nd <= axis < nd:
+        raise ValueError(f"axis={axis!r} is out of range for a tensor of shape {tuple(shape)}; "
+                         f"allowed: an int in [{-nd}, {nd - 1}]")
+    a = axis % nd
+    if group_size is None:
+        return tuple(n if d == a else 1 for d, n in enumerate(shape))
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size={group_size!r}; allowed: an int >= 1")
+    if shape[a] % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the length {shape[a]} of axis {axis} "
+                         f"(shape {tuple(shape)}); allowed: a divisor of {shape[a]}")
+    return tuple(n // group_size if d == a else n for d, n in enumerate(shape))
+
+
+def to_granule_rows(x: torch.Tensor, grid: "tuple[int, ...]") -> torch.Tensor:
+    """``x`` as one row per granule of ``grid`` (row-major over the grid): shape (granules, elements each)."""
+    shape = tuple(x.shape)
+    block = [n // g for n, g in zip(shape, grid)]
+    v = x.reshape([d for pair in zip(grid, block) for d in pair])
+    nd = len(shape)
+    v = v.permute([2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)])
+    return v.reshape(math.prod(grid), math.prod(block))
+
+
+def from_granule_rows(rows: torch.Tensor, shape: "tuple[int, ...]", grid: "tuple[int, ...]") -> torch.Tensor:
+    """Inverse of `to_granule_rows`."""
+    nd = len(shape)
+    block = [n // g for n, g in zip(shape, grid)]
+    v = rows.reshape(*grid, *block)
+    inverse = [0] * (2 * nd)
+    for i in range(nd):
+        inverse[2 * i], inverse[2 * i + 1] = i, nd + i
+    return v.permute(inverse).contiguous().reshape(shape)  # contiguous: ops on it must not see a strided layout
+
+
 class LearnedFormat(NumberFormat):
     """Shared checks and codec of the formats fitted per tensor (binary, ternary, codebook).
 
-    Per channel: `encode_channels` fits one set of parameters per index of axis 0 (per output
-    channel of a weight); the parameters then gain a leading dimension of that size and
-    ``decode_tensor`` reads either form.
+    Per channel or group: `encode_channels` fits one set of parameters per index of an axis (per
+    output channel of a weight) or per group of contiguous elements along an axis; the
+    parameters then gain leading granule dimensions and ``decode_tensor`` reads every form.
     """
 
     data_dependent = True
@@ -180,28 +223,44 @@ class LearnedFormat(NumberFormat):
         x: torch.Tensor,
         rounding: "str | Rounding" = "nearest_even",
         generator: "torch.Generator | None" = None,
+        *,
+        axis: int = 0,
+        group_size: "int | None" = None,
     ) -> EncodedTensor:
-        """Codes of ``x`` with the levels fitted separately for every index of axis 0.
+        """Codes of ``x`` with the levels fitted separately per granule: per index of ``axis`` (per
+        channel), or per ``group_size`` contiguous elements along ``axis`` (per group).
 
-        Each parameter gets a leading dimension of size ``x.shape[0]`` (binary/ternary
-        ``scale``: shape (C,); codebook ``levels``: (C, 2^k)).
+        Each parameter gains leading dimensions, one entry per granule: per channel along axis 0
+        one dimension of size ``x.shape[0]`` (binary/ternary ``scale``: (C,); codebook ``levels``:
+        (C, 2^k)); otherwise the granule grid, ``x.shape`` with ``axis`` reduced to 1 (channel)
+        or to ``x.shape[axis] // group_size`` (group), e.g. (C_out, C_in // 32) for groups of 32
+        along axis 1 of a Linear weight. ``decode_tensor`` reads every form. Fitting runs once per
+        granule, so many small groups cost time (k-means per group for codebooks).
 
         >>> import torch
         >>> w = torch.tensor([[1.0, -3.0], [0.25, 0.5]])
         >>> enc = BinaryFormat().encode_channels(w)
         >>> enc.params["scale"].tolist(), BinaryFormat().decode_tensor(enc).tolist()
         ([2.0, 0.375], [[2.0, -2.0], [0.375, 0.375]])
+        >>> enc = BinaryFormat().encode_channels(w, axis=1)       # per column
+        >>> enc.params["scale"].tolist(), BinaryFormat().decode_tensor(enc).tolist()
+        ([[0.625, 1.75]], [[0.625, -1.75], [0.625, 1.75]])
         """
         x = check_float_tensor(x)
         if x.dim() == 0:
-            raise ValueError(f"{self}: per-channel fitting needs a tensor with at least one dimension")
-        parts = [self.encode_tensor(x[c], rounding, generator) for c in range(x.shape[0])]
-        if not parts:
+            raise ValueError(f"{self}: per-channel or per-group fitting needs a tensor with at least one dimension")
+        grid = granule_grid(tuple(x.shape), axis, group_size)
+        legacy = group_size is None and grid == (x.shape[0],) + (1,) * (x.dim() - 1)  # (C,) leading params
+        lead = (x.shape[0],) if legacy else grid
+        if x.numel() == 0:
             empty = self.encode_tensor(x.new_zeros(0), rounding, generator)
-            params = {k: v.new_zeros((0, *v.shape)) for k, v in empty.params.items()}
+            params = {k: v.new_zeros((*lead, *v.shape)) for k, v in empty.params.items()}
             return EncodedTensor(self, torch.zeros(x.shape, dtype=torch.uint8, device=x.device), params)
-        codes = torch.stack([p.codes for p in parts]).reshape(x.shape)
-        params = {k: torch.stack([p.params[k] for p in parts]) for k in parts[0].params}
+        rows = to_granule_rows(x, grid)
+        parts = [self.encode_tensor(rows[g], rounding, generator) for g in range(rows.shape[0])]
+        codes = from_granule_rows(torch.stack([p.codes for p in parts]), tuple(x.shape), grid)
+        params = {k: torch.stack([p.params[k] for p in parts]).reshape(*lead, *parts[0].params[k].shape)
+                  for k in parts[0].params}
         return EncodedTensor(self, codes, params)
 
     def quantize_channels(
@@ -209,15 +268,19 @@ class LearnedFormat(NumberFormat):
         x: torch.Tensor,
         rounding: "str | Rounding" = "nearest_even",
         generator: "torch.Generator | None" = None,
+        *,
+        axis: int = 0,
+        group_size: "int | None" = None,
     ) -> torch.Tensor:
-        """``x`` with levels fitted per index of axis 0 (see `encode_channels`), in x's dtype."""
-        return self.decode_tensor(self.encode_channels(x, rounding, generator), x.dtype)
+        """``x`` with levels fitted per channel or group (see `encode_channels`), in x's dtype."""
+        return self.decode_tensor(self.encode_channels(x, rounding, generator, axis=axis, group_size=group_size),
+                                  x.dtype)
 
     def per_channel(self, encoded: "EncodedTensor | Mapping[str, torch.Tensor]") -> bool:
-        """Whether ``encoded`` (or its ``params``) holds parameters fitted per channel (one more
-        leading dimension)."""
+        """Whether ``encoded`` (or its ``params``) holds parameters fitted per channel or group
+        (leading granule dimensions), rather than once for the whole tensor."""
         params = encoded.params if isinstance(encoded, EncodedTensor) else encoded
-        return any(isinstance(t, torch.Tensor) and t.dim() == self.PARAM_NDIM.get(k, -2) + 1
+        return any(isinstance(t, torch.Tensor) and k in self.PARAM_NDIM and t.dim() > self.PARAM_NDIM[k]
                    for k, t in params.items())
 
     def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -233,23 +296,40 @@ class LearnedFormat(NumberFormat):
         return round_float64_to(self._levels_of(flat, encoded), dtype).reshape(codes.shape)
 
     def _channel_values(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
-        """float64 values for per-channel parameters: a table of every code per channel, gathered."""
+        """float64 values for per-granule parameters: a table of every code per granule, gathered."""
         if codes.dim() == 0:
             raise ValueError(f"per-channel params of {self} need codes with at least one dimension")
-        channels = codes.shape[0]
+        shape = tuple(codes.shape)
+        grid = None
         for k, want in self.PARAM_NDIM.items():
             t = encoded.params.get(k)
-            if not isinstance(t, torch.Tensor) or t.dim() != want + 1 or t.shape[0] != channels:
+            lead = None if not isinstance(t, torch.Tensor) or t.dim() <= want else tuple(t.shape[: t.dim() - want])
+            g = None
+            if lead is not None and len(lead) == 1 and lead[0] == shape[0]:
+                g = lead + (1,) * (len(shape) - 1)  # one entry per index of axis 0
+            elif lead is not None and len(lead) == len(shape) and all(
+                    (p > 0 and n % p == 0) or n == p == 0 for n, p in zip(shape, lead)):
+                g = lead  # a granule grid
+            if g is None or (grid is not None and g != grid):
                 got = None if not isinstance(t, torch.Tensor) else tuple(t.shape)
-                raise ValueError(f"encoded.params[{k!r}] of {self} must hold one entry per channel: leading dimension "
-                                 f"{channels} (codes of shape {tuple(codes.shape)}), got shape {got}")
+                raise ValueError(f"encoded.params[{k!r}] of {self} must hold one entry per channel or group: leading "
+                                 f"dimension {shape[0]}, or a grid dividing the codes' shape {shape}, then "
+                                 f"{want} parameter dimension(s); got shape {got}")
+            grid = g
+        assert grid is not None
+        if codes.numel() == 0:
+            return torch.zeros(shape, dtype=torch.float64, device=codes.device)
+        n = math.prod(grid)
         every = torch.arange(1 << self.bits, device=codes.device)
         valid = ~self._unused(every)
-        tables = torch.full((channels, 1 << self.bits), float("nan"), dtype=torch.float64, device=codes.device)
-        for c in range(channels):
-            one = EncodedTensor(self, every[valid].to(torch.uint8), {k: v[c] for k, v in encoded.params.items()})
-            tables[c, valid] = self._levels_of(every[valid], one)
-        return tables.gather(1, codes.reshape(channels, -1).to(torch.int64))
+        tables = torch.full((n, 1 << self.bits), float("nan"), dtype=torch.float64, device=codes.device)
+        flat = {k: v.reshape(n, *v.shape[v.dim() - self.PARAM_NDIM[k]:]) for k, v in encoded.params.items()
+                if k in self.PARAM_NDIM}
+        for g in range(n):
+            one = EncodedTensor(self, every[valid].to(torch.uint8), {k: v[g] for k, v in flat.items()})
+            tables[g, valid] = self._levels_of(every[valid], one)
+        rows = to_granule_rows(codes, grid).to(torch.int64)
+        return from_granule_rows(tables.gather(1, rows), shape, grid)
 
     def _unused(self, codes: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(codes, dtype=torch.bool)

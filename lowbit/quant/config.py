@@ -57,8 +57,9 @@ class RoleConfig:
     onto the format's max (the usual symmetric per-channel int8 rule; any scalar format), with
     ``granularity`` ``"tensor"`` (default), ``"channel"`` (axis 0: output channels) or a
     `Granularity` / its dict (per group).
-    Binary, ternary and codebook formats fit their levels per tensor, or per output channel
-    (axis 0) with ``granularity="channel"`` and no scaling.
+    Binary, ternary and codebook formats fit their levels per tensor, or, with no scaling, per
+    channel (``granularity="channel"``: output channels, or any axis) or per group (e.g.
+    ``{"kind": "group", "axis": 1, "group_size": 32}``, codebook levels for every 32 inputs).
     absmax and static put the largest value on ``fmt.max``: right for integers, fixed point and
     minifloats, whose relative precision is the same across their range, but a posit is most
     precise near 1 and coarse near its max — for posits prefer ``"histogram"`` (weights) and the
@@ -130,15 +131,11 @@ class RoleConfig:
             granularity = None if value.get("granularity") is None else as_granularity(value["granularity"])
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
-        fitted = isinstance(fmt, LearnedFormat)  # fits its levels per tensor, or per output channel
+        fitted = isinstance(fmt, LearnedFormat)  # fits its levels per tensor, channel or group
         if granularity is not None and granularity.kind != "tensor" and scaling != "absmax" and not (
                 fitted and scaling is None):
             raise _fail(where, f"granularity {granularity.kind!r} needs scaling='absmax' (per-granule scales); "
                         f"scaling={scaling!r} is per tensor")
-        if fitted and granularity is not None and granularity.kind != "tensor" and not (
-                granularity.kind == "channel" and granularity.axis == 0):
-            raise _fail(where, f"{fmt} fits its levels per tensor or per channel along axis 0; "
-                        f"granularity {granularity.to_dict()} is not supported")
         every = value.get("every")
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise _fail(where, f"every={every!r}; allowed: None (once) or an int >= 1")

@@ -92,13 +92,19 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
         raise ValueError(f"on_unsupported={on_unsupported!r}; allowed: {', '.join(_ON_UNSUPPORTED)}")
     cfg = as_config(config)
     plan = resolve_layers(model, cfg)
-    for name, (_, _, layer) in plan.layers.items():  # check everything before changing anything
+    for name, (module, _, layer) in plan.layers.items():  # check everything before changing anything
         for role in ROLES:
             rc = getattr(layer, role)
             if rc is not None and rc.scaling == "static" and rc.range is None:
                 raise CalibrationError(f"layer {name!r} role {role!r}: scaling='static' has no calibrated range; "
                                        f"run cfg = lowbit.calibrate_config(model, config, data) first, or give "
                                        f"'range': [lo, hi]")
+            param = getattr(module, role, None) if role in ("weight", "bias") else None
+            if rc is not None and rc.granularity is not None and isinstance(param, torch.Tensor):
+                try:  # a channel axis or group size that does not fit the tensor: say so now, not mid-forward
+                    rc.granularity.stat_shape(param.shape)
+                except ValueError as err:
+                    raise ValueError(f"layer {name!r} role {role!r}: {err}") from None
     dequantize_(model)
     report = QuantizationReport(unsupported=dict(plan.unsupported), excluded=list(plan.excluded))
     for name, (module, qcls, layer) in plan.layers.items():

@@ -49,12 +49,18 @@ class RoleQuantizer:
             self.static = StaticRange(fmt, *range)
         self.tracker = (None if scaling is None or self.absmax or self.static is not None
                         else ScaleTracker(fmt, scaling, every, history))
-        #: a fitted format (binary, ternary, codebook) fitted per output channel
-        self.per_channel_fit = (scaling is None and granularity is not None and granularity.kind == "channel"
+        #: a fitted format (binary, ternary, codebook) fitted per channel or group (of ``granularity``)
+        self.per_channel_fit = (scaling is None and granularity is not None and granularity.kind != "tensor"
                                 and isinstance(fmt, LearnedFormat))
         self.generator: "torch.Generator | None" = None
         if rounding == "stochastic" and seed is not None:
             self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def fit_granules(self) -> "dict[str, Any]":
+        """``axis`` / ``group_size`` keywords of `LearnedFormat.encode_channels` for this role."""
+        g = self.granularity
+        return {"axis": g.axis, "group_size": g.group_size if g.kind == "group" else None}
 
     def current_format(self, x: "torch.Tensor | None" = None) -> NumberFormat:
         """The format with the scale in force (updated from ``x`` when given)."""
@@ -76,7 +82,8 @@ class RoleQuantizer:
     def __call__(self, x: torch.Tensor, backward: "RoleQuantizer | None" = None) -> torch.Tensor:
         if self.per_channel_fit:
             fmt = self.format
-            y = _STE.apply(x, lambda t: fmt.quantize_channels(t, self.rounding, self.generator))  # type: ignore[attr-defined]
+            y = _STE.apply(x, lambda t: fmt.quantize_channels(t, self.rounding, self.generator,  # type: ignore[attr-defined]
+                                                              **self.fit_granules))
             return y if backward is None else _gradient_only(y, backward)
         if self.static is not None:
             static = self.static
@@ -100,7 +107,9 @@ class RoleQuantizer:
         if self.static is not None:
             scale = f", static range=({self.static.lo:g}, {self.static.hi:g})"
         if self.per_channel_fit:
-            scale = ", fitted per channel"
+            g = self.granularity
+            scale = (f", fitted per channel (axis {g.axis})" if g.kind == "channel"
+                     else f", fitted per group of {g.group_size} (axis {g.axis})")
         return f"RoleQuantizer({self.format}, {self.rounding}{scale})"
 
 

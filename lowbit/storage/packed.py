@@ -308,7 +308,7 @@ def _absmax_scale_args(role: object, t: torch.Tensor) -> "dict[str, object]":
 def pack_for_role(role: object, t: torch.Tensor) -> "PackedTensor | None":
     """``t`` packed exactly as a role quantizer simulates it, when that needs more than a format:
     float scales (``scaling='absmax'``, per tensor / channel / group) or levels fitted per channel
-    (binary / ternary / codebook with ``granularity='channel'``). None for plain formats.
+    or group (binary / ternary / codebook with a channel or group granularity). None for plain formats.
     """
     fmt = role.format  # type: ignore[attr-defined]
     rounding, generator = role.rounding, role.generator  # type: ignore[attr-defined]
@@ -316,5 +316,6 @@ def pack_for_role(role: object, t: torch.Tensor) -> "PackedTensor | None":
         return PackedTensor.from_tensor(t.detach(), fmt, rounding, generator=generator,
                                         **_absmax_scale_args(role, t.detach()))  # type: ignore[arg-type]
     if getattr(role, "per_channel_fit", False):
-        return PackedTensor.from_encoded(fmt.encode_channels(t.detach(), rounding, generator), t.dtype)
+        return PackedTensor.from_encoded(
+            fmt.encode_channels(t.detach(), rounding, generator, **role.fit_granules), t.dtype)  # type: ignore[attr-defined]
     return None

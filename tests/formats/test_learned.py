@@ -299,7 +299,7 @@ def test_per_channel_params_must_match_the_channels():
     fmt = Codebook(2)
     enc = fmt.encode_channels(torch.randn(3, 8))
     bad = lb.EncodedTensor(fmt, enc.codes[:2], dict(enc.params))
-    with pytest.raises(ValueError, match=r"one entry per channel: leading dimension 2"):
+    with pytest.raises(ValueError, match=r"one entry per channel or group: leading dimension 2"):
         fmt.decode_tensor(bad)
     with pytest.raises(ValueError, match="at least one dimension"):
         fmt.encode_channels(torch.tensor(1.0))
