@@ -300,12 +300,26 @@ class LearnedFormat(NumberFormat):
         if codes.dim() == 0:
             raise ValueError(f"per-channel params of {self} need codes with at least one dimension")
         shape = tuple(codes.shape)
+        grid = self.granule_grid_of(encoded.params, shape)
+        if codes.numel() == 0:
+            return torch.zeros(shape, dtype=torch.float64, device=codes.device)
+        n = math.prod(grid)
+        flat = {k: v.reshape(n, *v.shape[v.dim() - self.PARAM_NDIM[k]:]) for k, v in encoded.params.items()
+                if k in self.PARAM_NDIM}
+        tables = self.granule_tables(flat).to(codes.device)
+        rows = to_granule_rows(codes, grid).to(torch.int64)
+        return from_granule_rows(tables.gather(1, rows), shape, grid)
+
+    def granule_grid_of(self, params: "Mapping[str, torch.Tensor]", shape: "tuple[int, ...]") -> "tuple[int, ...]":
+        """The granule grid (see `granule_grid`) that per-channel / per-group ``params`` imply for
+        codes of ``shape``; ValueError if they do not fit it."""
+        shape = tuple(shape)
         grid = None
         for k, want in self.PARAM_NDIM.items():
-            t = encoded.params.get(k)
+            t = params.get(k)
             lead = None if not isinstance(t, torch.Tensor) or t.dim() <= want else tuple(t.shape[: t.dim() - want])
             g = None
-            if lead is not None and len(lead) == 1 and lead[0] == shape[0]:
+            if lead is not None and len(lead) == 1 and len(shape) >= 1 and lead[0] == shape[0]:
                 g = lead + (1,) * (len(shape) - 1)  # one entry per index of axis 0
             elif lead is not None and len(lead) == len(shape) and all(
                     (p > 0 and n % p == 0) or n == p == 0 for n, p in zip(shape, lead)):
@@ -317,19 +331,15 @@ class LearnedFormat(NumberFormat):
                                  f"{want} parameter dimension(s); got shape {got}")
             grid = g
         assert grid is not None
-        if codes.numel() == 0:
-            return torch.zeros(shape, dtype=torch.float64, device=codes.device)
-        n = math.prod(grid)
-        every = torch.arange(1 << self.bits, device=codes.device)
-        valid = ~self._unused(every)
-        tables = torch.full((n, 1 << self.bits), float("nan"), dtype=torch.float64, device=codes.device)
-        flat = {k: v.reshape(n, *v.shape[v.dim() - self.PARAM_NDIM[k]:]) for k, v in encoded.params.items()
-                if k in self.PARAM_NDIM}
-        for g in range(n):
-            one = EncodedTensor(self, every[valid].to(torch.uint8), {k: v[g] for k, v in flat.items()})
-            tables[g, valid] = self._levels_of(every[valid], one)
-        rows = to_granule_rows(codes, grid).to(torch.int64)
-        return from_granule_rows(tables.gather(1, rows), shape, grid)
+        return grid
+
+    def granule_tables(self, params: "Mapping[str, torch.Tensor]") -> torch.Tensor:
+        """Every code's float64 value for each of G granules (NaN for unused codes): shape (G, 2^bits).
+
+        ``params``: each parameter with one leading dimension of size G (per-granule fits flattened).
+        Exactly the values ``decode_tensor`` gives granule by granule, computed for all at once.
+        """
+        raise NotImplementedError
 
     def _unused(self, codes: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(codes, dtype=torch.bool)
@@ -346,6 +356,18 @@ def _scalar_param(encoded: EncodedTensor, name: str, fmt: NumberFormat) -> float
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"encoded.params[{name!r}] of {fmt} must be finite and >= 0; got {v}")
     return v
+
+
+def _granule_scales(params: "Mapping[str, torch.Tensor]", fmt: NumberFormat) -> torch.Tensor:
+    """The per-granule ``scale`` parameter as float64 (G,), checked as `_scalar_param` checks one."""
+    t = params.get("scale")
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or not t.dtype.is_floating_point:
+        raise ValueError(f"encoded.params['scale'] of {fmt} must hold one float per channel or group")
+    s = t.to(torch.float64)
+    bad = ~torch.isfinite(s) | (s < 0)
+    if bool(bad.any()):
+        raise ValueError(f"encoded.params['scale'] of {fmt} must be finite and >= 0; got {float(s[bad][0])}")
+    return s
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -377,6 +399,10 @@ class BinaryFormat(LearnedFormat):
         s = _scalar_param(encoded, "scale", self)
         pos = torch.full(codes.shape, s, dtype=torch.float64, device=codes.device)
         return torch.where(codes == 1, -pos, pos)
+
+    def granule_tables(self, params: "Mapping[str, torch.Tensor]") -> torch.Tensor:  # noqa: D102
+        s = _granule_scales(params, self)
+        return torch.stack([s, -s], 1)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -427,6 +453,10 @@ class TernaryFormat(LearnedFormat):
         s = _scalar_param(encoded, "scale", self)
         pos = torch.full(codes.shape, s, dtype=torch.float64, device=codes.device)
         return torch.where(codes == 0, torch.zeros_like(pos), torch.where(codes == 3, -pos, pos))
+
+    def granule_tables(self, params: "Mapping[str, torch.Tensor]") -> torch.Tensor:  # noqa: D102
+        s = _granule_scales(params, self)
+        return torch.stack([torch.zeros_like(s), s, torch.full_like(s, float("nan")), -s], 1)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -551,3 +581,15 @@ class Codebook(LearnedFormat):
         if not bool(torch.isfinite(lv).all()):
             raise ValueError(f"encoded.params['levels'] of {self} must be finite")
         return lv[codes]
+
+    def granule_tables(self, params: "Mapping[str, torch.Tensor]") -> torch.Tensor:  # noqa: D102
+        levels = params.get("levels")
+        if not isinstance(levels, torch.Tensor) or levels.dim() != 2 or levels.shape[1] != self.num_levels \
+                or not levels.dtype.is_floating_point:
+            got = None if not isinstance(levels, torch.Tensor) else tuple(levels.shape)
+            raise ValueError(f"encoded.params['levels'] of {self} must hold {self.num_levels} float levels per "
+                             f"channel or group; got shape {got}")
+        lv = levels.to(torch.float64)
+        if not bool(torch.isfinite(lv).all()):
+            raise ValueError(f"encoded.params['levels'] of {self} must be finite")
+        return lv

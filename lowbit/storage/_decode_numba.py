@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "scale_rows_into", "decode_into"]
+__all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "scale_rows_into", "decode_into", "decode_runs_into"]
 
 #: Code widths with a wide table (see the module docstring).
 WIDE_BITS = (1, 2, 4, 6)
@@ -164,3 +164,31 @@ def decode_into(data, bits, table, wide, use_wide, scale, row, n, out, out2, out
             _scale_segment(outf[i:stop], np.float32(scale[r]))
             i = stop
             r += 1
+
+
+@njit(cache=True, nogil=True)
+def decode_runs_into(data, bits, tables, wide, use_wide, scale, row, n, out, out2, outf):  # type: ignore[no-untyped-def]
+    """Codes with one table per run of ``row`` codes (levels fitted per channel or group):
+    ``out[i] = tables[(i // row) * 2**bits + code i]`` (integer views of the values). Same
+    signature as `decode_into` (``wide``, ``scale``, ``out2`` and ``outf`` are not read); bits <= 8."""
+    size = 1 << bits
+    mask = uint64(size - 1)
+    acc = uint64(0)
+    fill = 0
+    p = 0
+    for r in range((n + row - 1) // row):
+        seg = out[r * row: min(n, r * row + row)]
+        table = tables[r * size: r * size + size]
+        if bits == 8:
+            src = data[r * row: r * row + seg.size]
+            for j in range(seg.size):
+                seg[j] = table[src[j]]
+            continue
+        for j in range(seg.size):
+            if fill < bits:
+                acc |= uint64(data[p]) << uint64(fill)
+                p += 1
+                fill += 8
+            seg[j] = table[acc & mask]
+            acc >>= uint64(bits)
+            fill -= bits

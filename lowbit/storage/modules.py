@@ -19,7 +19,9 @@ Semantics, exactly:
   codebook), is one table lookup per element: a table of every code's value in the compute
   dtype, read by a fused unpack-and-look-up kernel (numba, when installed; else torch's
   ``unpack_bits`` + ``index_select``). MX / block formats look up the element and multiply by
-  the block's power of two. Anything else decodes through `PackedTensor.decode`.
+  the block's power of two. Fitted formats with levels per channel or group use one table per
+  granule when each granule's codes are one contiguous run (per output channel, groups along the
+  last axis; numba). Anything else decodes through `PackedTensor.decode`.
 - **Staging.** Without autograd (``torch.no_grad`` / ``inference_mode``) a CPU forward decodes
   into a reusable per-thread staging buffer (as large as the largest layer decoded through it;
   `staging_nbytes`) instead of a fresh tensor per layer: the decoded weight lives only while its
@@ -56,6 +58,7 @@ from __future__ import annotations
 import collections
 import fnmatch
 import functools
+import math
 import threading
 import weakref
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
@@ -244,6 +247,8 @@ class PackedLayerMixin(nn.Module):
         if table is None:  # no table for this format: the reference decoder
             return self.packed_weight.decode(dtype)
         n = self._packed_shape.numel()
+        if table.run and table.fast is None:  # pragma: no cover - _run_tables makes both or neither
+            return self.packed_weight.decode(dtype)
         if table.fast is not None:  # numba on the CPU: one kernel call, views prepared once
             if staging and value_dtype == dtype:
                 return _stage_plan(self, table, n, dtype).weight
@@ -277,7 +282,10 @@ class PackedLayerMixin(nn.Module):
         params = {p: self._buffers[_PARAM + p] for p in self._packed_params}
         values = _code_table(fmt, params, dtype)
         if values is None:
-            return None
+            lut = _run_tables(self, params, dtype)  # levels fitted per channel / group
+            if lut is not None:
+                self._packed_table = (key, lut)
+            return lut
         values = values.to(device)
         bits = fmt.element_format.bits if isinstance(fmt, BlockFormat) else fmt.bits
         wide = _wide_table(values, bits)
@@ -440,7 +448,7 @@ class PackedEmbedding(PackedLayerMixin, nn.Embedding):
         if isinstance(fmt, BlockFormat) or _SCALE in self._buffers or (dim * fmt.bits) % 8:
             return None
         table = self._table(self.compute_dtype)
-        if table is None:
+        if table is None or table.run:
             return None
         if x.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"Embedding indices must be int32 or int64, got {x.dtype}")
@@ -555,6 +563,9 @@ class _Lut(NamedTuple):
     values: torch.Tensor
     wide: "torch.Tensor | None"
     fast: "tuple[Any, ...] | None"
+    #: 0: one table for every code; r > 0: ``values`` holds one table per run of r codes (fitted
+    #: per channel / group), only decoded by the `fast` kernel
+    run: int = 0
 
 
 _VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -584,7 +595,38 @@ def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, .
         scale_np = np.zeros(1, dtype=np.float32)
     wide = lut.wide if lut.wide is not None else torch.zeros(1, dtype=_PAIR.get(lut.values.element_size(), torch.int64))
     table = lut.values.contiguous().view(_VIEW[lut.values.element_size()])
-    return (data.contiguous().numpy(), bits, table.numpy(), wide.numpy(), lut.wide is not None, scale_np, row)
+    return (_numba().decode_into, data.contiguous().numpy(), bits, table.numpy(), wide.numpy(), lut.wide is not None,
+            scale_np, row)
+
+
+def _run_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor], dtype: torch.dtype) -> "_Lut | None":
+    """One value table per channel / group of a fitted format, when those granules are contiguous
+    runs of codes (per output channel; groups along the last axis, or along any axis whose trailing
+    axes they span) and the numba kernel is there; None otherwise (the reference decode runs)."""
+    from lowbit.kernels import resolve_backend
+
+    fmt = layer._packed_format
+    data = layer._buffers[_DATA]
+    if not isinstance(fmt, LearnedFormat) or not fmt.per_channel(params) or data.device.type != "cpu" \
+            or resolve_backend(None, "cpu") != "numba" or fmt.bits > 8:
+        return None
+    shape = tuple(layer._packed_shape)
+    if not shape or math.prod(shape) == 0:
+        return None
+    grid = fmt.granule_grid_of(params, shape)
+    # contiguous runs: granule blocks are 1 along leading axes, then one partial axis, then whole
+    blocks = [n // g for n, g in zip(shape, grid)]
+    k = next((d for d, b in enumerate(blocks) if b != 1), len(shape))
+    if any(g != 1 for g in grid[k + 1:]):
+        return None
+    flat = {k2: v.reshape(math.prod(grid), *v.shape[v.dim() - fmt.PARAM_NDIM[k2]:]) for k2, v in params.items()
+            if k2 in fmt.PARAM_NDIM}
+    values = round_float64_to(fmt.granule_tables(flat), dtype).contiguous()
+    run = math.prod(blocks)
+    table = values.reshape(-1).view(_VIEW[values.element_size()])
+    fast = (_numba().decode_runs_into, data.contiguous().numpy(), fmt.bits, table.numpy(), np.zeros(1, np.int64),
+            False, np.zeros(1, np.float32), run)
+    return _Lut(values, None, fast, run)
 
 
 def _out_views(buf: torch.Tensor, pair: "torch.dtype | None") -> "tuple[Any, Any, Any]":
@@ -625,12 +667,12 @@ def _staged_plan(layer: "PackedLayerMixin") -> "_StagedPlan | None":
 
 def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype) -> _StagedPlan:
     """Decode ``layer`` into this thread's staging buffer, keeping the prepared call for the next forward."""
-    data, bits, table, wide, use_wide, scale, row = lut.fast  # type: ignore[misc]
+    kernel, data, bits, table, wide, use_wide, scale, row = lut.fast  # type: ignore[misc]
     pair = _PAIR.get(torch.empty((), dtype=dtype).element_size()) if use_wide else None
     buf, (ints, pairs, floats) = _staging_views(n, dtype, pair)
     with torch.inference_mode(False):  # a plain view, usable inside and outside inference mode
         weight = buf[:n].view(layer._packed_shape)
-    plan = _StagedPlan(layer._packed_table, buf, _numba().decode_into,
+    plan = _StagedPlan(layer._packed_table, buf, kernel,
                        (data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats), weight)
     plans = getattr(_STAGING, "plans", None)
     if plans is None:
@@ -642,7 +684,7 @@ def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype
 
 
 def _fast_decode(fast: "tuple[Any, ...]", n: int, dtype: torch.dtype, staging: bool) -> torch.Tensor:
-    data, bits, table, wide, use_wide, scale, row = fast
+    kernel, data, bits, table, wide, use_wide, scale, row = fast
     pair = _PAIR.get(torch.empty((), dtype=dtype).element_size()) if use_wide else None
     if staging:
         buf, (ints, pairs, floats) = _staging_views(n, dtype, pair)
@@ -650,7 +692,7 @@ def _fast_decode(fast: "tuple[Any, ...]", n: int, dtype: torch.dtype, staging: b
         buf = torch.empty(n, dtype=dtype)
         ints, pairs, floats = _out_views(buf, pair)
     if n:
-        _numba().decode_into(data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats)
+        kernel(data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats)
     return buf[:n]
 
 

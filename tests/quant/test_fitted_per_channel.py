@@ -15,7 +15,7 @@ from torch import nn
 
 import lowbit as lb
 
-SPECS = ["binary", "ternary", "codebook2", "codebook4"]
+SPECS = ["binary", "ternary", "codebook2", "codebook3", "codebook4", "codebook8"]
 
 
 def _model() -> nn.Sequential:
@@ -86,7 +86,7 @@ def test_checkpoint_and_packed_layers_reproduce_the_simulation(spec, tmp_path):
     for i in (0, 3):
         w = model[i].weight.detach()
         assert torch.equal(loaded[f"{i}.weight"], _rows(fmt, w)), i
-    levels = {"binary": 1, "ternary": 1, "codebook2": 4, "codebook4": 16}[spec]
+    levels = {"binary": 1, "ternary": 1, "codebook2": 4, "codebook3": 8, "codebook4": 16, "codebook8": 256}[spec]
     packed_t = lb.load_packed(path)["0.weight"]
     assert packed_t.nbytes == -(-model[0].weight.numel() * fmt.bits // 8) + 6 * levels * 4  # codes + per-channel levels
     packed = lb.pack_(copy.deepcopy(model))
@@ -120,6 +120,34 @@ def test_any_axis_and_groups_equal_quantizing_each_granule_alone(spec, granulari
     rebuilt = lb.pack_(_model(), lb.load_packed(path))
     with torch.no_grad():
         assert torch.equal(packed(x), want) and torch.equal(rebuilt(x), want)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("granularity, runs", [
+    ("channel", (True, True)),                                       # one table per output channel
+    ({"kind": "group", "axis": -1, "group_size": 3}, (True, True)),  # groups along the last axis
+    ({"kind": "group", "axis": 1, "group_size": 3}, (False, True)),  # conv: strided groups; linear: runs of 3
+    ({"kind": "channel", "axis": 1}, (False, False)),                # strided granules: the reference decode
+])
+def test_packed_layers_decode_runs_of_codes_with_one_table_each(spec, granularity, runs):
+    # where a channel's / group's codes are one contiguous run, a packed layer decodes with one
+    # value table per run (numba); everywhere the weight equals the simulated one bit for bit
+    from lowbit.kernels import available_backends
+
+    model = lb.quantize_(_model(), _config(spec, granularity))
+    packed = lb.pack_(copy.deepcopy(model))
+    x = torch.randn(2, 3, 6, 6)
+    for i in (0, 3):
+        want = model[i]._lowbit_weight().detach()
+        assert torch.equal(packed[i].weight, want)
+        with torch.no_grad():
+            assert torch.equal(packed[i]._lowbit_weight(), want)
+            assert torch.equal(packed[i]._lowbit_weight(), want)
+        if "numba" in available_backends():
+            table = packed[i]._table(torch.float32)
+            assert (table is not None and table.run > 0) == runs[0 if i == 0 else 1], i
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
 
 
 def test_group_params_are_stored_one_per_group(tmp_path):
