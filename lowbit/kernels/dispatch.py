@@ -12,7 +12,6 @@ import functools
 import threading
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from lowbit.formats._float64 import round_float64_to
@@ -69,14 +68,6 @@ def _value_table(fmt: ScalarFormat, dtype: torch.dtype) -> Any:
     return round_float64_to(fmt._table, dtype).numpy()
 
 
-@functools.lru_cache(maxsize=64)
-def _magnitudes(fmt: ScalarFormat) -> Any:
-    """The exact float64 value of every nonnegative posit magnitude code 0 .. 2^(n-1) - 1 (numpy),
-    which stochastic rounding reads for the two neighbours of each input."""
-    return fmt._table[: 1 << (fmt.bits - 1)].numpy()
-
-
-_NO_MAGS = np.zeros(0, dtype=np.float64)
 _needs_lock: "bool | None" = None  # known after the first launch
 _SERIAL_BELOW = 1 << 15  # elements; smaller launches run on the calling thread
 
@@ -158,8 +149,7 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
     is32, fmax, tiny = _limits(kernel_dtype)
     if family == "posit":
         if fmt.bits <= _TABLE_BITS:
-            mags = _magnitudes(fmt) if mode is Rounding.STOCHASTIC else _NO_MAGS
-            _run(k.posit_quantize_table(m), xs, rs, *p, seed, _value_table(fmt, kernel_dtype), mags)
+            _run(k.posit_quantize_table(m), xs, rs, *p, seed, _value_table(fmt, kernel_dtype))
         else:
             _run(k.posit_quantize(m, is32), xs, rs, *p, seed, fmax, tiny)
     elif family == "minifloat":

@@ -27,10 +27,6 @@ _MANT52 = (1 << 52) - 1
 NEAREST_EVEN, NEAREST_AWAY, TOWARD_ZERO, FLOOR, CEIL, STOCHASTIC = range(6)
 
 
-#: "no magnitude table": `_posit_encode` decodes the stochastic rounding's neighbours itself
-_NO_MAGS = np.zeros(0, dtype=np.float64)
-
-
 # ------------------------------------------------------------------------------ scalar helpers
 @njit(inline="always", cache=True)
 def _pow2(k):
@@ -134,7 +130,7 @@ def _posit_decode(code, n, es, scale):
 
 
 @njit(inline="always", cache=True)
-def _posit_encode(v, n, es, scale, mode, u, mags):
+def _posit_encode(v, n, es, scale, mode, u):
     nar = int64(1) << (n - 1)
     maxmag = nar - 1
     a = abs(v)
@@ -176,12 +172,8 @@ def _posit_encode(v, n, es, scale, mode, u, mags):
     elif mode == CEIL:
         up = (guard | rest) & (not negative)
     else:
-        if mags.size > 0:  # the magnitudes' exact values, looked up (n <= 16) instead of decoded twice
-            lo = mags[mag]
-            hi = mags[min(mag + 1, maxmag)]
-        else:
-            lo = _posit_decode_mag(mag, n, es, scale)
-            hi = _posit_decode_mag(min(mag + 1, maxmag), n, es, scale)
+        lo = _posit_decode_mag(mag, n, es, scale)
+        hi = _posit_decode_mag(min(mag + 1, maxmag), n, es, scale)
         gap = hi - lo
         p_up = (safe - lo) / gap if gap > 0 else 0.0
         up = u < p_up
@@ -267,7 +259,7 @@ def posit_encode(mode: int) -> Callable[..., Any]:
     def kernel(x, out, n, es, scale, seed):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = _posit_encode(float64(x[i]), n, es, scale, mode, u, _NO_MAGS)
+            out[i] = _posit_encode(float64(x[i]), n, es, scale, mode, u)
 
     return kernel
 
@@ -278,7 +270,7 @@ def posit_quantize(mode: int, out32: bool) -> Callable[..., Any]:
     def kernel(x, out, n, es, scale, seed, fmax, tiny):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            code = _posit_encode(float64(x[i]), n, es, scale, mode, u, _NO_MAGS)
+            code = _posit_encode(float64(x[i]), n, es, scale, mode, u)
             out[i] = _cast(_posit_decode(code, n, es, scale), out32, fmax, tiny)
 
     return kernel
@@ -289,10 +281,10 @@ def posit_quantize_table(mode: int) -> Callable[..., Any]:
     """Posit quantize for n ≤ 16: the value comes from a table already cast to out's dtype."""
 
     @njit(parallel=True, cache=True)
-    def kernel(x, out, n, es, scale, seed, table, mags):
+    def kernel(x, out, n, es, scale, seed, table):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = table[_posit_encode(float64(x[i]), n, es, scale, mode, u, mags)]
+            out[i] = table[_posit_encode(float64(x[i]), n, es, scale, mode, u)]
 
     return kernel
 
