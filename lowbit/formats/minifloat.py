@@ -260,8 +260,9 @@ class Minifloat(ScalarFormat):
             else:
                 nan_codes = torch.full_like(codes, nan_code)
             codes = torch.where(make_nan, nan_codes, codes)
-        else:  # no NaN pattern: NaN encodes as -0, as ml_dtypes does
-            codes = torch.where(nan_in, torch.full_like(codes, 1 << (e + m)), codes)
+        else:  # no NaN pattern, as ml_dtypes: +NaN encodes as -0 and -NaN as +0 (the sign flips)
+            codes = torch.where(nan_in, torch.where(negative, torch.zeros_like(codes),
+                                                    torch.full_like(codes, 1 << (e + m))), codes)
         return codes
 
     def _magnitude_code(self, v: torch.Tensor) -> torch.Tensor:

@@ -213,8 +213,8 @@ def _mf_value(v, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan
         r = 0.0
     if a == _INF:
         r = math.copysign(maxv, v) if sat else (v if has_inf else np.nan)
-    if a != a:
-        r = np.nan if has_nan else -0.0
+    if a != a:  # without a NaN pattern, as ml_dtypes: +NaN -> -0, -NaN -> +0
+        r = np.nan if has_nan else (0.0 if negative else -0.0)
     if fnu and (negative or a == 0.0):
         r = np.nan
     return np.nan if r != r else r  # one NaN, positive, like the reference's decode

@@ -272,8 +272,8 @@ def minifloat_encode(x, p, rounding: str = "nearest_even") -> int:
         neg = math.copysign(1.0, xv) < 0
         if p.has_nan:
             return p.nan_code(neg)
-        if p.policy == "fn":
-            return sign  # fn formats without NaN: the code of -0
+        if p.policy == "fn":  # fn formats without NaN, as ml_dtypes: +NaN -> the code of -0, -NaN -> of +0
+            return 0 if neg else sign
         raise ValueError(f"{p} (IEEE policy with no mantissa bits) has no NaN code")
     if p.policy == "fnu":
         if isinstance(xv, float):  # +-inf, -0.0

@@ -7,8 +7,8 @@ Known differences, each pinned by its own test below:
 - ml_dtypes rounds float32 *subnormal* inputs in (2^-127, 2^-126) up to 2^-126 for
   float8_e8m0fnu (not to nearest); lowbit rounds to nearest there, so that range is left out of
   the e8m0fnu comparisons and checked against hand-typed codes instead.
-- ml_dtypes maps a NaN *with the sign bit set* into the NaN-less fp6/fp4 types to the +0 code,
-  a positive NaN to the -0 code; lowbit maps every NaN to the -0 code (xfail test).
+- (none for NaN signs: ml_dtypes maps a NaN *with the sign bit set* into the NaN-less fp6/fp4
+  types to the +0 code and a positive NaN to the -0 code, and lowbit does the same.)
 - torch's NaN payloads differ from lowbit's canonical quiet NaN for float8_e5m2 (torch: 0x7f /
   0xff) and bfloat16 (torch: 0xffff for every NaN); only NaN-ness is compared there.
 - numpy.float16 keeps NaN payloads; NaN comparisons against it use the canonical quiet NaN.
@@ -143,18 +143,7 @@ QUIET_NAN = np.array([0x7FC00000, 0xFFC00000], dtype=np.uint32).view(np.float32)
 def _nan_cases():
     for name in NAMES:
         for sign, label in ((0, "+nan"), (1, "-nan")):
-            marks = ()
-            if name in NO_NAN and sign == 1:
-                marks = pytest.mark.xfail(
-                    strict=True,
-                    reason=(
-                        "lowbit encodes a NaN with the sign bit set to the -0 code (1 << (bits-1)) in the "
-                        "NaN-less fp6/fp4 formats; ml_dtypes gives the +0 code 0 (it gives -0 only for +NaN). "
-                        "docs/semantics.md says 'NaN -> the code of -0 (as ml_dtypes)', which ml_dtypes does "
-                        "only for positive NaN"
-                    ),
-                )
-            yield pytest.param(name, sign, id=f"{name}-{label}", marks=marks)
+            yield pytest.param(name, sign, id=f"{name}-{label}")
 
 
 @pytest.mark.parametrize("name,sign", list(_nan_cases()))
@@ -170,7 +159,7 @@ def test_nan_of_each_sign_encodes_like_ml_dtypes(name, sign):
         ("e4m3fn", [0x7F, 0xFF]), ("e4m3", [0x7C, 0xFC]), ("e5m2", [0x7E, 0xFE]), ("e3m4", [0x78, 0xF8]),
         ("e4m3fnuz", [0x80, 0x80]), ("e5m2fnuz", [0x80, 0x80]), ("e4m3b11fnuz", [0x80, 0x80]),
         ("e8m0fnu", [0xFF, 0xFF]), ("e5m10", [0x7E00, 0xFE00]), ("e8m7", [0x7FC0, 0xFFC0]),
-        ("e3m2fn", [0x20]), ("e2m3fn", [0x20]), ("e2m1fn", [0x8]),  # -NaN: disputed, see the xfail above
+        ("e3m2fn", [0x20, 0x00]), ("e2m3fn", [0x20, 0x00]), ("e2m1fn", [0x8, 0x0]),  # no NaN: the sign flips
     ],
 )
 def test_nan_encodes_to_the_documented_canonical_pattern_with_the_input_sign_where_signed(spec, expected):
@@ -330,8 +319,7 @@ def test_bias_override_scales_the_ml_dtypes_format_by_a_power_of_two(spec, name,
     scaled = (xs * np.float32(2.0**-shift)).astype(np.float32)  # exact: no float32 over/underflow here
     assert np.array_equal(scaled.astype(np.float64), xs.astype(np.float64) * 2.0**-shift, equal_nan=True)
     expected = ml_cast_codes(name, xs)
-    keep = ~np.isnan(xs) if name in NO_NAN else np.ones(xs.shape, bool)  # -NaN: see the xfail above
-    assert_codes_equal(fmt.encode(torch.from_numpy(scaled))[torch.from_numpy(keep)], expected[keep], scaled[keep])
+    assert_codes_equal(fmt.encode(torch.from_numpy(scaled)), expected, scaled)  # NaNs of both signs included
 
 
 @pytest.mark.parametrize(
