@@ -247,8 +247,6 @@ class PackedLayerMixin(nn.Module):
         if table is None:  # no table for this format: the reference decoder
             return self.packed_weight.decode(dtype)
         n = self._packed_shape.numel()
-        if table.run and table.fast is None:  # pragma: no cover - _run_tables makes both or neither
-            return self.packed_weight.decode(dtype)
         if table.fast is not None:  # numba on the CPU: one kernel call, views prepared once
             if staging and value_dtype == dtype:
                 return _stage_plan(self, table, n, dtype).weight
