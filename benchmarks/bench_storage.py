@@ -4,7 +4,8 @@
     python benchmarks/bench_storage.py [--threads 1] [--repeats 40] [--batches 1 8] [--out benchmarks/results]
 
 What it does, per weight configuration (`CONFIGS`: posit8_es2 and posit6_es1 per tensor; the 6-bit
-e2m3fn with a float scale per output channel; codebook4 and int4 per channel as 4-bit ones):
+e2m3fn with a float scale per output channel; codebook4 per tensor and per channel, and int4 per
+channel, as 4-bit ones):
 
 1. **Size on disk** of ``lb.save`` checkpoints, in MB (10^6 bytes), for two ways of handling the
    49 BatchNorms: ``bn=folded`` (folded into the preceding convolutions first, as deployment
@@ -59,6 +60,7 @@ CONFIGS: "dict[str, Any]" = {
     "posit6_es1": "posit6_es1",
     "e2m3fn/channel": {"format": "e2m3fn", "scaling": "absmax", "granularity": "channel"},
     "codebook4": "codebook4",
+    "codebook4/channel": {"format": "codebook4", "granularity": "channel"},  # 16 float32 levels per channel
     "int4/channel": {"format": "int4", "scaling": "absmax", "granularity": "channel"},
 }
 BARS_MB = {"posit8_es2": 4.9, "posit6_es1": 3.7, "e2m3fn/channel": 3.7}
@@ -176,7 +178,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=40, help="timed runs at batch 1 (repeats // batch at larger ones)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--timing-configs", nargs="+", default=["posit8_es2", "e2m3fn/channel", "codebook4"])
+    ap.add_argument("--timing-configs", nargs="+",
+                    default=["posit8_es2", "e2m3fn/channel", "codebook4", "codebook4/channel"])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
     _require_packages()

@@ -172,6 +172,16 @@ def decode_runs_into(data, bits, tables, wide, use_wide, scale, row, n, out, out
     ``out[i] = tables[(i // row) * 2**bits + code i]`` (integer views of the values). Same
     signature as `decode_into` (``wide``, ``scale``, ``out2`` and ``outf`` are not read); bits <= 8."""
     size = 1 << bits
+    if bits == 4 and row % 2 == 0:  # every run starts on a byte: two codes per byte, no bit stream
+        for r in range((n + row - 1) // row):
+            seg = out[r * row: min(n, r * row + row)]
+            table = tables[r * size: r * size + size]
+            src = data[r * row // 2: (r * row + seg.size) // 2]  # n is a whole number of runs: seg.size is even
+            for j in range(seg.size // 2):
+                b = src[j]
+                seg[2 * j] = table[b & 15]
+                seg[2 * j + 1] = table[b >> 4]
+        return
     mask = uint64(size - 1)
     acc = uint64(0)
     fill = 0
