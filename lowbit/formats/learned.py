@@ -256,12 +256,18 @@ class LearnedFormat(NumberFormat):
             empty = self.encode_tensor(x.new_zeros(0), rounding, generator)
             params = {k: v.new_zeros((*lead, *v.shape)) for k, v in empty.params.items()}
             return EncodedTensor(self, torch.zeros(x.shape, dtype=torch.uint8, device=x.device), params)
-        rows = to_granule_rows(x, grid)
-        parts = [self.encode_tensor(rows[g], rounding, generator) for g in range(rows.shape[0])]
-        codes = from_granule_rows(torch.stack([p.codes for p in parts]), tuple(x.shape), grid)
-        params = {k: torch.stack([p.params[k] for p in parts]).reshape(*lead, *parts[0].params[k].shape)
-                  for k in parts[0].params}
+        x64 = self._check(x, rounding, generator).reshape(x.shape)
+        codes, fitted = self._fit_rows(to_granule_rows(x64, grid), x.dtype)
+        codes = from_granule_rows(codes.to(torch.uint8), tuple(x.shape), grid)
+        params = {k: v.reshape(*lead, *v.shape[1:]) for k, v in fitted.items()}
         return EncodedTensor(self, codes, params)
+
+    def _fit_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        """`_fit` of every row of ``rows`` (G, b) on its own: codes (G, b) and each parameter
+        with a leading dimension G. One `_fit` per row unless a format does all rows at once."""
+        parts = [self._fit(rows[g], dtype) for g in range(rows.shape[0])]
+        return (torch.stack([c for c, _ in parts]),
+                {k: torch.stack([p[k] for _, p in parts]) for k in parts[0][1]})
 
     def quantize_channels(
         self,
@@ -395,6 +401,13 @@ class BinaryFormat(LearnedFormat):
         codes = (x64 < 0).to(torch.int64)
         return codes, {"scale": torch.tensor(scale, dtype=torch.float32, device=x64.device)}
 
+    def _fit_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        g, n = rows.shape
+        ids = torch.arange(g, device=rows.device).repeat_interleave(n)
+        sums = exact_sums(rows.abs().reshape(-1), ids, g)
+        scale = [self._param(s / n, dtype) for s in sums] if n else [0.0] * g
+        return (rows < 0).to(torch.int64), {"scale": torch.tensor(scale, dtype=torch.float32, device=rows.device)}
+
     def _levels_of(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
         s = _scalar_param(encoded, "scale", self)
         pos = torch.full(codes.shape, s, dtype=torch.float64, device=codes.device)
@@ -442,6 +455,22 @@ class TernaryFormat(LearnedFormat):
         alpha = self._param(exact_sums(a[big])[0] / count, dtype) if count else 0.0
         codes = torch.where(big, torch.where(x64 < 0, 3, 1), 0).to(torch.int64)
         return codes, {"scale": torch.tensor(alpha, dtype=torch.float32, device=x64.device)}
+
+    def _fit_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        g, n = rows.shape
+        a = rows.abs()
+        ids = torch.arange(g, device=rows.device).repeat_interleave(n).reshape(g, n)
+        thresholds = []
+        for s in exact_sums(a.reshape(-1), ids.reshape(-1), g):  # as `_fit`, row by row
+            delta = self.THRESHOLD * s / max(n, 1)
+            t = float(delta)
+            thresholds.append(math.nextafter(t, -math.inf) if Fraction(t) > delta else t)
+        big = a > torch.tensor(thresholds, dtype=torch.float64, device=rows.device).reshape(g, 1)
+        counts = big.sum(1).tolist()
+        sums = exact_sums(a[big], ids[big], g)
+        alpha = [self._param(s / c, dtype) if c else 0.0 for s, c in zip(sums, counts)]
+        codes = torch.where(big, torch.where(rows < 0, 3, 1), 0).to(torch.int64)
+        return codes, {"scale": torch.tensor(alpha, dtype=torch.float32, device=rows.device)}
 
     def _unused(self, codes: torch.Tensor) -> torch.Tensor:
         return codes == 2

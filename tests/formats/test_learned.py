@@ -303,3 +303,40 @@ def test_per_channel_params_must_match_the_channels():
         fmt.decode_tensor(bad)
     with pytest.raises(ValueError, match="at least one dimension"):
         fmt.encode_channels(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("spec", ["binary", "ternary", "codebook2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fitting_all_rows_at_once_equals_fitting_each_row_alone(spec, dtype):
+    # binary and ternary fit every channel / group in one pass (exact grouped sums); each row must
+    # get exactly the codes and parameters of `encode_tensor` on that row alone, including rows of
+    # zeros, a row whose values sit exactly on the ternary threshold 0.7 * mean|x|, tiny and large
+    # magnitudes, and a single-element row
+    fmt = lb.parse_format(spec)
+    rows = [
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [0.7, 1.0, -1.0, 0.0, 0.7, -0.7],        # mean|x| = 4.1 / 6: values next to the threshold
+        [1.0, 1.0, 1.0, -1.0, 0.35, 0.35],
+        [1e-30, -3e-30, 2e-31, 5e-30, 0.0, -1e-31],
+        [3e30, -1e30, 2e29, 7e30, -5e30, 1.0],
+        [-2.5, 2.5, -2.5, 2.5, 0.1, -0.1],
+    ]
+    if dtype == torch.float64:  # a value equal to float(Δ) where float(Δ) > Δ: it must stay below the threshold
+        rows.append([-0.38026345019834284, 1.1351943561390905, -0.7867490956842902, -0.09361218339057675,
+                     0.3335281578201248, 0.3604798245778675])
+        if spec == "ternary":
+            delta = TernaryFormat().threshold(torch.tensor(rows[-1], dtype=torch.float64))
+            assert Fraction(rows[-1][-1]) > delta and float(delta) == rows[-1][-1]
+    x = torch.tensor(rows, dtype=torch.float64).to(dtype)
+    for axis, group_size in ((0, None), (1, 2), (1, 1)):
+        enc = fmt.encode_channels(x, axis=axis, group_size=group_size)
+        if group_size is None:
+            slices = [x[r] for r in range(x.shape[0])]
+        else:
+            slices = [x[r, j:j + group_size] for r in range(x.shape[0]) for j in range(0, x.shape[1], group_size)]
+        alone = [fmt.encode_tensor(s.contiguous()) for s in slices]
+        codes = torch.cat([a.codes.reshape(-1) for a in alone])
+        assert torch.equal(enc.codes.reshape(-1), codes), (axis, group_size)
+        for k in alone[0].params:
+            want = torch.stack([a.params[k] for a in alone])
+            assert torch.equal(enc.params[k].reshape(want.shape), want), (axis, group_size, k)
