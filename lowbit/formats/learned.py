@@ -572,6 +572,31 @@ class Codebook(LearnedFormat):
         codes[order] = cluster_sorted
         return codes, {"levels": torch.tensor(fitted, dtype=torch.float32, device=dev)}
 
+    def _fit_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+        # all rows at once when the numba kernel runs Lloyd's iterations (step for step as `_fit`);
+        # the exact cluster means of every row then come from one grouped exact sum
+        from lowbit.formats import base
+
+        g, n = rows.shape
+        K = self.num_levels
+        acc = base._accelerator
+        xs, order = torch.sort(rows, dim=1)
+        bounds = None if acc is None or g == 0 or n == 0 else acc.codebook_bounds(xs, K, self.MAX_ITERATIONS)
+        if bounds is None:
+            return super()._fit_rows(rows, dtype)
+        counts = bounds[:, 1:] - bounds[:, :-1]  # (G, K)
+        used = counts > 0
+        rank = torch.cumsum(used.to(torch.int64), 1) - 1
+        level_of = torch.searchsorted(bounds[:, 1:].contiguous(), torch.arange(n).expand(g, n).contiguous(), right=True)
+        cluster_sorted = rank.gather(1, level_of)  # (G, n): the used cluster of each sorted value
+        sums = exact_sums(xs.reshape(-1), (cluster_sorted + torch.arange(g).reshape(g, 1) * K).reshape(-1), g * K)
+        levels = []
+        for r, (cnt, use) in enumerate(zip(counts.tolist(), used.tolist())):
+            fitted = [self._param(sums[r * K + c] / size, dtype) for c, size in enumerate(s for s, u in zip(cnt, use) if u)]
+            levels.append(fitted + [fitted[-1]] * (K - len(fitted)))
+        codes = torch.empty_like(cluster_sorted).scatter_(1, order, cluster_sorted)
+        return codes, {"levels": torch.tensor(levels, dtype=torch.float32)}
+
     @staticmethod
     def _assign(xs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """Cluster boundaries in the sorted values: nearest level, a tie goes to the lower one."""

@@ -211,3 +211,14 @@ def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch
 
 def _unused_code(fmt: ScalarFormat) -> int:
     return 1 << (fmt.bits - 1) if getattr(fmt, "narrow", False) else -1
+
+
+def codebook_bounds(xs: torch.Tensor, k: int, max_iterations: int) -> "torch.Tensor | None":
+    """k-means cluster bounds (G, k + 1) of each sorted float64 row of ``xs`` (G, b), exactly as
+    `lowbit.formats.learned.Codebook._fit` finds them row by row; None where numba does not run."""
+    if resolve_backend(None, xs.device.type) != "numba" or xs.dim() != 2 or xs.shape[1] == 0:
+        return None
+    _, kern = _numba()
+    out = torch.empty(xs.shape[0], k + 1, dtype=torch.int64)
+    _run(kern.codebook_bounds, xs.contiguous().numpy(), k, max_iterations, out.numpy())
+    return out

@@ -395,3 +395,85 @@ def posit_decode(codes, n, es, scale, out):
             v = math.ldexp(float64((int64(1) << fbits) + frac), regime * (1 << es) + e + scale - fbits)
             out[i] = -v if neg else v
     return bad
+
+
+# ------------------------------------------------------------------------------ codebook k-means
+@njit(inline="always", cache=True)
+def _assign_sorted(xs, levels, bounds):
+    """Cluster boundaries in sorted xs: nearest level, a tie to the lower (formats.learned._assign)."""
+    k = levels.size
+    bounds[0] = 0
+    for j in range(k - 1):
+        bounds[j + 1] = np.searchsorted(xs, levels[j] * 0.5 + levels[j + 1] * 0.5, side="right")
+    bounds[k] = xs.size
+
+
+@njit(parallel=True, cache=True)
+def codebook_bounds(xs, k, max_iterations, out):
+    """Lloyd's k-means on each sorted row of ``xs`` (G, b) into ``out`` (G, k + 1) cluster bounds,
+    step for step as `lowbit.formats.learned.Codebook._fit` (linear initialisation, means from
+    prefix sums, one empty level reseeded at a time), so every row gets the same bounds."""
+    g, n = xs.shape
+    for r in prange(g):
+        x = xs[r]
+        cs = np.zeros(n + 1)
+        acc = 0.0
+        for i in range(n):
+            acc += x[i]
+            cs[i + 1] = acc
+        levels = np.empty(k)
+        lo, hi = x[0], x[n - 1]
+        for j in range(k):
+            t = float64(j) / float64(k - 1)
+            levels[j] = lo * (1.0 - t) + hi * t
+        levels[k - 1] = hi
+        bounds = np.empty(k + 1, dtype=np.int64)
+        prev = np.empty(k + 1, dtype=np.int64)
+        _assign_sorted(x, levels, bounds)
+        have_prev = False
+        for _ in range(max_iterations):
+            same = have_prev
+            if have_prev:
+                for j in range(k + 1):
+                    if bounds[j] != prev[j]:
+                        same = False
+                        break
+            if same:
+                empty = -1
+                for j in range(k):
+                    if bounds[j + 1] == bounds[j]:
+                        empty = j
+                        break
+                if empty < 0:
+                    break
+                worst_err = -1.0
+                worst = 0
+                for side in range(2):
+                    for j in range(k):
+                        err = 0.0
+                        if bounds[j + 1] > bounds[j]:
+                            if side == 0:
+                                err = abs(x[min(bounds[j], n - 1)] - levels[j])
+                            else:
+                                err = abs(x[max(bounds[j + 1] - 1, 0)] - levels[j])
+                        if err > worst_err:
+                            worst_err = err
+                            worst = side * k + j
+                if worst_err == 0.0:
+                    break
+                side, c = worst // k, worst % k
+                levels[empty] = x[min(bounds[c], n - 1)] if side == 0 else x[max(bounds[c + 1] - 1, 0)]
+                levels = np.sort(levels)
+                have_prev = False
+            else:
+                for j in range(k + 1):
+                    prev[j] = bounds[j]
+                have_prev = True
+                for j in range(k):
+                    count = bounds[j + 1] - bounds[j]
+                    if count > 0:
+                        levels[j] = (cs[bounds[j + 1]] - cs[bounds[j]]) / float64(count)
+                levels = np.sort(levels)
+            _assign_sorted(x, levels, bounds)
+        for j in range(k + 1):
+            out[r, j] = bounds[j]

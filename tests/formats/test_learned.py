@@ -305,10 +305,11 @@ def test_per_channel_params_must_match_the_channels():
         fmt.encode_channels(torch.tensor(1.0))
 
 
-@pytest.mark.parametrize("spec", ["binary", "ternary", "codebook2"])
+@pytest.mark.parametrize("spec", ["binary", "ternary", "codebook1", "codebook2", "codebook3", "codebook4", "codebook8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_fitting_all_rows_at_once_equals_fitting_each_row_alone(spec, dtype):
-    # binary and ternary fit every channel / group in one pass (exact grouped sums); each row must
+    # binary and ternary fit every channel / group in one pass (exact grouped sums), codebooks run
+    # Lloyd's iterations for all rows in one numba kernel (when installed); each row must
     # get exactly the codes and parameters of `encode_tensor` on that row alone, including rows of
     # zeros, a row whose values sit exactly on the ternary threshold 0.7 * mean|x|, tiny and large
     # magnitudes, and a single-element row
@@ -320,6 +321,7 @@ def test_fitting_all_rows_at_once_equals_fitting_each_row_alone(spec, dtype):
         [1e-30, -3e-30, 2e-31, 5e-30, 0.0, -1e-31],
         [3e30, -1e30, 2e29, 7e30, -5e30, 1.0],
         [-2.5, 2.5, -2.5, 2.5, 0.1, -0.1],
+        [1.0, 1.0, 1.0, 2.0, 2.0, 3.0],          # fewer distinct values than levels: reseeding
     ]
     if dtype == torch.float64:  # a value equal to float(Δ) where float(Δ) > Δ: it must stay below the threshold
         rows.append([-0.38026345019834284, 1.1351943561390905, -0.7867490956842902, -0.09361218339057675,
@@ -340,3 +342,24 @@ def test_fitting_all_rows_at_once_equals_fitting_each_row_alone(spec, dtype):
         for k in alone[0].params:
             want = torch.stack([a.params[k] for a in alone])
             assert torch.equal(enc.params[k].reshape(want.shape), want), (axis, group_size, k)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_codebook_rows_at_once_equal_each_row_alone_on_random_data(k):
+    # Lloyd's iterations of the batched kernel follow `Codebook._fit` step for step: random rows of
+    # several lengths and spreads (duplicates, long tails, constant rows) give identical codes and levels
+    fmt = Codebook(k)
+    gen = torch.Generator().manual_seed(k)
+    for n in (1, 2, 3, 17, 64, 300):
+        x = torch.randn(24, n, generator=gen, dtype=torch.float64)
+        x[0] = 0.5                                            # constant row
+        x[1] = torch.round(x[1] * 2) / 2                      # many duplicates
+        x[2] = x[2] ** 3 * 100                                # long tails
+        x = x * torch.exp2(torch.randint(-20, 20, (24, 1), generator=gen)).to(torch.float64)
+        enc = fmt.encode_channels(x)
+        alone = [fmt.encode_tensor(x[r]) for r in range(x.shape[0])]
+        assert torch.equal(enc.codes, torch.stack([a.codes for a in alone])), n
+        assert torch.equal(enc.params["levels"], torch.stack([a.params["levels"] for a in alone])), n
+        with lb.kernels.use_backend("reference"):  # without the kernel: one `_fit` per row, the same result
+            ref = fmt.encode_channels(x)
+        assert torch.equal(ref.codes, enc.codes) and torch.equal(ref.params["levels"], enc.params["levels"]), n
