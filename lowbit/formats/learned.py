@@ -40,6 +40,7 @@ import torch
 from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, round_float64_to
 from lowbit.formats.base import EncodedTensor, NumberFormat
+from lowbit.formats.granules import from_granule_rows, granule_grid, to_granule_rows
 from lowbit.formats.block import _unpack
 from lowbit.formats.rounding import Rounding
 
@@ -111,49 +112,6 @@ def round_fraction(q: Fraction, man_bits: int, min_exponent: int) -> float:
     if 2 * r > d2 or (2 * r == d2 and k & 1):
         k += 1
     return math.copysign(math.ldexp(k, quantum), q)
-
-
-def granule_grid(shape: "tuple[int, ...]", axis: int = 0, group_size: "int | None" = None) -> "tuple[int, ...]":
-    """The number of granules along each dimension: per channel along ``axis`` (``group_size``
-    None) or per ``group_size`` contiguous elements along ``axis``.
-
-    >>> granule_grid((8, 64), 0), granule_grid((8, 64), 1), granule_grid((8, 64), 1, group_size=16)
-    ((8, 1), (1, 64), (8, 4))
-    """
-    nd = len(shape)
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -nd <= axis < nd:
-        raise ValueError(f"axis={axis!r} is out of range for a tensor of shape {tuple(shape)}; "
-                         f"allowed: an int in [{-nd}, {nd - 1}]")
-    a = axis % nd
-    if group_size is None:
-        return tuple(n if d == a else 1 for d, n in enumerate(shape))
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size={group_size!r}; allowed: an int >= 1")
-    if shape[a] % group_size:
-        raise ValueError(f"group_size={group_size} does not divide the length {shape[a]} of axis {axis} "
-                         f"(shape {tuple(shape)}); allowed: a divisor of {shape[a]}")
-    return tuple(n // group_size if d == a else n for d, n in enumerate(shape))
-
-
-def to_granule_rows(x: torch.Tensor, grid: "tuple[int, ...]") -> torch.Tensor:
-    """``x`` as one row per granule of ``grid`` (row-major over the grid): shape (granules, elements each)."""
-    shape = tuple(x.shape)
-    block = [n // g for n, g in zip(shape, grid)]
-    v = x.reshape([d for pair in zip(grid, block) for d in pair])
-    nd = len(shape)
-    v = v.permute([2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)])
-    return v.reshape(math.prod(grid), math.prod(block))
-
-
-def from_granule_rows(rows: torch.Tensor, shape: "tuple[int, ...]", grid: "tuple[int, ...]") -> torch.Tensor:
-    """Inverse of `to_granule_rows`."""
-    nd = len(shape)
-    block = [n // g for n, g in zip(shape, grid)]
-    v = rows.reshape(*grid, *block)
-    inverse = [0] * (2 * nd)
-    for i in range(nd):
-        inverse[2 * i], inverse[2 * i + 1] = i, nd + i
-    return v.permute(inverse).contiguous().reshape(shape)  # contiguous: ops on it must not see a strided layout
 
 
 class LearnedFormat(NumberFormat):
@@ -306,18 +264,25 @@ class LearnedFormat(NumberFormat):
         if codes.dim() == 0:
             raise ValueError(f"per-channel params of {self} need codes with at least one dimension")
         shape = tuple(codes.shape)
-        grid = self.granule_grid_of(encoded.params, shape)
         if codes.numel() == 0:
+            self.granule_grid_of(encoded.params, shape)  # still checked
             return torch.zeros(shape, dtype=torch.float64, device=codes.device)
-        n = math.prod(grid)
-        flat = {k: v.reshape(n, *v.shape[v.dim() - self.PARAM_NDIM[k]:]) for k, v in encoded.params.items()
-                if k in self.PARAM_NDIM}
-        tables = self.granule_tables(flat).to(codes.device)
+        grid, tables = self.tables_per_granule(encoded.params, shape)
         rows = to_granule_rows(codes, grid).to(torch.int64)
-        return from_granule_rows(tables.gather(1, rows), shape, grid)
+        return from_granule_rows(tables.to(codes.device).gather(1, rows), shape, grid)
+
+    def tables_per_granule(self, params: "Mapping[str, torch.Tensor]", shape: "tuple[int, ...]"
+                           ) -> "tuple[tuple[int, ...], torch.Tensor]":
+        """The granule grid of per-channel / per-group ``params`` for codes of ``shape`` and every
+        code's float64 value per granule, (G, 2^bits), granules row-major over the grid."""
+        grid = self.granule_grid_of(params, shape)
+        n = math.prod(grid)
+        flat = {k: v.reshape(n, *v.shape[v.dim() - self.PARAM_NDIM[k]:]) for k, v in params.items()
+                if k in self.PARAM_NDIM}
+        return grid, self.granule_tables(flat)
 
     def granule_grid_of(self, params: "Mapping[str, torch.Tensor]", shape: "tuple[int, ...]") -> "tuple[int, ...]":
-        """The granule grid (see `granule_grid`) that per-channel / per-group ``params`` imply for
+        """The granule grid (see `lowbit.formats.granules`) that per-channel / per-group ``params`` imply for
         codes of ``shape``; ValueError if they do not fit it."""
         shape = tuple(shape)
         grid = None

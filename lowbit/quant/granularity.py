@@ -45,6 +45,7 @@ import torch
 
 from lowbit.formats import NumberFormat, ScalarFormat, parse_format
 from lowbit.formats._float64 import check_float_tensor
+from lowbit.formats.granules import granule_grid, normalize_axis
 from lowbit.formats.rounding import Rounding, check_rounding
 
 __all__ = [
@@ -128,30 +129,19 @@ class Granularity:
     def _axis(self, ndim: int) -> int:
         if ndim == 0:
             raise ValueError(f"granularity {self.kind!r} needs a tensor with at least 1 dimension, got a 0-d tensor")
-        if not -ndim <= self.axis < ndim:
-            raise ValueError(f"granularity axis={self.axis} is out of range for a {ndim}-d tensor; "
-                             f"allowed: {-ndim}..{ndim - 1}")
-        return self.axis % ndim
+        return normalize_axis(self.axis, ndim)
 
     def _groups(self, shape: torch.Size) -> "tuple[int, int]":
         a = self._axis(len(shape))
-        n, g = shape[a], self.group_size
-        assert g is not None
-        if n % g:
-            raise ValueError(f"group_size={g} does not divide the length {n} of axis {self.axis} "
-                             f"(tensor shape {tuple(shape)}); use a group size that divides {n}")
-        return a, n // g
+        return a, granule_grid(shape, self.axis, self.group_size)[a]
 
     def stat_shape(self, shape: "torch.Size | tuple[int, ...]") -> torch.Size:
         """Shape of the per-granule statistics (and scales) of a tensor of ``shape``."""
         shape = torch.Size(shape)
         if self.kind == "tensor":
             return torch.Size([])
-        if self.kind == "channel":
-            a = self._axis(len(shape))
-            return torch.Size([n if i == a else 1 for i, n in enumerate(shape)])
-        a, ngroups = self._groups(shape)
-        return torch.Size([ngroups if i == a else n for i, n in enumerate(shape)])
+        self._axis(len(shape))
+        return torch.Size(granule_grid(shape, self.axis, self.group_size if self.kind == "group" else None))
 
     def num_granules(self, shape: "torch.Size | tuple[int, ...]") -> int:
         """How many granules a tensor of ``shape`` has."""
