@@ -253,11 +253,6 @@ class PackedLayerMixin(nn.Module):
             values = _fast_decode(table.fast, n, value_dtype, staging).view(self._packed_shape)
             return values if value_dtype == dtype else values.to(dtype)
         out = _staging(n, value_dtype) if staging and value_dtype == dtype else None
-        fused = None
-        if not isinstance(fmt, BlockFormat):  # numba: decode and per-row scale in one serial pass
-            fused = _fused_row_scale(data, fmt.bits, table, scale, self._packed_shape, out)
-        if fused is not None:
-            return fused.to(dtype)
         if isinstance(fmt, BlockFormat):
             values = _decode_block(self, table, value_dtype)
             if values is None:  # exponents outside the table: the reference decoder says why
@@ -617,9 +612,7 @@ def _run_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor], d
     k = next((d for d, b in enumerate(blocks) if b != 1), len(shape))
     if any(g != 1 for g in grid[k + 1:]):
         return None
-    flat = {k2: v.reshape(math.prod(grid), *v.shape[v.dim() - fmt.PARAM_NDIM[k2]:]) for k2, v in params.items()
-            if k2 in fmt.PARAM_NDIM}
-    values = round_float64_to(fmt.granule_tables(flat), dtype).contiguous()
+    values = round_float64_to(fmt.tables_per_granule(params, shape)[1], dtype).contiguous()
     run = math.prod(blocks)
     table = values.reshape(-1).view(_VIEW[values.element_size()])
     fast = (_numba().decode_runs_into, data.contiguous().numpy(), fmt.bits, table.numpy(), np.zeros(1, np.int64),
@@ -739,28 +732,6 @@ def _lut_decode(data: torch.Tensor, bits: int, lut: _Lut, n: int, out: "torch.Te
     if done < n:  # the rest starts on a byte boundary: whole chunks were decoded
         kernels.lut_decode_into(raw[done * bits // 8:], bits, table.view(view).numpy(), out[done:].view(view).numpy())
     return out
-
-
-def _fused_row_scale(
-    data: torch.Tensor, bits: int, lut: _Lut, scale: "torch.Tensor | None", shape: torch.Size,
-    out: "torch.Tensor | None" = None,
-) -> "torch.Tensor | None":
-    """Decode + per-tensor / per-row (axis 0) scale with numba (serial), or None where it does not apply."""
-    from lowbit.kernels import resolve_backend
-
-    if scale is None or lut.values.dtype != torch.float32 or data.device.type != "cpu" or len(shape) == 0:
-        return None
-    if scale.numel() != 1 and (scale.dim() != len(shape) or scale.shape[0] != shape[0]
-                               or any(d != 1 for d in scale.shape[1:])):
-        return None
-    if resolve_backend(None, "cpu") != "numba":
-        return None
-    n = shape.numel()
-    out = _lut_decode(data, bits, lut, n, out)
-    row = n if scale.numel() == 1 else n // max(shape[0], 1)
-    if n:
-        _numba().scale_rows_into(out.numpy(), scale.reshape(-1).contiguous().numpy(), max(row, 1))
-    return out.reshape(shape)
 
 
 def _scaled(values: torch.Tensor, scale: torch.Tensor, axis: "int | None" = None,
