@@ -98,7 +98,7 @@ def _posit_candidates(w: torch.Tensor, n: int, cfg: "dict[str, Any]") -> "list[S
 
 def family_candidate(family: str, n: int, w: torch.Tensor, cfg: "dict[str, Any]") -> "dict[str, Any]":
     """The ``weight`` role (with its ``label``) of ``family`` at ``n`` bits for a layer with weight ``w``."""
-    label = f"int{n}/ch" if family == "int/ch" else f"{family}{n}"
+    label = family_label(family, n)
     if family == "int/ch":
         return {"format": f"int{n}n", "scaling": "absmax", "granularity": "channel", "label": label}
     if family == "posit":
@@ -187,20 +187,16 @@ def _run(data: Any, cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
             progress.advance(task)
     for f in cfg["families"]:
         for n in cfg["widths"]:
-            label = f"int{n}/ch" if f == "int/ch" else f"{f}{n}"
+            label = family_label(f, n)
             plans.append(uniform_plan(report, label))
             names.append(("uniform", label, None))
     reference = _logits(model, images)
     correct: "dict[str, torch.Tensor]" = {}  # per test image: right or wrong, for the significance of the bar
     task = progress.add_task("measure on test", total=len(plans)) if progress is not None else None
     for (kind, name, budget), plan in zip(names, plans):
-        quantize_(model, plan.to_config())
-        try:
-            logits = _logits(model, images)
-            acc, kl = _top1_kl(logits, reference, labels)
-            correct[name] = logits.argmax(1) == labels
-        finally:
-            dequantize_(model)
+        (logits,) = quantized_logits(model, plan, images)
+        acc, kl = _top1_kl(logits, reference, labels)
+        correct[name] = logits.argmax(1) == labels
         sbits = sum(layer.storage_bits - layer.numel * _width(layer.label) for layer in plan.layers)
         rows.append({
             **base, "kind": kind, "name": name, "family": _family(name) if kind == "uniform" else "mixed",
@@ -246,23 +242,18 @@ def bar_trial(model: nn.Module, report: SensitivityReport, calib: torch.Tensor, 
     images (KL: how the plan was chosen, and how a user would choose a uniform format)."""
     if plan is None:
         plan = allocate(report, avg_bits=BAR_BITS, model=model, metric="kl", data=calib, verify=int(cfg["verify"]))
-    labels_by = {f: f"int{BAR_BITS}/ch" if f == "int/ch" else f"{f}{BAR_BITS}" for f in cfg["families"]}
-    candidates = {"plan": plan, **{lab: uniform_plan(report, lab) for lab in labels_by.values()}}
+    uniform = [family_label(f, BAR_BITS) for f in cfg["families"]]
+    candidates = {"plan": plan, **{lab: uniform_plan(report, lab) for lab in uniform}}
     test_ref, calib_ref = _logits(model, images), _logits(model, calib)
     measured: "dict[str, dict[str, Any]]" = {}
     correct: "dict[str, torch.Tensor]" = {}
     for name, p in candidates.items():
-        quantize_(model, p.to_config())
-        try:
-            logits = _logits(model, images)
-            acc, kl = _top1_kl(logits, test_ref, labels)
-            calib_kl = _top1_kl(_logits(model, calib), calib_ref, calib_ref.argmax(1))[1]
-        finally:
-            dequantize_(model)
+        logits, calib_logits = quantized_logits(model, p, images, calib)
+        acc, kl = _top1_kl(logits, test_ref, labels)
+        calib_kl = _top1_kl(calib_logits, calib_ref, calib_ref.argmax(1))[1]
         correct[name] = logits.argmax(1) == labels
         measured[name] = {"accuracy": acc, "test_kl": kl, "calib_kl": calib_kl, "avg_bits": p.avg_bits,
                           "within_budget": p.total_bits <= plan.budget_bits}
-    uniform = [lab for lab in labels_by.values()]
     chosen = min(uniform, key=lambda lab: (measured[lab]["calib_kl"], lab))
     best = max(uniform, key=lambda lab: (measured[lab]["accuracy"], -measured[lab]["avg_bits"]))
 
@@ -306,6 +297,20 @@ def bar_summary(trials: "list[dict[str, Any]]") -> "dict[str, Any]":
         out[f"pooled_vs_{who}"] = [a, b]
         out[f"sign_test_p_vs_{who}"] = sign_test(a, b)
     return out
+
+
+def family_label(family: str, n: int) -> str:
+    """The label of ``family`` at ``n`` bits: ``posit5``, ``float5``, ``fixed5``, ``int5/ch``."""
+    return f"int{n}/ch" if family == "int/ch" else f"{family}{n}"
+
+
+def quantized_logits(model: nn.Module, plan: Plan, *inputs: torch.Tensor) -> "list[torch.Tensor]":
+    """``model``'s float64 logits on each of ``inputs`` with ``plan`` simulated (the model is restored)."""
+    quantize_(model, plan.to_config())
+    try:
+        return [_logits(model, x) for x in inputs]
+    finally:
+        dequantize_(model)
 
 
 def _logits(model: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
