@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "decode_into", "decode_runs_into"]
+__all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "decode_into", "decode_runs_into", "decode_grid_into",
+           "grid_geometry"]
 
 #: Code widths with a wide table (see the module docstring).
 WIDE_BITS = (1, 2, 4, 6)
@@ -198,3 +199,73 @@ def decode_runs_into(data, bits, tables, wide, use_wide, scale, row, n, out, out
             seg[j] = table[acc & mask]
             acc >>= uint64(bits)
             fill -= bits
+
+
+def grid_geometry(shape: "tuple[int, ...]", grid: "tuple[int, ...]", bits: int) -> np.ndarray:
+    """What `decode_grid_into` reads for codes of ``shape`` with one table per granule of ``grid``
+    (see `lowbit.formats.granules`): ``[ndim, *shape]``, then for every axis d and index j along it
+    the offset ``(j // block_d) * grid_stride_d * 2**bits`` of that index's share of the table
+    index (granules row-major over ``grid``; a granule's table is 2**bits entries).
+
+    >>> grid_geometry((2, 3), (1, 3), 2).tolist()  # per column: 3 tables of 4 entries
+    [2, 2, 3, 0, 0, 0, 4, 8]
+    """
+    nd = len(shape)
+    strides = [1] * nd
+    for d in range(nd - 2, -1, -1):
+        strides[d] = strides[d + 1] * grid[d + 1]
+    parts = [np.array([nd, *shape], dtype=np.int64)]
+    for d in range(nd):
+        block = shape[d] // grid[d]
+        parts.append((np.arange(shape[d], dtype=np.int64) // block) * (strides[d] << bits))
+    return np.concatenate(parts)
+
+
+@njit(cache=True, nogil=True)
+def decode_grid_into(data, bits, tables, geom, use_wide, scale, row, n, out, out2, outf):  # type: ignore[no-untyped-def]
+    """Codes with one table per granule of any grid (levels fitted per channel or group, also
+    where a granule's codes are strided: a channel axis other than 0, groups along a leading
+    axis): ``out[i] = tables[sum_d geom_d[index_d(i)] + code i]``, ``geom`` from `grid_geometry`.
+    Same signature as `decode_into`, with the geometry in the place of the wide table (``scale``,
+    ``row``, ``out2`` and ``outf`` are not read); bits <= 8."""
+    nd = geom[0]
+    last = geom[nd]
+    start = np.empty(nd, np.int64)  # where each axis's offsets begin in geom
+    o = 1 + nd
+    for d in range(nd):
+        start[d] = o
+        o += geom[1 + d]
+    tail = geom[start[nd - 1]: start[nd - 1] + last]
+    index = np.zeros(nd, np.int64)  # the leading axes' indices of the current line
+    mask = uint64((1 << bits) - 1)
+    acc = uint64(0)
+    fill = 0
+    p = 0
+    i = 0
+    while i < n:
+        base = 0
+        for d in range(nd - 1):
+            base += geom[start[d] + index[d]]
+        line = out[i: i + last]
+        if bits == 8:
+            src = data[i: i + last]
+            for k in range(last):
+                line[k] = tables[base + tail[k] + src[k]]
+        else:
+            # the bit reader of `lut_decode_into` again (see `decode_runs_into` for why it is not shared)
+            for k in range(last):
+                if fill < bits:  # bits <= 8: one byte always suffices
+                    acc |= uint64(data[p]) << uint64(fill)
+                    p += 1
+                    fill += 8
+                line[k] = tables[base + tail[k] + np.int64(acc & mask)]
+                acc >>= uint64(bits)
+                fill -= bits
+        i += last
+        d = nd - 2
+        while d >= 0:  # next line: an odometer over the leading axes
+            index[d] += 1
+            if index[d] < geom[1 + d]:
+                break
+            index[d] = 0
+            d -= 1

@@ -71,6 +71,7 @@ from torch import nn
 from lowbit.formats._float64 import FLOAT_DTYPES, check_float_dtype, round_float64_to
 from lowbit.formats.base import MAX_TABLE_BITS, EncodedTensor, NumberFormat, ScalarFormat
 from lowbit.formats.block import BlockFormat
+from lowbit.formats.granules import from_granule_rows, to_granule_rows
 from lowbit.formats.learned import LearnedFormat
 from lowbit.formats.spec import parse_format
 from lowbit.simulate.layers import (
@@ -253,7 +254,9 @@ class PackedLayerMixin(nn.Module):
             values = _fast_decode(table.fast, n, value_dtype, staging).view(self._packed_shape)
             return values if value_dtype == dtype else values.to(dtype)
         out = _staging(n, value_dtype) if staging and value_dtype == dtype else None
-        if isinstance(fmt, BlockFormat):
+        if table.grid is not None:  # levels fitted per channel / group, without numba
+            values = _granule_decode(data, fmt.bits, table, tuple(self._packed_shape))
+        elif isinstance(fmt, BlockFormat):
             values = _decode_block(self, table, value_dtype)
             if values is None:  # exponents outside the table: the reference decoder says why
                 return self.packed_weight.decode(dtype)
@@ -275,7 +278,7 @@ class PackedLayerMixin(nn.Module):
         params = {p: self._buffers[_PARAM + p] for p in self._packed_params}
         values = _code_table(fmt, params, dtype)
         if values is None:
-            lut = _run_tables(self, params, dtype)  # levels fitted per channel / group
+            lut = _granule_tables(self, params, dtype)  # levels fitted per channel / group
             if lut is not None:
                 self._packed_table = (key, lut)
             return lut
@@ -441,7 +444,7 @@ class PackedEmbedding(PackedLayerMixin, nn.Embedding):
         if isinstance(fmt, BlockFormat) or _SCALE in self._buffers or (dim * fmt.bits) % 8:
             return None
         table = self._table(self.compute_dtype)
-        if table is None or table.run:
+        if table is None or table.grid is not None:
             return None
         if x.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"Embedding indices must be int32 or int64, got {x.dtype}")
@@ -556,9 +559,12 @@ class _Lut(NamedTuple):
     values: torch.Tensor
     wide: "torch.Tensor | None"
     fast: "tuple[Any, ...] | None"
-    #: 0: one table for every code; r > 0: ``values`` holds one table per run of r codes (fitted
-    #: per channel / group), only decoded by the `fast` kernel
+    #: 0: one table for every code, or granules that are not contiguous runs; r > 0: the granules
+    #: (below) are contiguous runs of r codes each
     run: int = 0
+    #: None: one table for every code; else the granule grid of a format fitted per channel /
+    #: group, and ``values`` holds one table per granule, (granules, 2**bits), row-major over it
+    grid: "tuple[int, ...] | None" = None
 
 
 _VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -592,32 +598,55 @@ def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, .
             scale_np, row)
 
 
-def _run_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor], dtype: torch.dtype) -> "_Lut | None":
-    """One value table per channel / group of a fitted format, when those granules are contiguous
-    runs of codes (per output channel; groups along the last axis, or along any axis whose trailing
-    axes they span) and the numba kernel is there; None otherwise (the reference decode runs)."""
+def _granule_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor], dtype: torch.dtype
+                    ) -> "_Lut | None":
+    """One value table per channel / group of a fitted format (None for other formats).
+
+    Decoded by `_granule_decode` (torch, any device) or, on the CPU with numba and up to 8 bits,
+    by one kernel call: `decode_runs_into` where the granules are contiguous runs of codes (per
+    output channel; groups along the last axis, or along any axis whose trailing axes they span),
+    `decode_grid_into` for every other grid (a channel axis other than 0, groups along a leading
+    axis of a conv weight).
+    """
     from lowbit.kernels import resolve_backend
 
     fmt = layer._packed_format
     data = layer._buffers[_DATA]
-    if not isinstance(fmt, LearnedFormat) or not fmt.per_channel(params) or data.device.type != "cpu" \
-            or resolve_backend(None, "cpu") != "numba" or fmt.bits > 8:
+    if not isinstance(fmt, LearnedFormat) or not fmt.per_channel(params):
         return None
     shape = tuple(layer._packed_shape)
     if not shape or math.prod(shape) == 0:
         return None
-    grid = fmt.granule_grid_of(params, shape)
+    grid, tables = fmt.tables_per_granule(params, shape)
+    values = round_float64_to(tables, dtype).to(data.device).contiguous()
     # contiguous runs: granule blocks are 1 along leading axes, then one partial axis, then whole
     blocks = [n // g for n, g in zip(shape, grid)]
     k = next((d for d, b in enumerate(blocks) if b != 1), len(shape))
-    if any(g != 1 for g in grid[k + 1:]):
-        return None
-    values = round_float64_to(fmt.tables_per_granule(params, shape)[1], dtype).contiguous()
-    run = math.prod(blocks)
-    table = values.reshape(-1).view(_VIEW[values.element_size()])
-    fast = (_numba().decode_runs_into, data.contiguous().numpy(), fmt.bits, table.numpy(), np.zeros(1, np.int64),
-            False, np.zeros(1, np.float32), run)
-    return _Lut(values, None, fast, run)
+    run = math.prod(blocks) if all(g == 1 for g in grid[k + 1:]) else 0
+    lut = _Lut(values, None, None, run, grid)
+    if data.device.type != "cpu" or resolve_backend(None, "cpu") != "numba" or fmt.bits > 8:
+        return lut
+    kernels = _numba()
+    table = values.reshape(-1).view(_VIEW[values.element_size()]).numpy()
+    raw = data.contiguous().numpy()
+    if run:
+        fast = (kernels.decode_runs_into, raw, fmt.bits, table, np.zeros(1, np.int64), False, np.zeros(1, np.float32),
+                run)
+    else:
+        fast = (kernels.decode_grid_into, raw, fmt.bits, table, kernels.grid_geometry(shape, grid, fmt.bits), False,
+                np.zeros(1, np.float32), 0)
+    return lut._replace(fast=fast)
+
+
+def _granule_decode(data: torch.Tensor, bits: int, lut: _Lut, shape: "tuple[int, ...]") -> torch.Tensor:
+    """The torch decode of codes with one table per granule (`_granule_tables`): unpack, then
+    gather every granule's codes from its own table (as `LearnedFormat.decode_tensor` does, on
+    tables already rounded to the output dtype)."""
+    assert lut.grid is not None
+    n = math.prod(shape)
+    codes = unpack_bits(data.contiguous(), bits, n, torch.int64).reshape(shape)
+    rows = to_granule_rows(codes, lut.grid)
+    return from_granule_rows(torch.gather(lut.values, 1, rows), shape, lut.grid)
 
 
 def _out_views(buf: torch.Tensor, pair: "torch.dtype | None") -> "tuple[Any, Any, Any]":

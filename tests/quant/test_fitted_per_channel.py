@@ -122,32 +122,61 @@ def test_any_axis_and_groups_equal_quantizing_each_granule_alone(spec, granulari
         assert torch.equal(packed(x), want) and torch.equal(rebuilt(x), want)
 
 
-@pytest.mark.parametrize("spec", SPECS)
+def _backend_specs() -> "list[tuple[str, str]]":
+    # the reference backend fits codebooks row by row (slow): three specs there, every spec with numba
+    from lowbit.kernels import available_backends
+
+    pairs = [("reference", s) for s in ("binary", "ternary", "codebook3")]
+    return pairs + ([("numba", s) for s in SPECS] if "numba" in available_backends() else [])
+
+
+@pytest.mark.parametrize("backend, spec", _backend_specs())
 @pytest.mark.parametrize("granularity, runs", [
     ("channel", (True, True)),                                       # one table per output channel
     ({"kind": "group", "axis": -1, "group_size": 3}, (True, True)),  # groups along the last axis
-    ({"kind": "group", "axis": 1, "group_size": 3}, (False, True)),  # conv: strided groups; linear: runs of 3
-    ({"kind": "channel", "axis": 1}, (False, False)),                # strided granules: the reference decode
+    ({"kind": "group", "axis": 1, "group_size": 2}, (False, True)),  # conv: strided groups; linear: runs of 2
+    ({"kind": "channel", "axis": 1}, (False, False)),                # strided granules
+    ({"kind": "channel", "axis": -1}, (False, False)),               # per kernel column / input feature
+    ({"kind": "group", "axis": 0, "group_size": 2}, (False, False)),  # groups of output channels (on a 6x4 linear)
 ])
-def test_packed_layers_decode_runs_of_codes_with_one_table_each(spec, granularity, runs):
-    # where a channel's / group's codes are one contiguous run, a packed layer decodes with one
-    # value table per run (numba); everywhere the weight equals the simulated one bit for bit
-    from lowbit.kernels import available_backends
+def test_packed_layers_decode_with_one_table_per_granule(backend, spec, granularity, runs):
+    # every granule decodes with its own value table: numba, one kernel call (contiguous runs of codes:
+    # decode_runs_into; any other grid: decode_grid_into); reference, a torch gather per granule row.
+    # Everywhere the weight equals the simulated one bit for bit.
+    from lowbit.kernels import use_backend
+    from lowbit.storage import _decode_numba
 
-    model = lb.quantize_(_model(), _config(spec, granularity))
-    packed = lb.pack_(copy.deepcopy(model))
-    x = torch.randn(2, 3, 6, 6)
-    for i in (0, 3):
-        want = model[i]._lowbit_weight().detach()
-        assert torch.equal(packed[i].weight, want)
-        with torch.no_grad():
-            assert torch.equal(packed[i]._lowbit_weight(), want)
-            assert torch.equal(packed[i]._lowbit_weight(), want)
-        if "numba" in available_backends():
-            table = packed[i]._table(torch.float32)
-            assert (table is not None and table.run > 0) == runs[0 if i == 0 else 1], i
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 4))
     with torch.no_grad():
-        assert torch.equal(packed(x), model(x))
+        model[0].weight[:, 1] = 0.0  # an all-zero input channel
+    x = torch.randn(2, 4, 6, 6)
+    with use_backend(backend):
+        model = lb.quantize_(model, _config(spec, granularity))
+        packed = lb.pack_(copy.deepcopy(model))
+        for i in (0, 3):
+            want = _granules(lb.parse_format(spec), model[i].weight.detach(), _granularity_dict(granularity))
+            assert torch.equal(model[i]._lowbit_weight().detach(), want)
+            assert torch.equal(packed[i].weight, want)
+            with torch.no_grad():
+                assert torch.equal(packed[i]._lowbit_weight(), want)
+                assert torch.equal(packed[i]._lowbit_weight(), want)  # the prepared call
+            table = packed[i]._table(torch.float32)
+            assert table is not None and table.grid is not None
+            assert (table.run > 0) == runs[0 if i == 0 else 1], i
+            if backend == "numba":
+                kernel = _decode_numba.decode_runs_into if table.run else _decode_numba.decode_grid_into
+                assert table.fast is not None and table.fast[0] is kernel
+            else:
+                assert table.fast is None
+            for dtype in (torch.float64, torch.bfloat16):
+                assert torch.equal(packed[i].packed_weight.decode(dtype), want.double().to(dtype)), dtype
+        with torch.no_grad():
+            assert torch.equal(packed(x), model(x))
+
+
+def _granularity_dict(granularity: "dict | str") -> dict:
+    return {"kind": "channel", "axis": 0} if granularity == "channel" else granularity
 
 
 def test_group_params_are_stored_one_per_group(tmp_path):
