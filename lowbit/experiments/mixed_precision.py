@@ -261,13 +261,16 @@ def bar_trial(model: nn.Module, report: SensitivityReport, calib: torch.Tensor, 
         return int((correct["plan"] & ~correct[other]).sum()), int((correct[other] & ~correct["plan"]).sum())
 
     (a1, b1), (a2, b2) = split(chosen), split(best)
+    fp32_right = test_ref.argmax(1) == labels  # the unquantized model against the same optimistic comparator
+    a3, b3 = int((fp32_right & ~correct[best]).sum()), int((correct[best] & ~fp32_right).sum())
     return {"kind": "bar_trial", "name": f"seed {seed}", "seed": seed, "budget_avg_bits": BAR_BITS,
             "fp32_accuracy": fp32, "plan_accuracy": measured["plan"]["accuracy"], "plan": measured["plan"],
             "plan_formats": plan.formats, "uniform": {lab: measured[lab] for lab in uniform},
             "chosen_uniform": chosen, "chosen_accuracy": measured[chosen]["accuracy"],
             "best_uniform": best, "best_accuracy": measured[best]["accuracy"],
             "only_plan_right_vs_chosen": a1, "only_chosen_right": b1,
-            "only_plan_right_vs_best": a2, "only_best_right": b2}
+            "only_plan_right_vs_best": a2, "only_best_right": b2,
+            "only_fp32_right_vs_best": a3, "only_best_right_vs_fp32": b3}
 
 
 def bar_summary(trials: "list[dict[str, Any]]") -> "dict[str, Any]":
@@ -282,6 +285,8 @@ def bar_summary(trials: "list[dict[str, Any]]") -> "dict[str, Any]":
     (1, 0, 1, [13, 13])
     >>> r["sign_test_p_vs_chosen"], r["ties_vs_best"], r["mean_plan_accuracy"]
     (1.0, 1, 0.98)
+    >>> r["fp32_wins_vs_best"], r["fp32_ties_vs_best"], r["fp32_losses_vs_best"]
+    (0, 2, 0)
     """
     out: "dict[str, Any]" = {"kind": "bar_summary", "name": f"plan@{BAR_BITS} over {len(trials)} seed(s)",
                              "budget_avg_bits": BAR_BITS, "seeds": [t["seed"] for t in trials]}
@@ -296,6 +301,14 @@ def bar_summary(trials: "list[dict[str, Any]]") -> "dict[str, Any]":
         b = sum(t[f"only_{who}_right"] for t in trials)
         out[f"pooled_vs_{who}"] = [a, b]
         out[f"sign_test_p_vs_{who}"] = sign_test(a, b)
+    # the same optimistic comparator against the unquantized model: how often it beats FP32 itself
+    diffs = [t["fp32_accuracy"] - t["best_accuracy"] for t in trials]
+    out["fp32_wins_vs_best"] = sum(d > 0 for d in diffs)
+    out["fp32_ties_vs_best"] = sum(d == 0 for d in diffs)
+    out["fp32_losses_vs_best"] = sum(d < 0 for d in diffs)
+    if all("only_fp32_right_vs_best" in t for t in trials):
+        out["fp32_pooled_vs_best"] = [sum(t["only_fp32_right_vs_best"] for t in trials),
+                                      sum(t["only_best_right_vs_fp32"] for t in trials)]
     return out
 
 
@@ -585,17 +598,19 @@ def _seeds_section(rows: "list[dict[str, Any]]") -> "list[str]":
            "the test set, by the rule that picks the plan; *best on test*: the uniform format that turns out most "
            "accurate on the test set (an optimistic comparator: the maximum of "
            f"{len(labels)} noisy accuracies). Top-1 % on the test set:", "",
-           "| seed | FP32 | plan | " + " | ".join(labels) + " | chosen | plan − chosen | plan − best on test |",
-           "|---:|---:|---:|" + "---:|" * len(labels) + "---|---:|---:|"]
+           "| seed | FP32 | plan | " + " | ".join(labels) + " | chosen | plan − chosen | plan − best on test | FP32 − best on test |",
+           "|---:|---:|---:|" + "---:|" * len(labels) + "---|---:|---:|---:|"]
     for t in trials:
         out.append(f"| {t['seed']} | {_pct(t['fp32_accuracy'])} | **{_pct(t['plan_accuracy'])}** | "
                    + " | ".join(_pct(t["uniform"][lab]["accuracy"]) for lab in labels)
                    + f" | {t['chosen_uniform']} | {100 * (t['plan_accuracy'] - t['chosen_accuracy']):+.2f} | "
-                   f"{100 * (t['plan_accuracy'] - t['best_accuracy']):+.2f} |")
+                   f"{100 * (t['plan_accuracy'] - t['best_accuracy']):+.2f} | "
+                   f"{100 * (t['fp32_accuracy'] - t['best_accuracy']):+.2f} |")
     out.append(f"| mean | {_pct(summary['mean_fp32_accuracy'])} | **{_pct(summary['mean_plan_accuracy'])}** | "
                + " | ".join(_pct(sum(t["uniform"][lab]["accuracy"] for t in trials) / len(trials)) for lab in labels)
                + f" | | {100 * (summary['mean_plan_accuracy'] - summary['mean_chosen_accuracy']):+.2f} | "
-               f"{100 * (summary['mean_plan_accuracy'] - summary['mean_best_accuracy']):+.2f} |")
+               f"{100 * (summary['mean_plan_accuracy'] - summary['mean_best_accuracy']):+.2f} | "
+               f"{100 * (summary['mean_fp32_accuracy'] - summary['mean_best_accuracy']):+.2f} |")
     out.append("")
     for who, text in (("chosen", "the chosen uniform format"), ("best", "the best uniform format on test")):
         a, b = summary[f"pooled_vs_{who}"]
@@ -604,6 +619,13 @@ def _seeds_section(rows: "list[dict[str, Any]]") -> "list[str]":
                    f"test images and {text} alone on {b} (sign test p = {summary[f'sign_test_p_vs_{who}']:.2f}"
                    + ("; this comparator is picked by looking at these same images, so the p-value overstates "
                       "the difference)." if who == "best" else ")."))
+    if "fp32_losses_vs_best" in summary:
+        pooled = summary.get("fp32_pooled_vs_best")
+        out.append(f"- FP32 itself vs the best uniform format on test: {summary['fp32_wins_vs_best']} seed(s) better, "
+                   f"{summary['fp32_ties_vs_best']} equal, {summary['fp32_losses_vs_best']} worse"
+                   + (f"; pooled, FP32 alone is right on {pooled[0]} test images and the best uniform format alone on "
+                      f"{pooled[1]}" if pooled else "")
+                   + " — the yardstick the unquantized model would have to clear as well.")
     kl_wins = sum(t["plan"]["test_kl"] <= min(u["test_kl"] for u in t["uniform"].values()) for t in trials)
     out += [f"- test KL to the FP32 model: the plan is lowest of all on {kl_wins} of {len(trials)} seed(s).", ""]
     return out

@@ -129,6 +129,8 @@ def test_bar_across_seeds(tiny):
         a, b = t["only_plan_right_vs_chosen"], t["only_chosen_right"]
         assert a - b == round((t["plan_accuracy"] - t["chosen_accuracy"]) * n_test)
         assert 0 <= t["fp32_accuracy"] <= 1
+        a, b = t["only_fp32_right_vs_best"], t["only_best_right_vs_fp32"]
+        assert a - b == round((t["fp32_accuracy"] - t["best_accuracy"]) * n_test)
     assert trials[1]["fp32_accuracy"] != trials[0]["fp32_accuracy"] or trials[1]["plan"] != trials[0]["plan"]
     summary = [r for r in tiny.rows if r["kind"] == "bar_summary"]
     assert len(summary) == 1 and summary[0]["seeds"] == [1, 2]
@@ -136,8 +138,13 @@ def test_bar_across_seeds(tiny):
     assert s["pooled_vs_chosen"] == [sum(t["only_plan_right_vs_chosen"] for t in trials),
                                      sum(t["only_chosen_right"] for t in trials)]
     assert s["wins_vs_best"] + s["ties_vs_best"] + s["losses_vs_best"] == 2
+    assert s["fp32_losses_vs_best"] == sum(t["fp32_accuracy"] < t["best_accuracy"] for t in trials)
+    assert s["fp32_wins_vs_best"] + s["fp32_ties_vs_best"] + s["fp32_losses_vs_best"] == 2
+    assert s["fp32_pooled_vs_best"] == [sum(t["only_fp32_right_vs_best"] for t in trials),
+                                        sum(t["only_best_right_vs_fp32"] for t in trials)]
     assert s["mean_plan_accuracy"] == pytest.approx(sum(t["plan_accuracy"] for t in trials) / 2)
-    assert "trained model(s)" in (tiny.out_dir / "report.md").read_text()
+    text = (tiny.out_dir / "report.md").read_text()
+    assert "trained model(s)" in text and "FP32 itself vs the best uniform format on test" in text
 
 
 def test_family_candidates():
