@@ -4,8 +4,8 @@
     python benchmarks/bench_storage.py [--threads 1] [--repeats 40] [--batches 1 8] [--out benchmarks/results]
 
 What it does, per weight configuration (`CONFIGS`: posit8_es2 and posit6_es1 per tensor; the 6-bit
-e2m3fn with a float scale per output channel; codebook4 per tensor and per channel, and int4 per
-channel, as 4-bit ones):
+e2m3fn with a float scale per output channel; codebook4 per tensor, per output channel and per
+input channel (strided granules), and int4 per channel, as 4-bit ones):
 
 1. **Size on disk** of ``lb.save`` checkpoints, in MB (10^6 bytes), for two ways of handling the
    49 BatchNorms: ``bn=folded`` (folded into the preceding convolutions first, as deployment
@@ -61,6 +61,8 @@ CONFIGS: "dict[str, Any]" = {
     "e2m3fn/channel": {"format": "e2m3fn", "scaling": "absmax", "granularity": "channel"},
     "codebook4": "codebook4",
     "codebook4/channel": {"format": "codebook4", "granularity": "channel"},  # 16 float32 levels per channel
+    # per input channel: strided granules (decode_grid_into)
+    "codebook4/in-channel": {"format": "codebook4", "granularity": {"kind": "channel", "axis": 1}},
     "int4/channel": {"format": "int4", "scaling": "absmax", "granularity": "channel"},
 }
 BARS_MB = {"posit8_es2": 4.9, "posit6_es1": 3.7, "e2m3fn/channel": 3.7}
@@ -179,7 +181,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--timing-configs", nargs="+",
-                    default=["posit8_es2", "e2m3fn/channel", "codebook4", "codebook4/channel"])
+                    default=["posit8_es2", "e2m3fn/channel", "codebook4", "codebook4/channel", "codebook4/in-channel"])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
     _require_packages()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from typing import Sequence
@@ -210,15 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options of ``lowbit explain`` that take a value (as separate words: ``--rounding floor``)
+_EXPLAIN_VALUE_OPTIONS = ("--rounding",)
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 def _protect_negative_value(argv: "list[str]") -> "list[str]":
-    """Let ``lowbit explain -1e-3 fp16`` / ``-inf`` through: argparse would read them as options."""
-    if argv and argv[0] == "explain" and len(argv) >= 2 and argv[1].startswith("-") and "--" not in argv:
-        try:
-            float(argv[1])
-        except ValueError:
-            return argv
-        return [argv[0], "--", *argv[1:]]
-    return argv
+    """Let ``lowbit explain -1e-3 fp16 --rounding floor`` / ``-inf`` through: argparse would read a
+    negative VALUE as an option. The options go first, then ``--``, then the positionals in order."""
+    if not argv or argv[0] != "explain" or "--" in argv:
+        return argv
+    options: "list[str]" = []
+    positionals: "list[str]" = []
+    words = iter(argv[1:])
+    for word in words:
+        if word.startswith("-") and not _is_number(word):
+            options.append(word)
+            if word in _EXPLAIN_VALUE_OPTIONS:
+                options.extend(list(itertools.islice(words, 1)))
+        else:
+            positionals.append(word)
+    if not any(w.startswith("-") for w in positionals):
+        return argv
+    return [argv[0], *options, "--", *positionals]
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:

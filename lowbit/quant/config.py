@@ -9,23 +9,43 @@ overrides keyed by a name pattern, and exclusions. The plain dict of CONTRACT.md
 >>> QuantConfig.from_json(cfg.to_json()) == cfg
 True
 
-Patterns: a module's qualified name matched with `fnmatch` (``"features.*"``, ``"fc_out"``), or
-``"type:Conv2d"`` for every module of that class. The last matching ``layers`` entry wins; its
-roles replace the default's role by role (roles it does not name keep the default).
+Patterns: a module's qualified name matched with `fnmatch` (``"features.*"``, ``"fc_out"``) — a
+pattern that matches a container covers every layer inside it (``"block"`` covers
+``"block.0.conv"``) — or ``"type:Conv2d"`` for every module of that class. The last matching
+``layers`` entry wins; its roles replace the default's role by role (roles it does not name keep
+the default). `pattern_matches` is the rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from lowbit.formats import LearnedFormat, NumberFormat, parse_format
 from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
 from lowbit.quant.granularity import Granularity, as_granularity
 
-__all__ = ["ROLES", "SCALINGS", "STATIC_ROLES", "RoleConfig", "LayerConfig", "QuantConfig", "as_config", "CONFIG_VERSION"]
+__all__ = ["pattern_matches", "ROLES", "SCALINGS", "STATIC_ROLES", "RoleConfig", "LayerConfig", "QuantConfig", "as_config", "CONFIG_VERSION"]
+
+def pattern_matches(pattern: str, name: str, classes: Iterable[str]) -> bool:
+    """Whether a layer pattern covers the module ``name`` whose class (and base classes) are named
+    ``classes``: ``"type:<Class>"`` matches a class name; any other pattern is the qualified name,
+    or an `fnmatch` pattern over it, of the module or of one of its ancestors.
+
+    >>> pattern_matches("block", "block.0.conv", ["Conv2d"]), pattern_matches("block", "blocks.0", ["Linear"])
+    (True, False)
+    >>> pattern_matches("fc*", "fc2", ["Linear"]), pattern_matches("type:Linear", "fc2", ["Linear", "Module"])
+    (True, True)
+    """
+    if pattern.startswith("type:"):
+        return pattern[5:] in classes
+    parts = name.split(".")
+    prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+    return any(p == pattern or fnmatch.fnmatchcase(p, pattern) for p in prefixes)
+
 
 #: Tensor roles of a quantized layer: its weight and bias, its input activations, its output,
 #: and the gradient flowing back into its output.

@@ -60,7 +60,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import math
 import numbers
@@ -72,7 +71,7 @@ import numpy as np
 from torch import nn
 
 from lowbit.errors import LowbitWarning
-from lowbit.quant.config import as_config
+from lowbit.quant.config import as_config, pattern_matches
 from lowbit.quant.sensitivity import (
     FULL,
     SensitivityEntry,
@@ -126,10 +125,7 @@ class PlanLayer:
 
 
 def _matches(pattern: str, layer: PlanLayer) -> bool:
-    # the same rule as quantize_: "type:Name" matches a class along the layer's MRO, else fnmatch
-    if pattern.startswith("type:"):
-        return pattern[5:] in layer.types
-    return fnmatch.fnmatchcase(layer.name, pattern)
+    return pattern_matches(pattern, layer.name, layer.types)  # the rule of quantize_
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,12 +347,12 @@ def _problem(report: SensitivityReport, budget_bytes: Any, avg_bits: Any, keep_f
     keep = _patterns(keep_full, "keep_full")
     names = [info.name for info in report.layers]
     for p in keep:
-        if not any(n == p or fnmatch.fnmatchcase(n, p) for n in names):
+        if not any(pattern_matches(p, info.name, info.types) for info in report.layers):
             raise ValueError(f"keep_full: {p!r} matches no layer of the report; layers: {', '.join(names)}")
     fixed: dict[str, PlanLayer] = {}
     free, options = [], []
     for info in report.layers:
-        kept = any(info.name == p or fnmatch.fnmatchcase(info.name, p) for p in keep)
+        kept = any(pattern_matches(p, info.name, info.types) for p in keep)
         entries = report.candidates(info.name)
         if kept or (not entries and count_unscanned):
             fixed[info.name] = PlanLayer(info.name, FULL, None, info.numel, info.full_storage_bits, 0.0, info.types,

@@ -43,7 +43,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import math
 from typing import Any
 
@@ -54,7 +53,7 @@ from torch.nn.utils import parametrize
 from lowbit.formats import NumberFormat
 from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.rounding import Rounding, check_rounding
-from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config
+from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config, pattern_matches
 from lowbit.quant.granularity import Granularity, _scalar_format, as_granularity, format_low
 from lowbit.simulate.scaling import format_centre
 
@@ -196,10 +195,8 @@ class LSQQuantizer(nn.Module):
 
 # ---------------------------------------------------------------------- prepare / convert
 def _matches(pattern: str, name: str, module: nn.Module) -> bool:
-    if pattern.startswith("type:"):
-        cls = getattr(module, "lowbit_float_class", type(module))
-        return any(c.__name__ == pattern[5:] for c in cls.__mro__)
-    return fnmatch.fnmatchcase(name, pattern)
+    cls = getattr(module, "lowbit_float_class", type(module))
+    return pattern_matches(pattern, name, [c.__name__ for c in cls.__mro__])
 
 
 def _layer_config(cfg: Any, name: str, module: nn.Module) -> "LayerConfig | None":

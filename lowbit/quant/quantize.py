@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import hashlib
 import warnings
 from typing import Any
@@ -25,7 +24,7 @@ from torch import nn
 from lowbit.errors import LowbitWarning
 from lowbit.quant.observers import CalibrationError
 from lowbit.formats import NumberFormat
-from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config
+from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config, pattern_matches
 from lowbit.simulate.layers import (
     CHUNKED_ACCUMULATION,
     INAPPLICABLE_ROLES,
@@ -55,11 +54,8 @@ class QuantizationReport:
 
 
 def _matches(pattern: str, name: str, module: nn.Module) -> bool:
-    if pattern.startswith("type:"):
-        wanted = pattern[5:]
-        cls = getattr(module, "lowbit_float_class", type(module))
-        return any(c.__name__ == wanted for c in cls.__mro__)
-    return fnmatch.fnmatchcase(name, pattern)
+    cls = getattr(module, "lowbit_float_class", type(module))
+    return pattern_matches(pattern, name, [c.__name__ for c in cls.__mro__])
 
 
 def _float_class(module: nn.Module) -> type:

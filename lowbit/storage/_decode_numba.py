@@ -210,6 +210,7 @@ def grid_geometry(shape: "tuple[int, ...]", grid: "tuple[int, ...]", bits: int) 
     >>> grid_geometry((2, 3), (1, 3), 2).tolist()  # per column: 3 tables of 4 entries
     [2, 2, 3, 0, 0, 0, 4, 8]
     """
+    shape, grid = _collapse(shape, grid)
     nd = len(shape)
     strides = [1] * nd
     for d in range(nd - 2, -1, -1):
@@ -219,6 +220,26 @@ def grid_geometry(shape: "tuple[int, ...]", grid: "tuple[int, ...]", bits: int) 
         block = shape[d] // grid[d]
         parts.append((np.arange(shape[d], dtype=np.int64) // block) * (strides[d] << bits))
     return np.concatenate(parts)
+
+
+def _collapse(shape: "tuple[int, ...]", grid: "tuple[int, ...]") -> "tuple[tuple[int, ...], tuple[int, ...]]":
+    """The same granules over fewer, longer axes: size-1 axes dropped, neighbours merged where both
+    are whole (one granule along each) or both per index (one granule per index of each), so the
+    kernel's lines are as long as they can be (a 1x1 conv per input channel: one line per output
+    channel, not one per weight).
+
+    >>> _collapse((8, 16, 1, 1), (1, 16, 1, 1)), _collapse((8, 16, 3, 3), (1, 16, 1, 1))
+    (((8, 16), (1, 16)), ((8, 16, 9), (1, 16, 1)))
+    """
+    axes = [(n, g) for n, g in zip(shape, grid) if n != 1] or [(1, 1)]
+    out = [axes[0]]
+    for n, g in axes[1:]:
+        n0, g0 = out[-1]
+        if (g0 == 1 and g == 1) or (g0 == n0 and g == n):
+            out[-1] = (n0 * n, g0 * g)
+        else:
+            out.append((n, g))
+    return tuple(n for n, _ in out), tuple(g for _, g in out)
 
 
 @njit(cache=True, nogil=True)

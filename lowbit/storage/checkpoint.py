@@ -201,9 +201,9 @@ def _module_formats(model: torch.nn.Module, required: bool = True) -> "dict[str,
     found = tensor_formats(model) if tensor_formats is not None else {}
     if required and not any(f is not None for f in found.values()):
         raise TypeError(
-            f"save() got a {type(model).__name__} with no lowbit weight formats (not quantized with "
-            "lowbit.quantize_ or packed with lowbit.pack_); pass formats= (one spec such as 'posit8_es2', "
-            "or {name: spec}) to store it"
+            f"save() got a {type(model).__name__} with no lowbit weight formats (no layer has a 'weight' "
+            "format from lowbit.quantize_, and none is packed with lowbit.pack_; input, output and grad "
+            "formats are not stored); pass formats= (one spec such as 'posit8_es2', or {name: spec}) to store it"
         )
     return dict(found)
 

@@ -56,7 +56,6 @@ Semantics, exactly:
 from __future__ import annotations
 
 import collections
-import fnmatch
 import functools
 import math
 import threading
@@ -74,6 +73,7 @@ from lowbit.formats.block import BlockFormat
 from lowbit.formats.granules import from_granule_rows, to_granule_rows
 from lowbit.formats.learned import LearnedFormat
 from lowbit.formats.spec import parse_format
+from lowbit.quant.config import pattern_matches
 from lowbit.simulate.layers import (
     QuantConvTranspose2d,
     QuantEmbedding,
@@ -829,10 +829,8 @@ def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype) ->
 
 # ------------------------------------------------------------------------------ pack_ / unpack_
 def _matches(pattern: str, name: str, module: nn.Module) -> bool:
-    if pattern.startswith("type:"):
-        cls = _float_class_of(module)
-        return any(c.__name__ == pattern[5:] for c in cls.__mro__)
-    return fnmatch.fnmatchcase(name, pattern)
+    cls = _float_class_of(module)
+    return pattern_matches(pattern, name, [c.__name__ for c in cls.__mro__])
 
 
 def _float_class_of(module: nn.Module) -> type:
@@ -866,7 +864,8 @@ def pack_(
       (``lowbit.tensor_formats``); their other roles stay simulated (see the module docstring);
     - a spec string or `NumberFormat`: every supported layer (float or simulated);
     - ``{pattern: spec or None}``: module names (fnmatch patterns, ``"type:Conv2d"``, or a
-      state-dict key ``"fc.weight"``); the last matching entry wins, None leaves a layer as it
+      state-dict key ``"fc.weight"``; a container's name covers the layers inside it, as in
+      `lowbit.quantize_`); the last matching entry wins, None leaves a layer as it
       is; simulated layers no entry matches keep their own weight format;
     - a packed state dict from `lowbit.load_packed` (``{key: PackedTensor or tensor}``): the
       layers it holds ``PackedTensor`` weights for are packed with exactly those codes (nothing
@@ -946,7 +945,8 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
                 module = by_name[pattern]
                 if isinstance(module, PackedLayerMixin) and spec is not None:
                     raise ValueError(f"layer {pattern!r} is already packed ({module.format}); unpack_ it first")
-                if not _packable(module) and spec is not None:
+                container = any(_packable(m) for m in module.modules())  # a name covers the layers inside it
+                if not _packable(module) and spec is not None and (isinstance(spec, PackedTensor) or not container):
                     raise ValueError(
                         f"layer {pattern!r} ({type(module).__name__}) cannot be packed; supported: Linear, Conv1d, "
                         "Conv2d, ConvTranspose2d, Embedding (and subclasses that keep their forward)"
@@ -968,7 +968,7 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
         chosen: Any = default
         explicit = False
         for pattern, spec in entries:
-            if _matches(pattern, name, module):
+            if (name == pattern) if isinstance(spec, PackedTensor) else _matches(pattern, name, module):
                 chosen, explicit = spec, True
         if chosen is None and not explicit and role is not None:
             first = role.tracker is not None and role.tracker.calls == 0  # as lowbit.tensor_formats does

@@ -43,6 +43,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats._float64 import FLOAT_DTYPES
 from lowbit.formats.base import NumberFormat
 from lowbit.formats.spec import parse_format
+from lowbit.quant.config import pattern_matches
 from lowbit.storage.packed import PackedTensor, pack_for_role
 
 __all__ = ["read_state_dict", "read_plan", "plan_formats", "pack_state_dict"]
@@ -145,7 +146,7 @@ def _flat_formats(state: Mapping[str, torch.Tensor], plan: Mapping[str, Any]) ->
         fmt = _parse_spec(spec, f"plan[{name!r}]")
         keys = [k for k in state if fnmatch.fnmatchcase(k, name)]
         if not keys:
-            keys = [f"{m}.weight" for m in sorted(modules) if fnmatch.fnmatchcase(m, name) and f"{m}.weight" in state]
+            keys = [f"{m}.weight" for m in sorted(modules) if pattern_matches(name, m, ()) and f"{m}.weight" in state]
         if not keys:
             raise LowbitError(f"bad plan: {name!r} matches no tensor or layer (with a .weight) of the state dict")
         for key in keys:
@@ -171,18 +172,18 @@ def _config_formats(state: Mapping[str, torch.Tensor], plan: Mapping[str, Any]) 
     for pattern in [p for p, _ in cfg.layers] + list(cfg.exclude):
         if pattern.startswith("type:"):
             raise LowbitError(f"bad plan: pattern {pattern!r}: a bare state dict has no layer types; name the layers")
-        if not any(fnmatch.fnmatchcase(m, pattern) for m in modules):
+        if not any(pattern_matches(pattern, m, ()) for m in modules):
             raise LowbitError(f"bad plan: layer pattern {pattern!r} matches no layer of the state dict")
     out: dict[str, Any] = {}
     for key in state:
         module, _, role = key.rpartition(".")
         if role not in ("weight", "bias") or not _floating(state, key):
             continue
-        if any(fnmatch.fnmatchcase(module, p) for p in cfg.exclude):
+        if any(pattern_matches(p, module, ()) for p in cfg.exclude):
             continue
         layer, explicit = cfg.default, False
         for pattern, override in cfg.layers:
-            if fnmatch.fnmatchcase(module, pattern):
+            if pattern_matches(pattern, module, ()):
                 layer, explicit = override, True
         weight = state.get(f"{module}.weight" if module else "weight")
         if not explicit and (weight is None or weight.dim() < 2):

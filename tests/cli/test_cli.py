@@ -145,3 +145,20 @@ def test_explain_accepts_negative_values_in_exponent_notation_and_minus_inf(caps
     out, err = capsys.readouterr()
     assert code == 0, err
     assert pattern in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["explain", "-0.3", "fixed8_f4", "--rounding", "toward_zero"],
+    ["explain", "-0.3", "fixed8_f4", "--rounding=toward_zero"],
+    ["explain", "--rounding", "toward_zero", "-0.3", "fixed8_f4"],
+    ["explain", "-3e-1", "fixed8_f4", "--rounding", "toward_zero"],
+])
+def test_explain_takes_options_before_or_after_a_negative_value(capsys, argv):
+    # -0.3 toward zero in fixed8_f4 (steps of 1/16) is -0.25, nearest-even would give -0.3125
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage error
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "rounds to -0.25" in out

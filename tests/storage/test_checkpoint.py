@@ -157,9 +157,13 @@ class TestModules:
         fresh.load_state_dict(out)
 
     def test_unquantized_model_needs_formats(self, tmp_path: Path) -> None:
-        with pytest.raises(TypeError, match="not quantized with lowbit.quantize_.*pass formats="):
+        with pytest.raises(TypeError, match="no layer has a 'weight' format from lowbit.quantize_.*pass formats="):
             lb.save(self.make(), tmp_path / "m.safetensors")
         assert not (tmp_path / "m.safetensors").exists()
+        # activations only: nothing that save() stores, and the message says why
+        model = lb.quantize_(self.make(), {"input": "posit8_es2", "grad": "e5m2"})
+        with pytest.raises(TypeError, match="input, output and grad formats are not stored.*pass formats="):
+            lb.save(model, tmp_path / "m.safetensors")
 
     def test_unquantized_model_with_one_spec(self, tmp_path: Path) -> None:
         model = self.make()
