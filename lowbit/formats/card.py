@@ -189,7 +189,7 @@ def _learned_card(fmt: LearnedFormat) -> "dict[str, Any]":
         "rule": rule,
         "params": params,
         "max_levels": 1 << fmt.bits if isinstance(fmt, Codebook) else (2 if isinstance(fmt, BinaryFormat) else 3),
-        "precision": "means are exact, rounded once to x's dtype (float32 for float64 inputs)",
+        "precision": "means are exact, rounded once to x's dtype (float64 inputs keep float64 levels)",
         "nan_and_inf": "ValueError: the levels cannot be fitted to non-finite values",
         "data_dependent": True,
         "default_rounding": "nearest_even (the only mode)",

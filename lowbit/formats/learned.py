@@ -12,15 +12,18 @@
   until the assignment stops changing (at most `Codebook.MAX_ITERATIONS` steps). When it has
   converged with empty clusters while some point is not represented exactly, one empty level is
   moved onto the point farthest from its level and the iteration resumes, so a tensor with at
-  most 2^k distinct values is normally reproduced exactly. The final levels are the exact means
-  of the final clusters; codes index ``params["levels"]``, 2^k sorted levels of which the used
-  ones come first (a tensor with fewer distinct clusters repeats its largest level as padding).
+  most 2^k distinct values is normally reproduced exactly. Those iterations use float64 means;
+  they are then finished exactly (`Codebook._settle`): levels = the exact means of the clusters
+  rounded into the parameter precision, values reassigned to the nearest of those levels (a tie
+  to the lower one), repeated until nothing moves — so every value's level is its nearest and
+  every level the mean of its values. Codes index ``params["levels"]``, 2^k sorted levels of
+  which the used ones come first (fewer distinct clusters: the largest level repeats as padding).
 
 Every mean is exact (a vectorized exact sum of the float64 values, then one division as a
-fraction) and rounded once, to nearest even, into the parameter precision: x's dtype for
-float16 / bfloat16 / float32 inputs, float32 for float64 inputs (the parameters are stored as
-float32; a float64 tensor whose mean exceeds float32's range raises ValueError). So
-``quantize(x)`` is exactly ``sign(x) · mean|x|`` in x's dtype for binary, and so on.
+fraction) and rounded once, to nearest even, into x's precision (float16 / bfloat16 / float32 /
+float64; parameters are stored as float64 for float64 inputs, else as float32, which holds the
+narrower ones exactly). So ``quantize(x)`` is exactly ``sign(x) · mean|x|`` in x's dtype for
+binary — a float64 input is never pushed through float32 — and so on.
 
 NaN or ±inf in x raise ValueError (a fitted level would be meaningless). Rounding modes other
 than ``"nearest_even"`` are not meaningful here (each element goes to its level by a rule) and
@@ -51,8 +54,16 @@ _PARAM_PRECISION: dict[torch.dtype, tuple[int, int]] = {
     torch.float16: (10, -14),
     torch.bfloat16: (7, -126),
     torch.float32: (23, -126),
+    torch.float64: (52, -1022),
 }
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _param_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype fitted parameters are stored in for inputs of ``dtype``: float64 for float64
+    inputs (never pushed through float32), float32 otherwise (it holds float16 / bfloat16 levels
+    exactly)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def exact_sums(values: torch.Tensor, groups: "torch.Tensor | None" = None, n_groups: int = 1) -> list[Fraction]:
@@ -151,7 +162,7 @@ class LearnedFormat(NumberFormat):
         """An exact mean rounded once into the parameter precision for inputs of ``dtype``."""
         man, emin = _PARAM_PRECISION.get(dtype, _PARAM_PRECISION[torch.float32])
         v = round_fraction(q, man, emin)
-        if abs(v) > _FLOAT32_MAX:
+        if abs(v) > _FLOAT32_MAX and _param_dtype(dtype) == torch.float32:
             raise ValueError(
                 f"{self}: a fitted level ({float(q):.6g}) exceeds float32's range, in which the parameters are "
                 "stored; scale the tensor down first"
@@ -164,7 +175,8 @@ class LearnedFormat(NumberFormat):
         rounding: "str | Rounding" = "nearest_even",
         generator: "torch.Generator | None" = None,
     ) -> EncodedTensor:
-        """Codes (uint8, shape of ``x``) plus the fitted ``params`` (float32 tensors)."""
+        """Codes (uint8, shape of ``x``) plus the fitted ``params`` (float64 tensors for a float64
+        ``x``, float32 otherwise)."""
         x64 = self._check(x, rounding, generator)
         codes, params = self._fit(x64, x.dtype)
         return EncodedTensor(self, codes.to(torch.uint8).reshape(x.shape), params)
@@ -364,14 +376,14 @@ class BinaryFormat(LearnedFormat):
         n = x64.numel()
         scale = self._param(exact_sums(x64.abs())[0] / n, dtype) if n else 0.0
         codes = (x64 < 0).to(torch.int64)
-        return codes, {"scale": torch.tensor(scale, dtype=torch.float32, device=x64.device)}
+        return codes, {"scale": torch.tensor(scale, dtype=_param_dtype(dtype), device=x64.device)}
 
     def _fit_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
         g, n = rows.shape
         ids = torch.arange(g, device=rows.device).repeat_interleave(n)
         sums = exact_sums(rows.abs().reshape(-1), ids, g)
         scale = [self._param(s / n, dtype) for s in sums] if n else [0.0] * g
-        return (rows < 0).to(torch.int64), {"scale": torch.tensor(scale, dtype=torch.float32, device=rows.device)}
+        return (rows < 0).to(torch.int64), {"scale": torch.tensor(scale, dtype=_param_dtype(dtype), device=rows.device)}
 
     def _levels_of(self, codes: torch.Tensor, encoded: EncodedTensor) -> torch.Tensor:
         s = _scalar_param(encoded, "scale", self)
@@ -419,7 +431,7 @@ class TernaryFormat(LearnedFormat):
         count = int(big.sum())
         alpha = self._param(exact_sums(a[big])[0] / count, dtype) if count else 0.0
         codes = torch.where(big, torch.where(x64 < 0, 3, 1), 0).to(torch.int64)
-        return codes, {"scale": torch.tensor(alpha, dtype=torch.float32, device=x64.device)}
+        return codes, {"scale": torch.tensor(alpha, dtype=_param_dtype(dtype), device=x64.device)}
 
     def _fit_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
         g, n = rows.shape
@@ -435,7 +447,7 @@ class TernaryFormat(LearnedFormat):
         sums = exact_sums(a[big], ids[big], g)
         alpha = [self._param(s / c, dtype) if c else 0.0 for s, c in zip(sums, counts)]
         codes = torch.where(big, torch.where(rows < 0, 3, 1), 0).to(torch.int64)
-        return codes, {"scale": torch.tensor(alpha, dtype=torch.float32, device=rows.device)}
+        return codes, {"scale": torch.tensor(alpha, dtype=_param_dtype(dtype), device=rows.device)}
 
     def _unused(self, codes: torch.Tensor) -> torch.Tensor:
         return codes == 2
@@ -451,6 +463,17 @@ class TernaryFormat(LearnedFormat):
     def granule_tables(self, params: "Mapping[str, torch.Tensor]") -> torch.Tensor:  # noqa: D102
         s = _granule_scales(params, self)
         return torch.stack([torch.zeros_like(s), s, torch.full_like(s, float("nan")), -s], 1)
+
+
+def _used_bounds(bounds: torch.Tensor) -> torch.Tensor:
+    """Cluster boundaries with the empty clusters dropped (``bounds``: K+1 non-decreasing ends).
+
+    >>> _used_bounds(torch.tensor([0, 2, 2, 5, 5])).tolist()
+    [0, 2, 5]
+    """
+    keep = torch.ones(bounds.numel(), dtype=torch.bool, device=bounds.device)
+    keep[1:] = bounds[1:] > bounds[:-1]
+    return bounds[keep]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -469,8 +492,9 @@ class Codebook(LearnedFormat):
 
     family = "codebook"
     PARAM_NDIM = {"levels": 1}
-    #: Upper bound on Lloyd steps (each is O(2^k · log n) on the sorted values).
-    MAX_ITERATIONS = 300
+    #: Upper bound on the float64 Lloyd steps (each is O(2^k · log n) on the sorted values);
+    #: heavy-tailed data (x³ of a normal sample) can need a few thousand.
+    MAX_ITERATIONS = 20_000
 
     def __post_init__(self) -> None:
         k = self.index_bits
@@ -505,7 +529,7 @@ class Codebook(LearnedFormat):
         K, n, dev = self.num_levels, x64.numel(), x64.device
         if n == 0:
             return torch.zeros(0, dtype=torch.int64, device=dev), {
-                "levels": torch.zeros(K, dtype=torch.float32, device=dev)
+                "levels": torch.zeros(K, dtype=_param_dtype(dtype), device=dev)
             }
         xs, order = torch.sort(x64)
         cs = torch.cat([torch.zeros(1, dtype=torch.float64, device=dev), torch.cumsum(xs, 0)])
@@ -523,19 +547,42 @@ class Codebook(LearnedFormat):
                 means = (cs[bounds[1:]] - cs[bounds[:-1]]) / counts.clamp_min(1)  # approximate; exact at the end
                 levels = torch.sort(torch.where(counts > 0, means, levels)).values
             bounds = self._assign(xs, levels)
-        # the final clusters: contiguous runs of the sorted values; empty ones are dropped
-        counts = bounds[1:] - bounds[:-1]
-        used = counts > 0
-        rank = torch.cumsum(used.to(torch.int64), 0) - 1
-        n_used = int(used.sum())
-        cluster_sorted = torch.repeat_interleave(rank[used], counts[used])
-        sums = exact_sums(xs, cluster_sorted, n_used)
-        sizes = counts[used].tolist()
-        fitted = [self._param(s / c, dtype) for s, c in zip(sums, sizes)]
-        fitted += [fitted[-1]] * (K - n_used)
+        # the final clusters: contiguous runs of the sorted values (empty ones dropped), settled
+        used_bounds, fitted = self._settle(xs, _used_bounds(bounds), dtype)
+        sizes = (used_bounds[1:] - used_bounds[:-1]).tolist()
+        cluster_sorted = torch.repeat_interleave(torch.arange(len(sizes), device=dev), used_bounds[1:] - used_bounds[:-1])
+        fitted += [fitted[-1]] * (K - len(sizes))
         codes = torch.empty(n, dtype=torch.int64, device=dev)
         codes[order] = cluster_sorted
-        return codes, {"levels": torch.tensor(fitted, dtype=torch.float32, device=dev)}
+        return codes, {"levels": torch.tensor(fitted, dtype=_param_dtype(dtype), device=dev)}
+
+    #: Upper bound on the exact steps of `_settle` (normally 0 or 1 are needed).
+    MAX_SETTLE_STEPS = 50
+
+    def _settle(self, xs: torch.Tensor, used_bounds: torch.Tensor, dtype: torch.dtype,
+                fitted: "list[float] | None" = None) -> "tuple[torch.Tensor, list[float]]":
+        """Lloyd's iterations, finished exactly: the levels are the exact means of the clusters
+        (``used_bounds``: boundaries of the non-empty clusters in the sorted values ``xs``)
+        rounded into the parameter precision (``fitted``, when already computed), and the values
+        are assigned again to the nearest of *those* levels; repeated until nothing moves. So
+        every value's level is its nearest (a tie goes to the lower one) and every level the mean
+        of its values — a k-means fixed point in the precision the levels are stored in.
+        (The float64 iterations before it use approximate means, and stop at `MAX_ITERATIONS`.)
+        """
+        for _ in range(self.MAX_SETTLE_STEPS):
+            if fitted is None:
+                fitted = self._exact_means(xs, used_bounds, dtype)
+            again = _used_bounds(self._assign(xs, torch.tensor(fitted, dtype=torch.float64, device=xs.device)))
+            if torch.equal(again, used_bounds):
+                return used_bounds, fitted
+            used_bounds, fitted = again, None
+        return used_bounds, fitted if fitted is not None else self._exact_means(xs, used_bounds, dtype)
+
+    def _exact_means(self, xs: torch.Tensor, used_bounds: torch.Tensor, dtype: torch.dtype) -> "list[float]":
+        sizes = used_bounds[1:] - used_bounds[:-1]
+        ids = torch.repeat_interleave(torch.arange(sizes.numel(), device=xs.device), sizes)
+        sums = exact_sums(xs, ids, sizes.numel())
+        return [self._param(t / c, dtype) for t, c in zip(sums, sizes.tolist())]
 
     def _fit_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
         # all rows at once when the numba kernel runs Lloyd's iterations (step for step as `_fit`);
@@ -558,9 +605,13 @@ class Codebook(LearnedFormat):
         levels = []
         for r, (cnt, use) in enumerate(zip(counts.tolist(), used.tolist())):
             fitted = [self._param(sums[r * K + c] / size, dtype) for c, size in enumerate(s for s, u in zip(cnt, use) if u)]
+            row_bounds = _used_bounds(bounds[r])
+            settled, fitted = self._settle(xs[r], row_bounds, dtype, fitted)  # as `_fit`; rarely moves anything
+            if settled is not row_bounds:
+                cluster_sorted[r] = torch.repeat_interleave(torch.arange(settled.numel() - 1), settled[1:] - settled[:-1])
             levels.append(fitted + [fitted[-1]] * (K - len(fitted)))
         codes = torch.empty_like(cluster_sorted).scatter_(1, order, cluster_sorted)
-        return codes, {"levels": torch.tensor(levels, dtype=torch.float32)}
+        return codes, {"levels": torch.tensor(levels, dtype=_param_dtype(dtype))}
 
     @staticmethod
     def _assign(xs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -583,7 +634,9 @@ class Codebook(LearnedFormat):
         first = xs[bounds[:-1].clamp_max(xs.numel() - 1)]
         last = xs[(bounds[1:] - 1).clamp_min(0)]
         err = torch.stack([(first - levels).abs(), (last - levels).abs()])
-        err = torch.where(full, err, torch.zeros_like(err))
+        # a cluster of equal values is exact (its exact mean, taken at the end, is the value), even
+        # where its float64 running mean is off by an ulp: reseeding there would cycle
+        err = torch.where(full & (first != last), err, torch.zeros_like(err))
         worst = int(torch.argmax(err.reshape(-1)))  # first maximum: deterministic
         if float(err.reshape(-1)[worst]) == 0:
             return False

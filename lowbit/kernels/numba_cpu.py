@@ -451,7 +451,8 @@ def codebook_bounds(xs, k, max_iterations, out):
                 for side in range(2):
                     for j in range(k):
                         err = 0.0
-                        if bounds[j + 1] > bounds[j]:
+                        # a cluster of equal values is exact (its exact mean is the value): no error
+                        if bounds[j + 1] > bounds[j] and x[bounds[j]] != x[bounds[j + 1] - 1]:
                             if side == 0:
                                 err = abs(x[min(bounds[j], n - 1)] - levels[j])
                             else:
