@@ -45,6 +45,13 @@ class Minifloat(ScalarFormat):
     >>> fmt = Minifloat(4, 3, policy="fn")
     >>> str(fmt), fmt.max, fmt.min_positive, fmt.bits
     ('e4m3fn', 448.0, 0.001953125, 8)
+
+    ``saturate`` is the spec's ``_sat`` option: overflow clamps to ±max instead of going to ±inf /
+    NaN. Formats with neither (``e3m2fn``, ``e2m3fn``, ``e2m1fn``) saturate without it; what a
+    format does is `overflow_policy`:
+
+    >>> Minifloat(2, 1, policy="fn").saturate, Minifloat(2, 1, policy="fn").overflow_policy
+    (False, 'saturate')
     """
 
     exp_bits: int
