@@ -268,7 +268,13 @@ def decode_grid_into(data, bits, tables, geom, use_wide, scale, row, n, out, out
         for d in range(nd - 1):
             base += geom[start[d] + index[d]]
         line = out[i: i + last]
-        if bits == 8:
+        if bits == 4 and last % 2 == 0:  # every line starts on a byte: two codes per byte, fixed shifts
+            src = data[i // 2: (i + last) // 2]
+            for j in range(last // 2):
+                b = np.int64(src[j])
+                line[2 * j] = tables[base + tail[2 * j] + (b & 15)]
+                line[2 * j + 1] = tables[base + tail[2 * j + 1] + (b >> 4)]
+        elif bits == 8:
             src = data[i: i + last]
             for k in range(last):
                 line[k] = tables[base + tail[k] + src[k]]

@@ -41,11 +41,21 @@ def _expected(codes: np.ndarray, tables: np.ndarray, shape, grid) -> np.ndarray:
 
 @given(_cases())
 def test_every_element_reads_its_own_granules_table(case) -> None:
+    _check(*case)
+
+
+@pytest.mark.parametrize("shape, grid", [((3, 8), (1, 8)), ((3, 5), (1, 5)), ((4, 6, 2), (2, 3, 1)), ((7,), (7,))])
+@pytest.mark.parametrize("bits", [4, 3, 8])
+def test_lines_of_even_and_odd_length(shape, grid, bits) -> None:
+    # 4 bits and an even line length take the two-codes-per-byte path; the rest the bit reader
+    _check(shape, grid, bits, seed=sum(shape) * bits)
+
+
+def _check(shape, grid, bits, seed) -> None:
     import torch
 
     from lowbit.storage import _decode_numba as k
 
-    shape, grid, bits, seed = case
     rng = np.random.default_rng(seed)
     n = int(np.prod(shape))
     codes = rng.integers(0, 1 << bits, size=n)
