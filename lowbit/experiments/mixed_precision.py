@@ -25,15 +25,14 @@ format per layer:
    sign test say whether a difference is more than chance.
 
 No test image is used to choose anything. Sizes count everything a layer's weight stores: element
-codes, and for ``int<n>/ch`` one FP32 scale per output channel (added to the scan's storage bits
-before allocation, so budgets include them; ``scale_bits`` in the rows). Power-of-two scales are
+codes, and for ``int<n>/ch`` one FP32 scale per output channel (`lowbit.quant.storage_bits` counts
+them in the scan, so budgets include them; ``scale_bits`` in the rows). Power-of-two scales are
 part of a format's spec and cost nothing per tensor.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -60,7 +59,6 @@ LABELS = {"posit": "posit (es, 2^k per layer)", "float": "minifloat (split, bias
           "fixed": "fixed point (frac bits per layer)", "int/ch": "int, per-channel scale"}
 MARKERS = {"posit": "o", "float": "^", "fixed": "s", "int/ch": "D"}
 COLORS = {"posit": "tab:blue", "float": "tab:green", "fixed": "tab:orange", "int/ch": "tab:purple"}
-SCALE_BITS = 32  # an FP32 scale per output channel (int/ch)
 BAR_BITS = 5  # the report compares the plan at this budget with the best uniform format of this width
 
 
@@ -150,7 +148,7 @@ def _run(data: Any, cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
     progress = ctx.progress
     n_cands = len(cfg["widths"]) * len(cfg["families"])
     task = progress.add_task("sensitivity scan", total=1) if progress is not None else None
-    report = with_scale_costs(sensitivity_scan(model, candidates_for(cfg), "kl", data=calib), model)
+    report = sensitivity_scan(model, candidates_for(cfg), "kl", data=calib)
     if task is not None:
         progress.advance(task)
     fp32 = evaluate(model, images, labels)
@@ -225,7 +223,7 @@ def _run(data: Any, cfg: "dict[str, Any]", ctx: Any) -> "list[dict[str, Any]]":
         seed = int(cfg["seed"]) + extra
         other = trained_model(data, {**cfg, "seed": seed}, ctx)
         m = copy.deepcopy(other.model).eval().to(memory_format=torch.channels_last)
-        rep = with_scale_costs(sensitivity_scan(m, candidates_for(cfg), "kl", data=calib), m)
+        rep = sensitivity_scan(m, candidates_for(cfg), "kl", data=calib)
         trials.append(bar_trial(m, rep, calib, images, labels, cfg, seed=seed, fp32=evaluate(m, images, labels)))
         if task is not None:
             progress.advance(task)
@@ -351,16 +349,6 @@ def mark_pareto(points: "list[dict[str, Any]]") -> None:
         p["pareto"] = not any(
             o is not p and o["total_bits"] <= p["total_bits"] and o["accuracy"] >= p["accuracy"]
             and (o["total_bits"] < p["total_bits"] or o["accuracy"] > p["accuracy"]) for o in points)
-
-
-def with_scale_costs(report: SensitivityReport, model: nn.Module) -> SensitivityReport:
-    """``report`` with the FP32 per-channel scales of ``int<n>/ch`` candidates added to their storage bits,
-    so that the allocator's budget counts everything such a layer stores."""
-    mods = dict(model.named_modules())
-    entries = tuple(
-        dataclasses.replace(e, storage_bits=e.storage_bits + SCALE_BITS * mods[e.layer].weight.shape[0])
-        if e.label.endswith("/ch") else e for e in report.entries)
-    return dataclasses.replace(report, entries=entries)
 
 
 def sign_test(a: int, b: int) -> float:

@@ -102,14 +102,16 @@ def qrange(bits: int, signed: bool = True, narrow: bool = False) -> "tuple[int, 
     return qmin + int(bool(narrow)), qmax
 
 
-def _tensor(v: "float | torch.Tensor", name: str) -> torch.Tensor:
+def _tensor(v: "float | torch.Tensor", name: str, number_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``v`` as a floating tensor; a Python number as ``number_dtype`` (float64 keeps it exact, for a
+    later single rounding into the compute dtype)."""
     if isinstance(v, torch.Tensor):
         if not v.dtype.is_floating_point:
             v = v.to(torch.float32)
         return v.detach()
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a number or a floating tensor, got {type(v).__name__}")
-    return torch.tensor(float(v), dtype=torch.float32)
+    return torch.tensor(float(v), dtype=number_dtype)
 
 
 def affine_qparams(
@@ -172,7 +174,7 @@ def _affine_codes(
     if not (isinstance(qmin, int) and isinstance(qmax, int)) or qmin > qmax:
         raise ValueError(f"qmin={qmin!r}, qmax={qmax!r}; allowed: ints with qmin <= qmax (see qrange)")
     cdt = compute_dtype(x.dtype)
-    s = expand_to(granularity, _tensor(scale, "scale").to(device=x.device, dtype=cdt), x.shape)
+    s = expand_to(granularity, _tensor(scale, "scale", torch.float64).to(device=x.device, dtype=cdt), x.shape)
     check_scale(s)
     z = zero_point if isinstance(zero_point, torch.Tensor) else torch.tensor(zero_point)
     if z.dtype.is_floating_point and not bool((z == torch.round(z)).all()):
@@ -250,7 +252,7 @@ def dequantize_affine(
     if not isinstance(q, torch.Tensor) or q.dtype.is_floating_point or q.dtype == torch.bool:
         raise TypeError(f"q must be an integer tensor of codes, got {getattr(q, 'dtype', type(q).__name__)}")
     cdt = compute_dtype(dtype)
-    s = expand_to(granularity, _tensor(scale, "scale").to(device=q.device, dtype=cdt), q.shape)
+    s = expand_to(granularity, _tensor(scale, "scale", torch.float64).to(device=q.device, dtype=cdt), q.shape)
     check_scale(s)
     z = zero_point if isinstance(zero_point, torch.Tensor) else torch.tensor(zero_point)
     z = expand_to(granularity, z.detach().to(device=q.device, dtype=cdt), q.shape)

@@ -110,32 +110,48 @@ def quantizable_layers(model: nn.Module) -> "dict[str, nn.Module]":
     return out
 
 
-def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor) -> int:
-    """Exact storage, in bits, of ``weight`` held in ``fmt`` (None: in its own dtype).
+def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scaling: Any = None,
+                 granularity: Any = None) -> int:
+    """Exact storage, in bits, of ``weight`` held in ``fmt`` (None: in its own dtype), as `lowbit.save`
+    stores it under a weight role with this ``scaling`` and ``granularity``.
 
     Element codes (``numel · fmt.bits``) plus what the format fits to the tensor: a block format's
     shared scales (``scale_bits`` per block along the last axis), a codebook's levels, a binary or
-    ternary scale (each at the size of the tensor `encode_tensor` returns). Power-of-two scales
-    (``posit8_es2_s-3``) are part of the spec and cost nothing per tensor.
+    ternary scale (each at the size of the tensor `encode_tensor` returns; per channel or group,
+    one set per granule, as `encode_channels` returns them), and ``scaling="absmax"``'s float32 scale
+    per tensor / channel / group. Power-of-two scales (``posit8_es2_s-3``, ``"histogram"``,
+    ``"amax"``) are part of the spec and cost nothing per tensor.
 
     >>> w = torch.zeros(4, 64)
     >>> storage_bits("posit5_es1", w), storage_bits("mxfp4_e2m1fn", w), storage_bits(None, w)
     (1280, 1088, 8192)
+    >>> storage_bits("int5", w, scaling="absmax", granularity="channel")  # + 4 float32 scales
+    1408
+    >>> storage_bits("codebook2", w, granularity={"kind": "group", "axis": 1, "group_size": 32})  # 8 x 4 levels
+    1536
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     n = weight.numel()
     if fmt is None:
         return n * weight.element_size() * 8
-    from lowbit.formats import parse_format
+    from lowbit.formats import LearnedFormat, parse_format
+    from lowbit.quant.granularity import as_granularity
 
     fmt = parse_format(fmt)
+    gran = None if granularity is None else as_granularity(granularity)
     bits = n * int(fmt.bits)
     if isinstance(fmt, BlockFormat):
-        return bits + math.prod(fmt.scale_shape(weight.shape)) * int(fmt.scale_bits)
-    if fmt.data_dependent:
-        enc = fmt.encode_tensor(weight.detach())
-        return bits + sum(t.numel() * t.element_size() * 8 for t in enc.params.values())
+        bits += math.prod(fmt.scale_shape(weight.shape)) * int(fmt.scale_bits)
+    elif isinstance(fmt, LearnedFormat):
+        w = weight.detach()
+        if scaling is None and gran is not None and gran.kind != "tensor":  # fitted per channel / group
+            enc = fmt.encode_channels(w, axis=gran.axis, group_size=gran.group_size if gran.kind == "group" else None)
+        else:
+            enc = fmt.encode_tensor(w)
+        bits += sum(t.numel() * t.element_size() * 8 for t in enc.params.values())
+    if scaling == "absmax":  # a float32 scale per granule (lowbit.save stores them beside the codes)
+        bits += 32 * (1 if gran is None else gran.num_granules(weight.shape))
     return bits
 
 
@@ -636,9 +652,11 @@ def sensitivity_scan(model: nn.Module, candidates: Any, metric: Any, *, layers: 
                         raise ValueError(f"layer {name!r}, candidate {cand.label}: {err}") from err
                     finally:
                         dequantize_(model)
-                fmt = None if cand.role is None else cand.role.format
+                bits = (storage_bits(None, weight) if cand.role is None else
+                        storage_bits(cand.role.format, weight, scaling=cand.role.scaling,
+                                     granularity=cand.role.granularity))
                 entries.append(SensitivityEntry(name, cand.label, cand.weight, value, drop, weight.numel(),
-                                                storage_bits(fmt, weight), error))
+                                                bits, error))
     infos = tuple(LayerInfo(n, _class_names(m), tuple(m.weight.shape), m.weight.element_size() * 8, n in per_layer)
                   for n, m in all_layers.items())
     return SensitivityReport(evaluator.kind, evaluator.name, evaluator.higher_is_better, evaluator.baseline,

@@ -282,3 +282,18 @@ class TestEs:
         assert set(plan) == {"0", "2"}
         assert plan["0"] == best_es(model[0].weight, 8)
         assert plan["2"] == best_es(model[2].weight, 8)
+
+
+def test_a_python_float_scale_is_rounded_once_into_the_compute_dtype():
+    # float64 inputs compute in float64: a Python-float scale must not pass through float32 first
+    from lowbit.quant import dequantize_affine, fake_quantize_affine, quantize_affine
+
+    x64 = torch.tensor([0.3, 1.0, -2.7], dtype=torch.float64)
+    s64 = torch.tensor(0.1, dtype=torch.float64)
+    assert torch.equal(fake_quantize_affine(x64, 0.1, 0, -128, 127), fake_quantize_affine(x64, s64, 0, -128, 127))
+    assert fake_quantize_affine(x64, 0.1, 0, -128, 127).tolist() == [3 * 0.1, 10 * 0.1, -27 * 0.1]
+    q = quantize_affine(x64, 0.1, 0, -128, 127)
+    assert torch.equal(dequantize_affine(q, 0.1, 0, dtype=torch.float64), dequantize_affine(q, s64, 0, dtype=torch.float64))
+    x32 = x64.float()  # float32 inputs: the scale rounded once to float32, as before
+    assert torch.equal(fake_quantize_affine(x32, 0.1, 0, -128, 127),
+                       fake_quantize_affine(x32, torch.tensor(0.1, dtype=torch.float32), 0, -128, 127))

@@ -389,6 +389,37 @@ class TestStorageAndJSON:
         assert storage_bits("ternary", w) == 210 * 2 + 32
         assert storage_bits(None, w.half()) == 210 * 16
 
+    @pytest.mark.parametrize("candidate", [
+        "posit6_es1", "mxfp4_e2m1fn", "codebook3", "ternary",
+        {"format": "int5", "scaling": "absmax"},
+        {"format": "int5", "scaling": "absmax", "granularity": "channel"},
+        {"format": "int4", "scaling": "absmax", "granularity": {"kind": "group", "axis": 1, "group_size": 4}},
+        {"format": "e2m3fn", "scaling": "absmax", "granularity": {"kind": "channel", "axis": 1}},
+        {"format": "codebook4", "granularity": "channel"},
+        {"format": "ternary", "granularity": {"kind": "group", "axis": 1, "group_size": 8}},
+        {"format": "binary", "granularity": {"kind": "channel", "axis": 1}},
+        {"format": "posit8_es2", "scaling": "histogram"},
+    ])
+    def test_a_scanned_candidate_costs_what_save_stores(self, candidate, tmp_path):
+        # the allocator's budget is only honest if the scan counts what lowbit.save writes: per-channel
+        # / per-group float scales and levels included (they used to be left out)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 8))
+        report = sensitivity_scan(model, [candidate], "kl", data=torch.randn(4, 64))
+        (entry,) = report.entries
+        lb.quantize_(model, {"weight": candidate})
+        lb.save(model, tmp_path / "m.lowbit")
+        stored = lb.load_packed(tmp_path / "m.lowbit")["0.weight"]
+        assert entry.storage_bits == 8 * stored.nbytes
+
+    def test_the_allocator_refuses_a_budget_the_scales_do_not_fit(self):
+        model = nn.Sequential(nn.Linear(64, 8))
+        cand = {"format": "int4", "scaling": "absmax", "granularity": {"kind": "group", "axis": 1, "group_size": 4}}
+        report = sensitivity_scan(model, [cand], "kl", data=torch.randn(4, 64))
+        with pytest.raises(ValueError, match="below the cheapest plan"):
+            lb.quant.allocate(report, avg_bits=4)  # 4-bit codes + a float32 scale per 4 weights = 12 bits/weight
+        assert lb.quant.allocate(report, avg_bits=12).avg_bits == 12
+
     def test_report_round_trips_through_json(self):
         model = _small_model()
         report = sensitivity_scan(model, [None, "posit5_es1", {"format": "e3m2fn", "scaling": "amax"}], "sqnr",
