@@ -248,7 +248,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     args = parser.parse_args(_protect_negative_value(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
-    except (LowbitError, ValueError, TypeError) as err:
+    except (LowbitError, ValueError, TypeError, OSError) as err:
         print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -156,6 +156,8 @@ class Entry:
         doc: dict[str, Any] = {"shape": list(self.scale.shape), "axis": self.axis}
         if self.group_size is not None:  # only when grouped: older entries keep their exact JSON (and digest)
             doc["group_size"] = self.group_size
+        if self.scale.dtype != torch.float32:  # float64 scales of float64 tensors; float32 is implied
+            doc["dtype"] = dtype_name(self.scale.dtype)
         return doc
 
 
@@ -338,11 +340,16 @@ def _parse_entry(item: object, index: int, where: str) -> Entry:
     if scale_doc is not None:
         if not isinstance(scale_doc, dict):
             raise bad(f"field 'scale' must be an object or null, got {scale_doc!r}")
-        scale = Stored(scale_key(name), torch.float32, _parse_shape(scale_doc.get("shape"), "scale shape", bad))
+        scale_dtype = torch.float32
+        if "dtype" in scale_doc:
+            scale_dtype = _parse_dtype(scale_doc["dtype"], "scale dtype", bad)
+            if scale_dtype not in (torch.float32, torch.float64):
+                raise bad(f"scale 'dtype' must be float32 or float64, got {scale_doc['dtype']!r}")
+        scale = Stored(scale_key(name), scale_dtype, _parse_shape(scale_doc.get("shape"), "scale shape", bad))
         axis = scale_doc.get("axis")
         if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or not 0 <= axis < max(len(shape), 1)):
             raise bad(f"scale 'axis' must be null or an int in [0, {len(shape)}), got {axis!r}")
-        unknown = set(scale_doc) - {"shape", "axis", "group_size"}
+        unknown = set(scale_doc) - {"shape", "axis", "group_size", "dtype"}
         if unknown:
             raise bad(f"scale has unknown field(s) {sorted(unknown)} (written by a newer lowbit?)")
         if "group_size" in scale_doc:

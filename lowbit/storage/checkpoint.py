@@ -224,7 +224,7 @@ def _store_one(name: str, value: Any, fmt: "NumberFormat | None") -> "tuple[Entr
     scale = None
     if value.scale is not None:
         stored.append(value.scale.detach().to("cpu").contiguous())
-        scale = Stored(scale_key(name), torch.float32, tuple(value.scale.shape))
+        scale = Stored(scale_key(name), value.scale.dtype, tuple(value.scale.shape))
     entry = Entry(
         name=name,
         dtype=value.dtype,
@@ -264,6 +264,10 @@ def _atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dic
     from safetensors.torch import save_file
 
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save {path}: the directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save {path}: it is a directory; give a file name")
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     try:
         save_file(tensors, tmp, metadata=metadata)

@@ -159,11 +159,19 @@ class PackedLayerMixin(nn.Module):
         if self.cache and torch.is_inference_mode_enabled():
             # a cache filled under inference_mode must still serve forwards that autograd records
             with torch.inference_mode(False):
-                w = self._decode()
+                w = self._cacheable(self._decode())
         else:
             w = self._decode()
         if self.cache:
-            self._packed_decoded = w
+            self._packed_decoded = w = self._cacheable(w)
+        return w
+
+    @staticmethod
+    def _cacheable(w: torch.Tensor) -> torch.Tensor:
+        """``w`` itself, or a compact copy when it views a larger decode (MX rows padded to whole
+        blocks), so the cache holds the weight only."""
+        if w.untyped_storage().nbytes() > w.numel() * w.element_size():
+            return w.clone(memory_format=torch.contiguous_format)
         return w
 
     @weight.setter
@@ -201,6 +209,14 @@ class PackedLayerMixin(nn.Module):
     def nbytes(self) -> int:
         """Resident bytes of the weight: packed codes and side parameters, plus the decoded cache if held."""
         return self.packed_nbytes + self.cache_nbytes
+
+    def __getstate__(self) -> "dict[str, Any]":
+        # pickling / deep copies leave the decoded cache and the decoding table behind: both are
+        # derived (a copied table would view the old buffers, and double a saved model's size)
+        state = dict(super().__getstate__())
+        state["_packed_decoded"] = None
+        state["_packed_table"] = None
+        return state
 
     def clear_cache(self) -> None:
         """Drop the decoded weight (and the decoding table); the next forward decodes again."""
@@ -243,7 +259,7 @@ class PackedLayerMixin(nn.Module):
         fmt = self._packed_format
         data = self._buffers[_DATA]
         scale = self._buffers.get(_SCALE)
-        value_dtype = torch.float32 if scale is not None else dtype
+        value_dtype = scale.dtype if scale is not None else dtype
         table = self._table(value_dtype)
         if table is None:  # no table for this format: the reference decoder
             return self.packed_weight.decode(dtype)
@@ -267,9 +283,13 @@ class PackedLayerMixin(nn.Module):
         return _scaled(values, scale, self._packed_axis, self._packed_group_size).to(dtype)
 
     def _table(self, dtype: torch.dtype) -> "_Lut | None":
-        """The value of every code (for block formats: of every element code) in ``dtype``."""
+        """The value of every code (for block formats: of every element code) in ``dtype``.
+
+        Cached per dtype, device and the packed buffers' memory: the table's prepared kernel
+        arguments view those buffers, so a buffer replaced (``torch.func.functional_call``, a
+        deep copy) makes a new table, while codes edited in place are read as they are."""
         device = self._buffers[_DATA].device
-        key = (dtype, device)
+        key = (dtype, device, tuple(self._buffers[k].data_ptr() for k in self._packed_keys()))
         cached = self._packed_table
         stale = cached is not None and cached[1].values.is_inference() and not torch.is_inference_mode_enabled()
         if cached is not None and cached[0] == key and not stale:
@@ -669,6 +689,7 @@ class _StagedPlan(NamedTuple):
     """
 
     table: Any  # the layer's ``_packed_table`` entry the arguments were made from
+    codes: torch.Tensor  # the layer's code buffer they view (replaced: the plan is stale)
     buffer: torch.Tensor  # this thread's staging buffer they write into
     kernel: Callable[..., Any]
     args: "tuple[Any, ...]"
@@ -679,7 +700,7 @@ def _staged_plan(layer: "PackedLayerMixin") -> "_StagedPlan | None":
     """This thread's prepared staging decode of ``layer``, if it is still valid."""
     plans = getattr(_STAGING, "plans", None)
     plan = None if plans is None else plans.get(layer)
-    if plan is None or plan.table is not layer._packed_table \
+    if plan is None or plan.table is not layer._packed_table or plan.codes is not layer._buffers[_DATA] \
             or plan.buffer is not _STAGING.bufs.get(plan.weight.dtype):
         return None
     return plan
@@ -692,7 +713,7 @@ def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype
     buf, (ints, pairs, floats) = _staging_views(n, dtype, pair)
     with torch.inference_mode(False):  # a plain view, usable inside and outside inference mode
         weight = buf[:n].view(layer._packed_shape)
-    plan = _StagedPlan(layer._packed_table, buf, kernel,
+    plan = _StagedPlan(layer._packed_table, layer._buffers[_DATA], buf, kernel,
                        (data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats), weight)
     plans = getattr(_STAGING, "plans", None)
     if plans is None:

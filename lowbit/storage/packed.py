@@ -12,8 +12,10 @@ Values, exactly:
 
 - without a scale, ``decode(dtype)`` equals ``format.quantize(x)`` for ``x`` of that dtype, bit for
   bit;
-- with a scale, the value is ``format.quantize(x32 / scale) * scale`` computed in float32
-  (``x32 = x.to(torch.float32)``), then cast to ``dtype`` with torch's cast.
+- with a scale, the value is ``format.quantize(xs / scale) * scale`` computed in the scale's dtype:
+  float32 (``xs = x.to(torch.float32)``), or float64 for a float64 scale tensor (what a float64
+  tensor's ``scaling="absmax"`` scales are, so nothing of it passes through float32); then cast to
+  ``dtype`` with torch's cast.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class PackedTensor:
         fmt = parse_format(fmt)
         x = check_float_tensor(x)
         scale_t, axis = _check_scale(scale, axis, x.shape, device=x.device, group_size=group_size)
-        y = x.detach() if scale_t is None else divide_by_scale(x.detach().to(torch.float32), scale_t, axis, group_size)
+        y = x.detach() if scale_t is None else divide_by_scale(x.detach().to(scale_t.dtype), scale_t, axis, group_size)
         enc = fmt.encode_tensor(y, rounding, generator)
         if tuple(enc.codes.shape) != tuple(x.shape):
             raise ValueError(f"{fmt}.encode_tensor returned codes of shape {tuple(enc.codes.shape)} for {tuple(x.shape)}")
@@ -174,7 +176,7 @@ class PackedTensor:
         other formats through ``format.decode_tensor``.
         """
         dtype = check_float_dtype(self.dtype if dtype is None else dtype)
-        value_dtype = dtype if self.scale is None else torch.float32
+        value_dtype = dtype if self.scale is None else self.scale.dtype
         codes = self.codes()
         fmt = self.format
         if isinstance(fmt, ScalarFormat) and fmt.bits <= MAX_TABLE_BITS:
@@ -248,7 +250,8 @@ def _check_scale(
     if isinstance(scale, torch.Tensor):
         if scale.dtype.is_complex or not (scale.dtype.is_floating_point or scale.dtype in _INT_DTYPES):
             raise TypeError(f"scale must be a real tensor or float, got {scale.dtype}")
-        s = scale.detach().to(dtype=torch.float32, device=device if device is not None else scale.device, copy=True)
+        s = scale.detach().to(dtype=torch.float64 if scale.dtype == torch.float64 else torch.float32,
+                              device=device if device is not None else scale.device, copy=True)
     elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
         s = torch.tensor(float(scale), dtype=torch.float32, device=device)
     else:
@@ -298,7 +301,7 @@ def _absmax_scale_args(role: object, t: torch.Tensor) -> "dict[str, object]":
     quantizes that granule to the same zeros.
     """
     scale = role.scale(t)  # type: ignore[attr-defined]
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale).to(torch.float32)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # float64 for a float64 tensor, else float32
     gran = role.granularity  # type: ignore[attr-defined]
     if gran is not None and gran.kind == "group":
         return {"scale": scale, "axis": gran.axis % t.dim(), "group_size": gran.group_size}

@@ -44,6 +44,7 @@ from lowbit.formats._float64 import FLOAT_DTYPES
 from lowbit.formats.base import NumberFormat
 from lowbit.formats.spec import parse_format
 from lowbit.quant.config import pattern_matches
+from lowbit.storage._container import META_KEY
 from lowbit.storage.packed import PackedTensor, pack_for_role
 
 __all__ = ["read_state_dict", "read_plan", "plan_formats", "pack_state_dict"]
@@ -54,9 +55,21 @@ _CONFIG_KEYS = frozenset(
 )
 
 
+def _is_lowbit_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata carries a lowbit header."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return META_KEY in (f.metadata() or {})
+    except Exception:  # not safetensors at all: the plain reader says why
+        return False
+
+
 def read_state_dict(path: "str | os.PathLike[str]") -> "dict[str, torch.Tensor]":
     """The state dict in ``path``: a ``torch.save`` file (read with ``weights_only=True``: never
-    arbitrary pickle) or a plain safetensors file. Raises `LowbitError` saying what is wrong."""
+    arbitrary pickle), a plain safetensors file, or a lowbit checkpoint (its decoded values, read by
+    `lowbit.load`, which verifies every checksum). Raises `LowbitError` saying what is wrong."""
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise LowbitError(f"{where}: no such file")
@@ -71,6 +84,11 @@ def read_state_dict(path: "str | os.PathLike[str]") -> "dict[str, torch.Tensor]"
                 f"{where}: cannot read it as a weights-only torch state dict ({first}); save the model's "
                 "state_dict() with torch.save, not the model object"
             ) from None
+    elif _is_lowbit_checkpoint(where):
+        # a lowbit checkpoint: its decoded values (checksums verified), to be packed again
+        from lowbit.storage.checkpoint import load
+
+        obj = load(where)
     else:
         try:
             from safetensors.torch import load_file

@@ -162,3 +162,32 @@ def test_explain_takes_options_before_or_after_a_negative_value(capsys, argv):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "rounds to -0.25" in out
+
+
+def test_pack_reads_a_lowbit_checkpoint_and_packs_its_values_again(capsys, tmp_path):
+    # a lowbit checkpoint as input: its decoded values (checksums verified), not its raw code bytes
+    import torch
+
+    import lowbit as lb
+
+    torch.save({"fc.weight": torch.randn(6, 8), "fc.bias": torch.randn(6)}, tmp_path / "w.pt")
+    first, second = tmp_path / "a.lowbit", tmp_path / "b.lowbit"
+    assert run(capsys, "pack", str(tmp_path / "w.pt"), "--format", "int4", "-o", str(first))[0] == 0
+    assert run(capsys, "pack", str(first), "--format", "posit8_es2", "-o", str(second))[0] == 0
+    a, b = lb.load(first), lb.load(second)
+    assert torch.equal(b["fc.weight"], lb.parse_format("posit8_es2").quantize(a["fc.weight"]))
+    raw = bytearray(first.read_bytes())
+    raw[-3] ^= 0xFF  # a corrupted checkpoint is refused, not repacked
+    (tmp_path / "bad.lowbit").write_bytes(bytes(raw))
+    code, _, err = run(capsys, "pack", str(tmp_path / "bad.lowbit"), "--format", "int4", "-o", str(tmp_path / "c.lowbit"))
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "c.lowbit").exists()
+
+
+@pytest.mark.parametrize("target", ["missing_dir/out.lowbit", "."])
+def test_pack_into_a_path_that_cannot_be_a_file_is_a_clear_error(capsys, tmp_path, target):
+    import torch
+
+    torch.save({"fc.weight": torch.randn(6, 8)}, tmp_path / "w.pt")
+    code, _, err = run(capsys, "pack", str(tmp_path / "w.pt"), "--format", "int4", "-o", str(tmp_path / target))
+    assert code == 2 and "cannot save" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]

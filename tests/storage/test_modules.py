@@ -560,3 +560,85 @@ class TestEfficientNetLite0:
         assert memory_footprint(packed)["packed"] == 4_608_992  # one byte per conv / fc weight
         with torch.inference_mode():
             assert torch.equal(packed(x), y)
+
+
+# ------------------------------------------------------------------ copies and replaced buffers
+def test_a_deep_copy_decodes_its_own_codes() -> None:
+    # the decoding table views the code buffer; a copy made after a forward must not keep viewing
+    # (a private copy of) the original's codes
+    m = pack_(nn.Sequential(nn.Linear(8, 4)), "posit8_es2")
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        m(x)
+        c = copy.deepcopy(m)
+        c[0].weight_packed.zero_()
+        assert (c[0].weight == 0).all() and (c[0]._lowbit_weight() == 0).all()
+        assert not (m[0].weight == 0).all()
+
+
+def test_a_replaced_code_buffer_is_decoded() -> None:
+    m = pack_(nn.Sequential(nn.Linear(8, 4)), "posit8_es2")
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        y = m(x)
+        m(x)  # the prepared staging call is in place now
+        zero = torch.zeros_like(m[0].weight_packed)
+        out = torch.func.functional_call(m, {"0.weight_packed": zero}, (x,))
+        assert torch.equal(out, m[0].bias.expand(2, 4))
+        assert torch.equal(m(x), y)  # and back to its own codes
+
+
+def test_pickling_leaves_the_derived_tables_and_cache_behind(tmp_path) -> None:
+    import io
+
+    m = pack_(nn.Sequential(nn.Linear(300, 200)), "posit8_es2", cache=True)
+    before = io.BytesIO()
+    torch.save(m, before)
+    with torch.no_grad():
+        m(torch.randn(1, 300))
+    after = io.BytesIO()
+    torch.save(m, after)
+    assert len(after.getvalue()) == len(before.getvalue())
+    after.seek(0)
+    loaded = torch.load(after, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded[0].weight, m[0].weight)
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(8, 16, 3), nn.Embedding(37, 7), nn.Linear(33, 5)])
+def test_the_cache_holds_only_the_weight(layer) -> None:
+    # MX rows are decoded padded to whole blocks of 32; the cache must not keep the padded buffer
+    from lowbit.storage import memory_footprint
+
+    m = pack_(nn.Sequential(layer), "mxfp4_e2m1fn", cache=True)
+    x = torch.randint(0, 37, (3,)) if isinstance(layer, nn.Embedding) else \
+        torch.randn(1, 8, 9, 9) if isinstance(layer, nn.Conv2d) else torch.randn(2, 33)
+    with torch.no_grad():
+        m(x)
+    w = m[0]._packed_decoded
+    assert w is not None and m[0].cache_nbytes == w.numel() * w.element_size()
+    assert memory_footprint(m)["cache"] == m[0].cache_nbytes
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", {"kind": "group", "axis": 1, "group_size": 8}])
+@pytest.mark.parametrize("spec", ["e4m3fn", "e2m3fn", "int5"])
+def test_float64_absmax_weights_pack_and_save_exactly(spec, granularity, tmp_path) -> None:
+    # a float64 weight's absmax scales are float64 in the simulation; packed layers and checkpoints
+    # keep them float64 (they used to store float32 scales and differ in the last bits)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5)).double()
+    sim = lb.quantize_(model, {"weight": {"format": spec, "scaling": "absmax", "granularity": granularity}})
+    x = torch.randn(3, 64, dtype=torch.float64)
+    with torch.no_grad():
+        want = sim(x)
+        packed = pack_(copy.deepcopy(sim))
+        assert torch.equal(packed(x), want) and torch.equal(packed(x), want)
+        assert torch.equal(packed[0].weight, sim[0]._lowbit_weight())
+    path = tmp_path / "m.lowbit"
+    lb.save(sim, path)
+    assert torch.equal(lb.load(path)["0.weight"], sim[0]._lowbit_weight().detach())
+    stored = lb.load_packed(path)["0.weight"]
+    assert stored.scale is not None and stored.scale.dtype == torch.float64
+    rebuilt = pack_(nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5)).double(), lb.load_packed(path))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), want)
