@@ -907,6 +907,8 @@ def pack_(
         state = formats
         formats = _formats_of_state(state)
     plan = _plan(model, formats)
+    if state is not None:
+        _check_state_fits(model, state)  # before any layer changes: a failure leaves the model as it was
     made: dict[int, PackedTensor] = {}  # tied weights stay tied: one PackedTensor per Parameter
     for name, module, spec in plan:
         _pack_module(name, module, spec, made, cache, compute_dtype)
@@ -915,6 +917,23 @@ def pack_(
         meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
         model.load_state_dict(dict(state), strict=True, assign=meta)
     return model
+
+
+def _check_state_fits(model: nn.Module, state: Mapping[str, Any]) -> None:
+    """ValueError (as strict ``load_state_dict`` would raise it later) when a packed state dict's keys
+    or shapes do not fit ``model``; checked only while no layer of ``model`` is packed yet."""
+    if any(isinstance(m, PackedLayerMixin) for m in model.modules()):
+        return
+    own = model.state_dict(keep_vars=True)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: {tuple(state[k].shape)} in the state dict, {tuple(own[k].shape)} in the model"
+             for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {unexpected}"] if unexpected
+                                                                    else []) + ([f"shape mismatch: {'; '.join(wrong)}"]
+                                                                                if wrong else [])
+        raise ValueError("the packed state dict does not fit the model (nothing was changed): " + "; ".join(parts))
 
 
 def _formats_of_state(state: Mapping[str, Any]) -> "dict[str, PackedTensor]":

@@ -642,3 +642,18 @@ def test_float64_absmax_weights_pack_and_save_exactly(spec, granularity, tmp_pat
     rebuilt = pack_(nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5)).double(), lb.load_packed(path))
     with torch.no_grad():
         assert torch.equal(rebuilt(x), want)
+
+
+def test_a_packed_state_dict_that_does_not_fit_changes_nothing(tmp_path) -> None:
+    torch.manual_seed(0)
+    src = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    lb.save(src.state_dict(), tmp_path / "m.lowbit", formats={"0.weight": "posit8_es2", "2.weight": "posit8_es2"})
+    other = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5))  # the last layer differs
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="does not fit the model.*2.weight"):
+        pack_(other, lb.load_packed(tmp_path / "m.lowbit"))
+    assert not any(isinstance(m, lb.storage.PackedLayerMixin) for m in other.modules())
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())
+    extra = dict(lb.load_packed(tmp_path / "m.lowbit"), stray=torch.zeros(1))
+    with pytest.raises(ValueError, match="unexpected keys \\['stray'\\]"):
+        pack_(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)), extra)
