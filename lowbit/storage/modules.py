@@ -448,6 +448,11 @@ class PackedEmbedding(PackedLayerMixin, nn.Embedding):
 
     Without a cache or ``max_norm``, and for table-decoded formats whose rows fill whole bytes,
     a forward decodes only the rows it looks up (a large vocabulary is never decoded whole).
+
+    ``max_norm``: ``F.embedding`` renormalizes looked-up rows of the weight *in place*. The codes
+    cannot change, so decoding on the fly starts every forward from the stored rows, while a
+    cache (``cache=True``) — like the float and simulated layers — keeps the renormalized rows:
+    the two agree on the first forward and may differ after it.
     """
 
     _float_class = nn.Embedding
