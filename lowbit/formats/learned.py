@@ -549,9 +549,9 @@ class Codebook(LearnedFormat):
             bounds = self._assign(xs, levels)
         # the final clusters: contiguous runs of the sorted values (empty ones dropped), settled
         used_bounds, fitted = self._settle(xs, _used_bounds(bounds), dtype)
-        sizes = (used_bounds[1:] - used_bounds[:-1]).tolist()
-        cluster_sorted = torch.repeat_interleave(torch.arange(len(sizes), device=dev), used_bounds[1:] - used_bounds[:-1])
-        fitted += [fitted[-1]] * (K - len(sizes))
+        sizes = used_bounds[1:] - used_bounds[:-1]
+        cluster_sorted = torch.repeat_interleave(torch.arange(sizes.numel(), device=dev), sizes)
+        fitted += [fitted[-1]] * (K - sizes.numel())
         codes = torch.empty(n, dtype=torch.int64, device=dev)
         codes[order] = cluster_sorted
         return codes, {"levels": torch.tensor(fitted, dtype=_param_dtype(dtype), device=dev)}
@@ -599,17 +599,24 @@ class Codebook(LearnedFormat):
         counts = bounds[:, 1:] - bounds[:, :-1]  # (G, K)
         used = counts > 0
         rank = torch.cumsum(used.to(torch.int64), 1) - 1
-        level_of = torch.searchsorted(bounds[:, 1:].contiguous(), torch.arange(n).expand(g, n).contiguous(), right=True)
+        positions = torch.arange(n).expand(g, n).contiguous()
+        level_of = torch.searchsorted(bounds[:, 1:].contiguous(), positions, right=True)
         cluster_sorted = rank.gather(1, level_of)  # (G, n): the used cluster of each sorted value
         sums = exact_sums(xs.reshape(-1), (cluster_sorted + torch.arange(g).reshape(g, 1) * K).reshape(-1), g * K)
-        levels = []
-        for r, (cnt, use) in enumerate(zip(counts.tolist(), used.tolist())):
-            fitted = [self._param(sums[r * K + c] / size, dtype) for c, size in enumerate(s for s, u in zip(cnt, use) if u)]
-            row_bounds = _used_bounds(bounds[r])
-            settled, fitted = self._settle(xs[r], row_bounds, dtype, fitted)  # as `_fit`; rarely moves anything
-            if settled is not row_bounds:
-                cluster_sorted[r] = torch.repeat_interleave(torch.arange(settled.numel() - 1), settled[1:] - settled[:-1])
-            levels.append(fitted + [fitted[-1]] * (K - len(fitted)))
+        fitted = [[self._param(sums[r * K + c] / size, dtype) for c, size in enumerate(s for s, u in zip(cnt, use) if u)]
+                  for r, (cnt, use) in enumerate(zip(counts.tolist(), used.tolist()))]
+        # finished as `_fit` finishes every row (`_settle`): one batched check that each value's
+        # nearest fitted level (unused slots at +inf, a tie to the lower one, as `_assign`) is its
+        # own; the rare rows where one is not settle one by one
+        final = torch.full((g, K), math.inf, dtype=torch.float64)
+        final[torch.arange(K) < used.sum(1, keepdim=True)] = torch.tensor([v for f in fitted for v in f],
+                                                                          dtype=torch.float64)
+        ends = torch.searchsorted(xs.contiguous(), final[:, :-1] * 0.5 + final[:, 1:] * 0.5, right=True)
+        moved = (torch.searchsorted(ends, positions, right=True) != cluster_sorted).any(1)
+        for r in torch.nonzero(moved).reshape(-1).tolist():
+            settled, fitted[r] = self._settle(xs[r], _used_bounds(bounds[r]), dtype, fitted[r])
+            cluster_sorted[r] = torch.repeat_interleave(torch.arange(settled.numel() - 1), settled[1:] - settled[:-1])
+        levels = [f + [f[-1]] * (K - len(f)) for f in fitted]
         codes = torch.empty_like(cluster_sorted).scatter_(1, order, cluster_sorted)
         return codes, {"levels": torch.tensor(levels, dtype=_param_dtype(dtype))}
 
