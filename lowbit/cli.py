@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from typing import Sequence
@@ -235,7 +234,7 @@ def _protect_negative_value(argv: "list[str]") -> "list[str]":
         if word.startswith("-") and not _is_number(word):
             options.append(word)
             if word in _EXPLAIN_VALUE_OPTIONS:
-                options.extend(list(itertools.islice(words, 1)))
+                options.extend(w for w in [next(words, None)] if w is not None)
         else:
             positionals.append(word)
     if not any(w.startswith("-") for w in positionals):

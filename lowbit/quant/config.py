@@ -28,7 +28,9 @@ from lowbit.formats import LearnedFormat, NumberFormat, parse_format
 from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
 from lowbit.quant.granularity import Granularity, as_granularity
 
-__all__ = ["pattern_matches", "ROLES", "SCALINGS", "STATIC_ROLES", "RoleConfig", "LayerConfig", "QuantConfig", "as_config", "CONFIG_VERSION"]
+__all__ = ["pattern_matches", "module_matches", "ROLES", "SCALINGS", "STATIC_ROLES", "RoleConfig", "LayerConfig",
+           "QuantConfig", "as_config", "CONFIG_VERSION"]
+
 
 def pattern_matches(pattern: str, name: str, classes: Iterable[str]) -> bool:
     """Whether a layer pattern covers the module ``name`` whose class (and base classes) are named
@@ -45,6 +47,13 @@ def pattern_matches(pattern: str, name: str, classes: Iterable[str]) -> bool:
     parts = name.split(".")
     prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))
     return any(p == pattern or fnmatch.fnmatchcase(p, pattern) for p in prefixes)
+
+
+def module_matches(pattern: str, name: str, module: Any) -> bool:
+    """`pattern_matches` for the module ``name``, by the classes of its float layer (a simulated
+    layer's ``lowbit_float_class``, else its own)."""
+    cls = getattr(module, "lowbit_float_class", type(module))
+    return pattern_matches(pattern, name, [c.__name__ for c in cls.__mro__])
 
 
 #: Tensor roles of a quantized layer: its weight and bias, its input activations, its output,

@@ -53,7 +53,7 @@ from torch.nn.utils import parametrize
 from lowbit.formats import NumberFormat
 from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.rounding import Rounding, check_rounding
-from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config, pattern_matches
+from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config, module_matches
 from lowbit.quant.granularity import Granularity, _scalar_format, as_granularity, format_low
 from lowbit.simulate.scaling import format_centre
 
@@ -194,17 +194,12 @@ class LSQQuantizer(nn.Module):
 
 
 # ---------------------------------------------------------------------- prepare / convert
-def _matches(pattern: str, name: str, module: nn.Module) -> bool:
-    cls = getattr(module, "lowbit_float_class", type(module))
-    return pattern_matches(pattern, name, [c.__name__ for c in cls.__mro__])
-
-
 def _layer_config(cfg: Any, name: str, module: nn.Module) -> "LayerConfig | None":
-    if any(_matches(p, name, module) for p in cfg.exclude):
+    if any(module_matches(p, name, module) for p in cfg.exclude):
         return None
     layer = cfg.default
     for pattern, override in cfg.layers:
-        if _matches(pattern, name, module):
+        if module_matches(pattern, name, module):
             layer = override
     return layer
 
@@ -236,7 +231,7 @@ def prepare_qat(
     g = as_granularity(granularity)
     modules = list(model.named_modules())
     for pattern in [p for p, _ in cfg.layers] + list(cfg.exclude):
-        if not any(_matches(pattern, n, m) for n, m in modules if n):
+        if not any(module_matches(pattern, n, m) for n, m in modules if n):
             raise ValueError(f"layer pattern {pattern!r} matches no module of the model")
     for name, module in modules:
         if not isinstance(module, layers):

@@ -24,7 +24,7 @@ from torch import nn
 from lowbit.errors import LowbitWarning
 from lowbit.quant.observers import CalibrationError
 from lowbit.formats import NumberFormat
-from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config, pattern_matches
+from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config, module_matches
 from lowbit.simulate.layers import (
     CHUNKED_ACCUMULATION,
     INAPPLICABLE_ROLES,
@@ -51,11 +51,6 @@ class QuantizationReport:
                  f"unsupported {len(self.unsupported)}"]
         lines += [f"  unsupported: {n} ({c})" for n, c in self.unsupported.items()]
         return "\n".join(lines)
-
-
-def _matches(pattern: str, name: str, module: nn.Module) -> bool:
-    cls = getattr(module, "lowbit_float_class", type(module))
-    return pattern_matches(pattern, name, [c.__name__ for c in cls.__mro__])
 
 
 def _float_class(module: nn.Module) -> type:
@@ -130,7 +125,7 @@ def resolve_layers(model: nn.Module, config: Any) -> ResolvedLayers:
     cfg = as_config(config)
     modules = list(model.named_modules())
     for pattern in [p for p, _ in cfg.layers] + list(cfg.exclude):
-        if not any(_matches(pattern, n, m) for n, m in modules if n):
+        if not any(module_matches(pattern, n, m) for n, m in modules if n):
             names = [n for n, _ in modules if n]
             raise ValueError(f"layer pattern {pattern!r} matches no module of the model; "
                              f"module names: {', '.join(names[:30])}{' …' if len(names) > 30 else ''}")
@@ -143,12 +138,12 @@ def resolve_layers(model: nn.Module, config: Any) -> ResolvedLayers:
             if _own_params(module) and not list(module.children()):
                 out.unsupported[name or "<model>"] = type(module).__name__
             continue
-        if any(_matches(p, name, module) for p in cfg.exclude):
+        if any(module_matches(p, name, module) for p in cfg.exclude):
             out.excluded.append(name)
             continue
         layer = cfg.default
         for pattern, override in cfg.layers:
-            if _matches(pattern, name, module):
+            if module_matches(pattern, name, module):
                 layer = override
         if layer.is_identity:
             continue

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import BlockFormat, NumberFormat
-from lowbit.quant.config import RoleConfig, pattern_matches
+from lowbit.quant.config import RoleConfig, module_matches
 from lowbit.quant.quantize import dequantize_, quantize_, tensor_formats
 from lowbit.simulate.layers import QuantLayerMixin, quant_class_for
 
@@ -70,12 +70,6 @@ FULL = "full"
 
 
 # ------------------------------------------------------------------ names and layers
-def _covers(pattern: str, name: str, module: nn.Module) -> bool:
-    """`pattern_matches` (the rule of `quantize_`) for the layer ``name``."""
-    cls = getattr(module, "lowbit_float_class", type(module))
-    return pattern_matches(pattern, name, [c.__name__ for c in cls.__mro__])
-
-
 def layer_pattern(name: str) -> str:
     """The `quantize_` layer pattern that matches exactly the module called ``name``.
 
@@ -230,12 +224,12 @@ def _candidate_lists(layers: "dict[str, nn.Module]", candidates: Any) -> "dict[s
     if isinstance(candidates, Mapping):
         parsed = {p: parse_list(v, f"candidates[{p!r}]") for p, v in candidates.items()}
         for p in parsed:
-            if not any(_covers(p, name, module) for name, module in layers.items()):
+            if not any(module_matches(p, name, module) for name, module in layers.items()):
                 raise ValueError(f"candidates pattern {p!r} matches no quantizable layer; layers: {', '.join(layers)}")
         for name in layers:
             chosen = None
             for p, lst in parsed.items():  # the last matching pattern wins, as in QuantConfig
-                if _covers(p, name, layers[name]):
+                if module_matches(p, name, layers[name]):
                     chosen = lst
             if chosen:
                 result[name] = chosen
@@ -627,9 +621,9 @@ def sensitivity_scan(model: nn.Module, candidates: Any, metric: Any, *, layers: 
         if isinstance(layers, str):
             layers = [layers]
         for p in layers:
-            if not any(_covers(p, n, m) for n, m in all_layers.items()):
+            if not any(module_matches(p, n, m) for n, m in all_layers.items()):
                 raise ValueError(f"layers: {p!r} matches no quantizable layer; layers: {', '.join(all_layers)}")
-        selected = {n: m for n, m in all_layers.items() if any(_covers(p, n, m) for p in layers)}
+        selected = {n: m for n, m in all_layers.items() if any(module_matches(p, n, m) for p in layers)}
     per_layer = _candidate_lists(selected, candidates)
     if not per_layer:
         raise ValueError("candidates: no candidate format for any layer")

@@ -934,11 +934,11 @@ def _check_state_fits(model: nn.Module, state: Mapping[str, Any]) -> None:
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k}: {tuple(state[k].shape)} in the state dict, {tuple(own[k].shape)} in the model"
              for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {unexpected}"] if unexpected
-                                                                    else []) + ([f"shape mismatch: {'; '.join(wrong)}"]
-                                                                                if wrong else [])
-        raise ValueError("the packed state dict does not fit the model (nothing was changed): " + "; ".join(parts))
+    problems = [text for text, found in ((f"missing keys {missing}", missing),
+                                         (f"unexpected keys {unexpected}", unexpected),
+                                         (f"shape mismatch: {'; '.join(wrong)}", wrong)) if found]
+    if problems:
+        raise ValueError("the packed state dict does not fit the model (nothing was changed): " + "; ".join(problems))
 
 
 def _formats_of_state(state: Mapping[str, Any]) -> "dict[str, PackedTensor]":
