@@ -631,7 +631,9 @@ def _granule_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor
     by one kernel call: `decode_runs_into` where the granules are contiguous runs of codes (per
     output channel; groups along the last axis, or along any axis whose trailing axes they span),
     `decode_grid_into` for every other grid (a channel axis other than 0, groups along a leading
-    axis of a conv weight).
+    axis of a conv weight). The grid kernel decodes contiguous runs too, but about 2x slower (one
+    table offset read per code; measured 0.62 vs 0.28 ms on a 1000x1280 codebook4 per output
+    channel), so runs keep their own kernel.
     """
     from lowbit.kernels import resolve_backend
 
