@@ -47,6 +47,7 @@ import torch
 
 from lowbit.formats import Minifloat, NumberFormat, Posit, parse_format
 from lowbit.optim.lowprec import LowPrecisionOptimizer
+from lowbit.simulate.scaling import format_centre
 
 __all__ = ["LossScaler", "StaticLossScaler", "DynamicLossScaler", "PositHistogramLossScaler"]
 
@@ -252,12 +253,7 @@ class DynamicLossScaler(LossScaler):
 
 
 def _target_log2(fmt: NumberFormat) -> "int | None":
-    if isinstance(fmt, Posit):
-        return fmt.scale
-    if isinstance(fmt, Minifloat):
-        emax = math.frexp(fmt.max)[1] - 1
-        return (fmt.min_normal_exponent + emax) // 2
-    return None
+    return format_centre(fmt) if isinstance(fmt, (Posit, Minifloat)) else None
 
 
 class PositHistogramLossScaler(LossScaler):

@@ -10,7 +10,8 @@ Rules for k:
 * ``"histogram"`` (Ho et al., posit GAN): build the histogram of ⌊log2|x|⌋ over the nonzero
   finite values; c = the centre of its most populated bin; k = c − centre(fmt), where
   centre(fmt) is the exponent where the format is most accurate (posit: its scale, where the
-  fraction field is longest; minifloat: the middle of its normal exponent range).
+  fraction field is longest; minifloat: the middle of its normal exponent range, rounded down:
+  ⌊(emin + emax) / 2⌋). The same integer is the loss scalers' target binade.
 * ``"amax"`` (FP8 training recipes, delayed scaling): a = the largest |x| over the last
   ``history`` observations; k = ⌈log2(a / fmt.max)⌉, the smallest k with a ≤ 2^k · fmt.max.
 * an int: k fixed by the user.
@@ -49,13 +50,19 @@ def scaled_format(fmt: "str | NumberFormat", k: int) -> NumberFormat:
     raise ValueError(f"power-of-two scaling applies to posit and minifloat formats, not {fmt} ({fmt.family})")
 
 
-def format_centre(fmt: "str | NumberFormat") -> float:
-    """The exponent where ``fmt`` is most accurate (see the module docstring)."""
+def format_centre(fmt: "str | NumberFormat") -> int:
+    """The exponent where ``fmt`` is most accurate (see the module docstring): the one rule used by
+    histogram scaling, the observers, QAT's initial scale and the posit loss scaler.
+
+    >>> format_centre("posit8_es2_s-3"), format_centre("e4m3fn"), format_centre("e5m2")
+    (-3, 1, 0)
+    """
     fmt = parse_format(fmt)
     if isinstance(fmt, Posit):
-        return float(fmt.scale)
+        return fmt.scale
     if isinstance(fmt, Minifloat):
-        return (fmt.min_normal_exponent + math.floor(math.log2(fmt.max))) / 2
+        emax = math.frexp(fmt.max)[1] - 1  # exact ⌊log2 max⌋ (no log2 rounding)
+        return (fmt.min_normal_exponent + emax) // 2
     raise ValueError(f"power-of-two scaling applies to posit and minifloat formats, not {fmt} ({fmt.family})")
 
 
