@@ -52,6 +52,7 @@ EXPERIMENTS: "dict[str, str]" = {
     "pretrained": "lowbit.experiments.pretrained",
     "training": "lowbit.experiments.lowprec_training",
     "posit-gan": "lowbit.experiments.posit_gan",
+    "transformers": "lowbit.experiments.transformer_formats",
 }
 FLAGSHIP = "weight-formats"
 EXPERIMENTS_INSTALL = "pip install 'lowbit[experiments]'"
