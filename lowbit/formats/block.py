@@ -50,6 +50,7 @@ from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, exponent_of, pow2, round_float64_to
 from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, code_dtype_for
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.granules import normalize_axis
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import Rounding, check_rounding
@@ -410,8 +411,59 @@ class BlockFloatingPoint(BlockFormat):
         return max(super().min_positive, math.ldexp(1.0, -1074))
 
 
+class _AlongAxis:
+    """Blocks along any ``axis``: the tensor is moved so that axis is last, handled by the
+    last-axis twin of the format (``axis=-1``), and moved back. Scales keep the moved layout:
+    shape ``x.movedim(axis, -1).shape[:-1] + (n_blocks,)``."""
+
+    axis: int
+
+    def _check_axis(self) -> None:
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise FormatSpecError(f"axis={self.axis!r} must be an int (the axis the blocks run along; -1 = last)")
+
+    def _axis_for(self, ndim: int) -> int:
+        return normalize_axis(self.axis, max(ndim, 1))
+
+    def _moves(self, ndim: int) -> bool:
+        return self.axis != -1 and ndim > 0 and self._axis_for(ndim) != ndim - 1
+
+    def _last_axis_twin(self) -> "NumberFormat":
+        return dataclasses.replace(self, axis=-1)  # type: ignore[type-var]
+
+    def scale_shape(self, shape: "torch.Size | tuple[int, ...]") -> tuple[int, ...]:
+        """Shape of the block scales for a tensor of ``shape`` (blocks along ``axis``)."""
+        shape = tuple(shape)
+        twin = self._last_axis_twin()
+        if not self._moves(len(shape)):
+            self._axis_for(len(shape))  # validates the axis
+            return super().scale_shape(shape)  # type: ignore[misc]
+        a = self._axis_for(len(shape))
+        return twin.scale_shape(shape[:a] + shape[a + 1:] + (shape[a],))  # type: ignore[attr-defined]
+
+    def encode_tensor(self, x, rounding="nearest_even", generator=None):  # type: ignore[no-untyped-def]
+        """As the last-axis format, on ``x`` with ``axis`` moved last (codes keep x's shape)."""
+        x = check_float_tensor(x)
+        if not self._moves(x.dim()):
+            self._axis_for(x.dim())
+            return super().encode_tensor(x, rounding, generator)  # type: ignore[misc]
+        a = self._axis_for(x.dim())
+        enc = self._last_axis_twin().encode_tensor(x.movedim(a, -1), rounding, generator)
+        return EncodedTensor(self, enc.codes.movedim(-1, a).contiguous(), enc.params)  # type: ignore[arg-type]
+
+    def decode_tensor(self, encoded, dtype=torch.float32):  # type: ignore[no-untyped-def]
+        """Values of an `EncodedTensor` of this format, as ``dtype``."""
+        codes = _unpack(self, encoded)[0]  # type: ignore[arg-type]
+        if not self._moves(codes.dim()):
+            return super().decode_tensor(encoded, dtype)  # type: ignore[misc]
+        a = self._axis_for(codes.dim())
+        twin = self._last_axis_twin()
+        values = twin.decode_tensor(EncodedTensor(twin, codes.movedim(a, -1), dict(encoded.params)), dtype)
+        return values.movedim(-1, a).contiguous()
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
-class PowerOfTwoBlocks(_E8M0Scales, BlockFormat):
+class PowerOfTwoBlocks(_AlongAxis, _E8M0Scales, BlockFormat):
     """OCP MX's block rule over any other element format: an E8M0 scale 2^s per block.
 
     ``s = floor(log2(amax)) − emax_elem`` clamped to [−127, 127] (emax_elem = floor(log2(element
@@ -431,6 +483,8 @@ class PowerOfTwoBlocks(_E8M0Scales, BlockFormat):
 
     element: ScalarFormat
     block_size: int
+    #: the axis the blocks run along (-1: the last, as MX)
+    axis: int = -1
 
     family = "block"
 
@@ -448,13 +502,21 @@ class PowerOfTwoBlocks(_E8M0Scales, BlockFormat):
                 "integer format of at most 16 bits"
             )
         self._check_block_size()
+        self._check_axis()
 
     def __str__(self) -> str:
-        return f"block{self.block_size}_{self.element}_scale_e8m0fnu"
+        return f"block{self.block_size}_{self.element}_scale_e8m0fnu" + ("" if self.axis == -1 else f"_a{self.axis}")
 
     @property
     def element_format(self) -> ScalarFormat:  # type: ignore[override]
         return self.element
+
+    def shared_exponents(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale exponent of every block (blocks along ``axis``; shape `scale_shape`)."""
+        x = check_float_tensor(x)
+        if not self._moves(x.dim()):
+            return super().shared_exponents(x)
+        return self._last_axis_twin().shared_exponents(x.movedim(self._axis_for(x.dim()), -1))  # type: ignore[attr-defined,no-any-return]
 
     @functools.cached_property
     def _encoder(self) -> ScalarFormat:  # type: ignore[override]

@@ -155,7 +155,7 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         )
     card.update(
         block_size=k,
-        block_axis="last (a shorter last block when the axis is not a multiple of the block size)",
+        block_axis=_axis_text(getattr(fmt, "axis", -1)),
         bits_per_element=fmt.bits_per_element,
         emax_elem=fmt.emax,
         element_max=fmt.element_max,
@@ -167,6 +167,13 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         params="scale_exponent: int16, shape x.shape[:-1] + (n_blocks,)",
     )
     return card
+
+
+def _axis_text(axis: int) -> str:
+    short = "a shorter last block when the axis is not a multiple of the block size"
+    if axis == -1:
+        return f"last ({short})"
+    return f"{axis} ({short}; scales in the layout with axis {axis} moved last)"
 
 
 def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
@@ -197,7 +204,7 @@ def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
             "zero block": f"scale {fmt.scale_floor!r}, elements 0",
         },
         block_size=k,
-        block_axis="last (a shorter last block when the axis is not a multiple of the block size)",
+        block_axis=_axis_text(fmt.axis),
         bits_per_element=fmt.bits_per_element,
         bits_per_tensor=32 if two else 0,
         element_max=fmt.element_max,

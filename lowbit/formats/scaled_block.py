@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor
 from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat
-from lowbit.formats.block import MAX_BLOCK_SIZE, _rows, _unpack
+from lowbit.formats.block import MAX_BLOCK_SIZE, _AlongAxis, _rows, _unpack
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
@@ -80,11 +80,12 @@ def _exact_in_float32(fmt: ScalarFormat) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class ScaledBlockFormat(NumberFormat):
+class ScaledBlockFormat(_AlongAxis, NumberFormat):
     """Blocks of ``block_size`` ``element`` codes along the last axis, one ``scale``-format scale each.
 
     NVFP4's rule (see the module docstring); ``tensor_scale=True`` adds the FP32 per-tensor scale.
     ``nvfp4`` = e2m1fn elements, e4m3fn scales per 16, per-tensor scale; ``nvfp4_1l`` without it.
+    ``axis`` (default -1, the last) names the axis the blocks run along (spec suffix ``_a<axis>``).
 
     >>> import torch, lowbit as lb
     >>> fmt = lb.parse_format("nvfp4_1l")
@@ -104,6 +105,8 @@ class ScaledBlockFormat(NumberFormat):
     scale: ScalarFormat
     block_size: int = 16
     tensor_scale: bool = False
+    #: the axis the blocks run along (-1: the last, as NVFP4 and MX)
+    axis: int = -1
 
     family = "scaled-block"
     data_dependent = True
@@ -114,6 +117,7 @@ class ScaledBlockFormat(NumberFormat):
             raise FormatSpecError(f"block_size={k!r} is out of range; allowed: an int in 1..{MAX_BLOCK_SIZE}")
         if not isinstance(self.tensor_scale, bool):
             raise FormatSpecError(f"tensor_scale must be True or False, got {self.tensor_scale!r}")
+        self._check_axis()
         if not isinstance(el, (Minifloat, Posit, FixedPoint, IntegerFormat)) or el.bits > 16:
             raise FormatSpecError(
                 f"block element={el!r} is not allowed; allowed: a posit, minifloat, fixed-point or integer "
@@ -140,7 +144,8 @@ class ScaledBlockFormat(NumberFormat):
         for name, preset in _PRESETS.items():
             if preset == self:
                 return name
-        return f"block{self.block_size}_{self.element}_scale_{self.scale}" + ("_t" if self.tensor_scale else "")
+        return (f"block{self.block_size}_{self.element}_scale_{self.scale}" + ("_t" if self.tensor_scale else "")
+                + ("" if self.axis == -1 else f"_a{self.axis}"))
 
     @property
     def bits(self) -> int:
@@ -203,6 +208,9 @@ class ScaledBlockFormat(NumberFormat):
 
     def scale_shape(self, shape: "torch.Size | tuple[int, ...]") -> tuple[int, ...]:
         """Shape of ``params["scale_codes"]`` for a tensor of ``shape`` (a 0-d tensor is one block)."""
+        if self._moves(len(shape)):
+            return _AlongAxis.scale_shape(self, shape)
+        self._axis_for(len(shape))
         shape = tuple(shape) or (1,)
         return (*shape[:-1], self.num_blocks(shape[-1]))
 
@@ -247,6 +255,9 @@ class ScaledBlockFormat(NumberFormat):
         ([2, 15], [[126]], 0.0022321429569274187)
         """
         x = check_float_tensor(x)
+        if self._moves(x.dim()):
+            return _AlongAxis.encode_tensor(self, x, rounding, generator)  # type: ignore[no-any-return]
+        self._axis_for(x.dim())
         mode = check_rounding(rounding, generator)
         wide = x.dtype == torch.float64
         rows = _rows(x.detach())
@@ -287,6 +298,8 @@ class ScaledBlockFormat(NumberFormat):
         """Values ``element · s`` (or ``element · (g · s)``) in float32, cast to ``dtype``."""
         names = ("scale_codes", "tensor_scale") if self.tensor_scale else ("scale_codes",)
         codes, scale_codes, *rest = _unpack(self, encoded, *names)
+        if self._moves(codes.dim()):
+            return _AlongAxis.decode_tensor(self, encoded, dtype)  # type: ignore[no-any-return]
         dtype = check_float_dtype(dtype)
         want = self.scale_shape(codes.shape)
         if (not isinstance(scale_codes, torch.Tensor) or scale_codes.dtype.is_floating_point

@@ -42,8 +42,8 @@ VALID_FORMS = (
     "block of k along the last axis; e.g. bfp8_b16)",
     "nvfp4 | nvfp4_1l  (NVFP4: e2m1fn elements, an e4m3fn scale per 16 along the last axis, under one FP32 "
     "scale per tensor = amax / (448 * 6); _1l: the block scales only)",
-    "block<k>_<element>_scale_<scale>[_t]  (the one block rule: one <scale>-format scale per block of k "
-    f"along the last axis, 1 <= k <= {MAX_BLOCK_SIZE}, over signed scalar <element> codes (<= 16 bits); "
+    "block<k>_<element>_scale_<scale>[_t][_a<axis>]  (the one block rule: one <scale>-format scale per block of "
+    f"k along the last axis (or <axis>), 1 <= k <= {MAX_BLOCK_SIZE}, over signed scalar <element> codes (<= 16 bits); "
     "_t adds an FP32 per-tensor scale. Scale e8m0fnu: the OCP MX rule 2^(floor(log2 amax) - emax_elem) "
     "(MX elements print as mxfp…); any other minifloat with mantissa bits or posit (ue4m3 = e4m3fn): NVFP4's rule "
     "s = amax / element_max rounded to the scale format; e.g. block16_e2m1fn_scale_posit8_es1, "
@@ -91,7 +91,7 @@ _MX = re.compile(r"mx(?:fp(\d+)_([a-z0-9]+)|int(\d+))(?:_b(\d+))?")
 _BFP = re.compile(r"bfp(\d+)_b(\d+)")
 _LEARNED = re.compile(r"binary|ternary|codebook(\d+)")
 _NVFP4 = re.compile(r"nvfp4(_1l)?")
-_SCALED_BLOCK = re.compile(r"block(\d+)_(.+?)_scale_(.+?)(_t)?")
+_SCALED_BLOCK = re.compile(r"block(\d+)_(.+?)_scale_(.+?)(_t)?(?:_a([+-]?\d+))?")
 #: spellings of a block scale format that are not format specs of their own
 _SCALE_ALIASES = {"ue4m3": "e4m3fn", "ue8m0": "e8m0fnu"}
 _E8M0 = Minifloat(8, 0, policy="fnu")
@@ -163,11 +163,12 @@ def _scalar_part(text: str, what: str) -> ScalarFormat:
 
 
 def block_format(element: "str | NumberFormat", scale: "str | NumberFormat", block_size: int,
-                 tensor_scale: bool = False) -> NumberFormat:
+                 tensor_scale: bool = False, axis: int = -1) -> NumberFormat:
     """The block format of ``element`` codes with one ``scale``-format scale per ``block_size``.
 
     An ``e8m0fnu`` scale takes the OCP MX rule (`MXFormat` for MX element types, else
-    `PowerOfTwoBlocks`); any other scale format NVFP4's rule (`ScaledBlockFormat`).
+    `PowerOfTwoBlocks`); any other scale format NVFP4's rule (`ScaledBlockFormat`). ``axis``: the
+    axis the blocks run along (-1, the last, as MX and NVFP4; MX formats have no other).
 
     >>> str(block_format("e2m1fn", "e4m3fn", 16, tensor_scale=True)), str(block_format("e4m3fn", "e8m0fnu", 32))
     ('nvfp4', 'mxfp8_e4m3fn')
@@ -178,13 +179,16 @@ def block_format(element: "str | NumberFormat", scale: "str | NumberFormat", blo
         if tensor_scale:
             raise FormatSpecError("a per-tensor scale (_t) needs a block scale format with mantissa bits, not e8m0fnu")
         if isinstance(el, Minifloat) and str(el) in MX_ELEMENTS:
+            if axis != -1:
+                raise FormatSpecError(f"OCP MX blocks run along the last axis; axis={axis!r} is not offered for "
+                                      f"{MXFormat(str(el), block_size)}")
             return MXFormat(str(el), block_size)
-        return PowerOfTwoBlocks(el, block_size)  # type: ignore[arg-type]
-    return ScaledBlockFormat(el, sc, block_size, tensor_scale)  # type: ignore[arg-type]
+        return PowerOfTwoBlocks(el, block_size, axis)  # type: ignore[arg-type]
+    return ScaledBlockFormat(el, sc, block_size, tensor_scale, axis)  # type: ignore[arg-type]
 
 
 def _scaled_block(m: re.Match[str]) -> NumberFormat:
-    return block_format(m[2], m[3], int(m[1]), tensor_scale=bool(m[4]))
+    return block_format(m[2], m[3], int(m[1]), tensor_scale=bool(m[4]), axis=int(m[5]) if m[5] else -1)
 
 
 _GRAMMAR: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], NumberFormat]], ...] = (

@@ -298,6 +298,7 @@ NEW_SPELLINGS = [
     "nvfp4", "nvfp4_1l", "block16_e2m1fn_scale_posit8_es1", "block32_e2m1fn_scale_posit8_es1_t",
     "block16_int4_scale_e4m3fn", "block32_e3m2fn_scale_e5m2_t", "block16_posit6_es1_s-4_scale_posit8_es0_t",
     "block32_int4_scale_e8m0fnu", "block16_posit8_es1_scale_e8m0fnu", "block64_e4m3fn_scale_e8m23",
+    "block16_e2m1fn_scale_e4m3fn_t_a0", "block32_int4_scale_e8m0fnu_a-2", "block16_e2m1fn_scale_posit8_es1_a1",
 ]
 
 
@@ -316,6 +317,7 @@ def test_every_new_spelling_round_trips(spec):
     ("block32_e4m3fn_scale_e8m0fnu", "mxfp8_e4m3fn"),
     ("block16_fp4_e2m1fn_scale_e8m0", "mxfp4_e2m1fn_b16"),
     ("block32_e5m2_scale_ue8m0", "mxfp8_e5m2"),
+    ("block16_e2m1fn_scale_e4m3fn_t_a-1", "nvfp4"),
 ])
 def test_other_spellings_print_back_canonically(alias, canonical):
     assert str(lb.parse_format(alias)) == canonical
@@ -336,6 +338,7 @@ def test_mx_is_the_power_of_two_preset_of_the_block_rule():
     ("block16_binary_scale_e4m3fn", "scalar format"),
     ("block16_e2m1fn_scale_posit32_es5", "float32-exact"),
     ("nvfp4_b32", "block<k>_<element>_scale_<scale>"),
+    ("block32_e4m3fn_scale_e8m0fnu_a0", "last axis"),
 ])
 def test_bad_block_specs_say_what_is_allowed(spec, message):
     with pytest.raises(FormatSpecError, match=re.escape(message)):
@@ -364,3 +367,20 @@ def test_power_of_two_blocks_over_int4_equal_the_exact_rule():
                 k = _clamp(round(v / Fraction(2) ** s), -7, 7)  # round() of a Fraction: ties to even
                 assert Fraction(o) == k * Fraction(2) ** s
 
+
+
+# ------------------------------------------------------------------ blocks along another axis
+@pytest.mark.parametrize("spec, axis", [("block16_e2m1fn_scale_e4m3fn_t_a0", 0), ("block16_e2m1fn_scale_e4m3fn_a1", 1),
+                                        ("block8_int4_scale_e8m0fnu_a-3", -3)])
+def test_blocks_along_another_axis_are_the_last_axis_rule_on_the_moved_tensor(spec, axis):
+    fmt = lb.parse_format(spec)
+    last = lb.parse_format(spec.rsplit("_a", 1)[0])
+    x = torch.randn(32, 40, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fmt.quantize(x), last.quantize(x.movedim(axis, -1)).movedim(-1, axis))
+    enc = fmt.encode_tensor(x)
+    assert enc.codes.shape == x.shape and torch.equal(fmt.decode_tensor(enc), fmt.quantize(x))
+    moved = x.movedim(axis, -1).shape
+    assert fmt.scale_shape(x.shape) == last.scale_shape(moved)
+    if axis not in (0, -1):  # a 1-d tensor has no such axis
+        with pytest.raises(ValueError, match="out of range"):
+            fmt.quantize(torch.ones(16))

@@ -85,3 +85,19 @@ def test_quantize_pack_and_save_agree_with_weights_replaced_by_quantize(spec, tm
     loaded = lb.load(tmp_path / "m.lb")
     for name in ("0.weight", "2.weight", "4.weight"):
         assert torch.equal(loaded[name], reference.state_dict()[name])
+
+
+@pytest.mark.parametrize("spec", ["block16_e2m1fn_scale_e4m3fn_t_a1", "block8_int4_scale_e8m0fnu_a1"])
+def test_conv_weights_with_blocks_along_input_channels_pack_and_load_exactly(spec, tmp_path):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 8, 3)
+    fmt = lb.parse_format(spec)
+    reference = copy.deepcopy(conv)
+    with torch.no_grad():
+        reference.weight.copy_(fmt.quantize(conv.weight))
+    x = torch.randn(2, 32, 6, 6)
+    packed = lb.pack_(nn.Sequential(copy.deepcopy(conv)), spec)
+    assert torch.equal(packed(x), reference(x))
+    lb.save({"w": conv.weight.detach()}, tmp_path / "c.lb", formats=spec)
+    assert torch.equal(lb.load(tmp_path / "c.lb")["w"], reference.weight)
+    assert PackedTensor.from_tensor(conv.weight.detach(), spec).nbytes * 8 == storage_bits(spec, conv.weight)
