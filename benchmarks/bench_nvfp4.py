@@ -59,11 +59,11 @@ def main() -> None:
     print(f"weight {tuple(x.shape)} float32, torch threads {torch.get_num_threads()}")
     for spec in ("nvfp4", "nvfp4_1l", "mxfp4_e2m1fn"):
         fmt = lb.parse_format(spec)
-        line = f"{spec:13s} quantize {best_ms(lambda: fmt.quantize(x), args.repeats):8.1f} ms"
+        line = f"{spec:13s} quantize {best_ms(lambda f=fmt: f.quantize(x), args.repeats):8.1f} ms"
         ref = torchao_reference(spec == "nvfp4") if spec.startswith("nvfp4") else None
         if ref is not None:
             same = torch.equal(fmt.quantize(x), ref(x))
-            line += f" | torchao {best_ms(lambda: ref(x), args.repeats):8.1f} ms, bit-identical: {same}"
+            line += f" | torchao {best_ms(lambda r=ref: r(x), args.repeats):8.1f} ms, bit-identical: {same}"
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "w.lb")
             lb.save({"w": x}, path, formats=spec)
@@ -72,7 +72,7 @@ def main() -> None:
         packed = lb.pack_(copy.deepcopy(model), spec)
         batch = torch.randn(8, args.cols)
         with torch.no_grad():
-            line += f" | packed Linear forward {best_ms(lambda: packed(batch), args.repeats):7.1f} ms"
+            line += f" | packed Linear forward {best_ms(lambda p=packed, b=batch: p(b), args.repeats):7.1f} ms"
         print(line)
 
 

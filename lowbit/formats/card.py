@@ -181,7 +181,8 @@ def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
     nvfp4 = str(fmt).startswith("nvfp4")
     two = fmt.tensor_scale
     tensor = " + one FP32 scale per tensor" if two else ""
-    rule = f"s = round_{sc}(clamp(amax / {fmt.element_max:g}{' / g' if two else ''}, {fmt.scale_floor!r}, {fmt.scale_max:g}))"
+    divided = f"amax / {fmt.element_max:g}" + (" / g" if two else "")
+    rule = f"s = round_{sc}(clamp({divided}, {fmt.scale_floor!r}, {fmt.scale_max:g}))"
     card: dict[str, Any] = {
         "spec": str(fmt),
         "family": fmt.family,
@@ -208,14 +209,16 @@ def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
         bits_per_element=fmt.bits_per_element,
         bits_per_tensor=32 if two else 0,
         element_max=fmt.element_max,
-        overflow="saturate: elements are clamped to the element max" + ("" if two else f"; |x| > {fmt.max:g} saturates"),
+        overflow=("saturate: elements are clamped to the element max"
+                  + ("" if two else f"; |x| > {fmt.max:g} saturates")),
         max=fmt.max if not two else "element max x scale max x g (g set from each tensor)",
         min_positive=fmt.min_positive if not two else "element min x scale min x g",
         inputs=("float32 / bfloat16 as torchao; float16 via float32; float64: scales from float32 amax, "
                 "x * r and the element rounding in float64"),
         data_dependent=True,
         default_rounding="nearest_even (every mode applies to the element rounding)",
-        params=f"scale_codes: {sc} codes, shape x.shape[:-1] + (n_blocks,)" + ("; tensor_scale: float32 0-d" if two else ""),
+        params=(f"scale_codes: {sc} codes, shape x.shape[:-1] + (n_blocks,)"
+                + ("; tensor_scale: float32 0-d" if two else "")),
     )
     return card
 

@@ -268,7 +268,9 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
         has_bad = bool(bad.any())
         if has_bad:
             if self._scale_nan_code() is None:
-                raise ValueError(f"x holds NaN or ±inf, which {self} cannot hold: its scale format {self.scale} has no NaN")
+                raise ValueError(
+                    f"x holds NaN or ±inf, which {self} cannot hold: its scale format {self.scale} has no NaN"
+                )
             xb = xb.masked_fill(bad.unsqueeze(-1), 0.0)
             amax = amax.masked_fill(bad, 0.0)
         if wide:

@@ -180,7 +180,8 @@ def _ties_like(x: torch.Tensor, two_level: bool) -> torch.Tensor:
         torch.rand(blocks.shape, generator=g) < 0.5, -1.0, 1.0)
     tied = (pick * scales).to(x.dtype)
     nudge = torch.randint(-1, 2, blocks.shape, generator=g)
-    tied = torch.where(nudge > 0, torch.nextafter(tied, tied * 2), torch.where(nudge < 0, torch.nextafter(tied, tied * 0), tied))
+    up, down = torch.nextafter(tied, tied * 2), torch.nextafter(tied, tied * 0)
+    tied = torch.where(nudge > 0, up, torch.where(nudge < 0, down, tied))
     # keep each block's largest element where it is (so its scale stays the same)
     keep = blocks.abs() == blocks.abs().amax(-1, keepdim=True)
     return torch.where(keep, blocks, tied).reshape(x.shape)
@@ -259,7 +260,8 @@ def test_a_block_with_nan_or_inf_decodes_to_nan_and_the_rest_as_without_it(spec,
 
 
 # ------------------------------------------------------------------ codec
-@pytest.mark.parametrize("spec", ["nvfp4", "nvfp4_1l", "block16_e2m1fn_scale_posit8_es1", "block32_int4_scale_e4m3fn_t"])
+@pytest.mark.parametrize(
+    "spec", ["nvfp4", "nvfp4_1l", "block16_e2m1fn_scale_posit8_es1", "block32_int4_scale_e4m3fn_t"])
 def test_decode_of_encode_is_quantize_and_nvfp4_1l_is_idempotent(spec):
     fmt = lb.parse_format(spec)
     x = _hard_rows(4)
@@ -277,7 +279,8 @@ def test_decode_names_what_is_wrong_with_the_params():
     with pytest.raises(ValueError, match="tensor_scale"):
         NVFP4.decode_tensor(lb.EncodedTensor(NVFP4, enc.codes, {"scale_codes": enc.params["scale_codes"]}))
     with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
-        NVFP4.decode_tensor(lb.EncodedTensor(NVFP4, enc.codes, {**enc.params, "scale_codes": torch.zeros(2, 3, dtype=torch.uint8)}))
+        wrong = torch.zeros(2, 3, dtype=torch.uint8)
+        NVFP4.decode_tensor(lb.EncodedTensor(NVFP4, enc.codes, {**enc.params, "scale_codes": wrong}))
     with pytest.raises(ValueError, match="positive finite float32"):
         NVFP4.decode_tensor(lb.EncodedTensor(NVFP4, enc.codes, {**enc.params, "tensor_scale": torch.tensor(-1.0)}))
     with pytest.raises(ValueError, match="this format is nvfp4"):
@@ -321,6 +324,13 @@ def test_every_new_spelling_round_trips(spec):
 ])
 def test_other_spellings_print_back_canonically(alias, canonical):
     assert str(lb.parse_format(alias)) == canonical
+
+
+def test_non_finite_input_is_refused_when_the_scale_format_has_no_nan():
+    fmt = lb.parse_format("block16_e2m1fn_scale_e2m3fn")
+    assert isinstance(fmt, ScaledBlockFormat) and isinstance(NVFP4, ScaledBlockFormat)
+    with pytest.raises(ValueError, match="has no NaN"):
+        fmt.quantize(torch.tensor([1.0, float("inf")]))
 
 
 def test_mx_is_the_power_of_two_preset_of_the_block_rule():
