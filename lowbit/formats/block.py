@@ -50,10 +50,12 @@ from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, exponent_of, pow2, round_float64_to
 from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, code_dtype_for
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.granules import normalize_axis
 from lowbit.formats.minifloat import Minifloat
+from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import Rounding, check_rounding
 
-__all__ = ["BlockFormat", "MXFormat", "BlockFloatingPoint", "MX_ELEMENTS", "DEFAULT_BLOCK_SIZE"]
+__all__ = ["BlockFormat", "MXFormat", "BlockFloatingPoint", "PowerOfTwoBlocks", "MX_ELEMENTS", "DEFAULT_BLOCK_SIZE"]
 
 DEFAULT_BLOCK_SIZE = 32
 MAX_BLOCK_SIZE = 1 << 16
@@ -261,8 +263,49 @@ def _unpack(fmt: NumberFormat, encoded: EncodedTensor, *names: str) -> "tuple[to
     return (codes, *(encoded.params[n] for n in names))
 
 
+class _E8M0Scales:
+    """Stores a block format's shared exponents as OCP MX E8M0 bytes (MX and `PowerOfTwoBlocks`)."""
+
+    nan_exponent: int
+
+    def storage_params(self, params: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
+        """The shared scales as 8-bit E8M0 codes, as the OCP MX spec stores them.
+
+        ``scale_e8m0`` (uint8) = scale_exponent + 127; 255 is the NaN scale. A zero block
+        (exponent −127) is code 0.
+
+        >>> import torch
+        >>> fmt = MXFormat("e4m3fn", block_size=2)
+        >>> enc = fmt.encode_tensor(torch.tensor([1.0, 2.0, 0.0, 0.0, float("nan"), 1.0]))
+        >>> fmt.storage_params(enc.params)["scale_e8m0"].tolist()
+        [120, 0, 255]
+        """
+        out = dict(params)
+        s = out.pop("scale_exponent", None)
+        if s is None:
+            return out
+        s = s.to(torch.int16)
+        code = torch.where(s == self.nan_exponent, torch.full_like(s, 255), s + 127)
+        if bool(((code < 0) | (code > 255)).any()):
+            raise ValueError(f"{self}: scale_exponent outside [-127, {self.nan_exponent}] cannot be stored as E8M0")
+        out["scale_e8m0"] = code.to(torch.uint8)
+        return out
+
+    def params_from_storage(self, stored: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
+        """``scale_e8m0`` codes back to ``scale_exponent`` (int16); files that stored the exponent itself still read."""
+        out = dict(stored)
+        code = out.pop("scale_e8m0", None)
+        if code is None:
+            return out
+        if code.dtype != torch.uint8:
+            raise ValueError(f"{self}: params['scale_e8m0'] must be uint8 E8M0 codes, got {code.dtype}")
+        c = code.to(torch.int16)
+        out["scale_exponent"] = torch.where(c == 255, torch.full_like(c, self.nan_exponent), c - 127)
+        return out
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
-class MXFormat(BlockFormat):
+class MXFormat(_E8M0Scales, BlockFormat):
     """An OCP MX v1.0 format: ``element`` codes plus one E8M0 scale per ``block_size`` elements.
 
     >>> import torch
@@ -313,41 +356,6 @@ class MXFormat(BlockFormat):
     @property
     def _encode_shift(self) -> int:  # type: ignore[override]
         return 6 if self.element == "int8" else 0
-
-    def storage_params(self, params: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
-        """The shared scales as 8-bit E8M0 codes, as the OCP MX spec stores them.
-
-        ``scale_e8m0`` (uint8) = scale_exponent + 127; 255 is the NaN scale. A zero block
-        (exponent −127) is code 0.
-
-        >>> import torch
-        >>> fmt = MXFormat("e4m3fn", block_size=2)
-        >>> enc = fmt.encode_tensor(torch.tensor([1.0, 2.0, 0.0, 0.0, float("nan"), 1.0]))
-        >>> fmt.storage_params(enc.params)["scale_e8m0"].tolist()
-        [120, 0, 255]
-        """
-        out = dict(params)
-        s = out.pop("scale_exponent", None)
-        if s is None:
-            return out
-        s = s.to(torch.int16)
-        code = torch.where(s == self.nan_exponent, torch.full_like(s, 255), s + 127)
-        if bool(((code < 0) | (code > 255)).any()):
-            raise ValueError(f"{self}: scale_exponent outside [-127, {self.nan_exponent}] cannot be stored as E8M0")
-        out["scale_e8m0"] = code.to(torch.uint8)
-        return out
-
-    def params_from_storage(self, stored: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
-        """``scale_e8m0`` codes back to ``scale_exponent`` (int16); files that stored the exponent itself still read."""
-        out = dict(stored)
-        code = out.pop("scale_e8m0", None)
-        if code is None:
-            return out
-        if code.dtype != torch.uint8:
-            raise ValueError(f"{self}: params['scale_e8m0'] must be uint8 E8M0 codes, got {code.dtype}")
-        c = code.to(torch.int16)
-        out["scale_exponent"] = torch.where(c == 255, torch.full_like(c, self.nan_exponent), c - 127)
-        return out
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -401,3 +409,120 @@ class BlockFloatingPoint(BlockFormat):
     def min_positive(self) -> float:
         """2^-1074: element steps of the lowest exponents fall below float64, where values are computed."""
         return max(super().min_positive, math.ldexp(1.0, -1074))
+
+
+class _AlongAxis:
+    """Blocks along any ``axis``: the tensor is moved so that axis is last, handled by the
+    last-axis twin of the format (``axis=-1``), and moved back. Scales keep the moved layout:
+    shape ``x.movedim(axis, -1).shape[:-1] + (n_blocks,)``."""
+
+    axis: int
+
+    def _check_axis(self) -> None:
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise FormatSpecError(f"axis={self.axis!r} must be an int (the axis the blocks run along; -1 = last)")
+
+    def _axis_for(self, ndim: int) -> int:
+        return normalize_axis(self.axis, max(ndim, 1))
+
+    def _moves(self, ndim: int) -> bool:
+        return self.axis != -1 and ndim > 0 and self._axis_for(ndim) != ndim - 1
+
+    def _last_axis_twin(self) -> "NumberFormat":
+        return dataclasses.replace(self, axis=-1)  # type: ignore[type-var]
+
+    def scale_shape(self, shape: "torch.Size | tuple[int, ...]") -> tuple[int, ...]:
+        """Shape of the block scales for a tensor of ``shape`` (blocks along ``axis``)."""
+        shape = tuple(shape)
+        twin = self._last_axis_twin()
+        if not self._moves(len(shape)):
+            self._axis_for(len(shape))  # validates the axis
+            return super().scale_shape(shape)  # type: ignore[misc]
+        a = self._axis_for(len(shape))
+        return twin.scale_shape(shape[:a] + shape[a + 1:] + (shape[a],))  # type: ignore[attr-defined]
+
+    def encode_tensor(self, x, rounding="nearest_even", generator=None):  # type: ignore[no-untyped-def]
+        """As the last-axis format, on ``x`` with ``axis`` moved last (codes keep x's shape)."""
+        x = check_float_tensor(x)
+        if not self._moves(x.dim()):
+            self._axis_for(x.dim())
+            return super().encode_tensor(x, rounding, generator)  # type: ignore[misc]
+        a = self._axis_for(x.dim())
+        enc = self._last_axis_twin().encode_tensor(x.movedim(a, -1), rounding, generator)
+        return EncodedTensor(self, enc.codes.movedim(-1, a).contiguous(), enc.params)  # type: ignore[arg-type]
+
+    def decode_tensor(self, encoded, dtype=torch.float32):  # type: ignore[no-untyped-def]
+        """Values of an `EncodedTensor` of this format, as ``dtype``."""
+        codes = _unpack(self, encoded)[0]  # type: ignore[arg-type]
+        if not self._moves(codes.dim()):
+            return super().decode_tensor(encoded, dtype)  # type: ignore[misc]
+        a = self._axis_for(codes.dim())
+        twin = self._last_axis_twin()
+        values = twin.decode_tensor(EncodedTensor(twin, codes.movedim(a, -1), dict(encoded.params)), dtype)
+        return values.movedim(-1, a).contiguous()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class PowerOfTwoBlocks(_AlongAxis, _E8M0Scales, BlockFormat):
+    """OCP MX's block rule over any other element format: an E8M0 scale 2^s per block.
+
+    ``s = floor(log2(amax)) − emax_elem`` clamped to [−127, 127] (emax_elem = floor(log2(element
+    max))), elements ``x / 2^s`` rounded to ``element`` and clamped to its max (integers: to the
+    symmetric range ±(2^(b−1) − 1), as MXINT8 and BFP; fixed point: to its range), a NaN/±inf block
+    NaN, a zero block s = −127: the rules of `MXFormat` (see the module docstring), which MX
+    element types (e4m3fn, e5m2, e3m2fn, e2m3fn, e2m1fn) use; spelled
+    ``block<k>_<element>_scale_e8m0fnu``.
+
+    >>> import torch
+    >>> fmt = PowerOfTwoBlocks(IntegerFormat(4), 4)
+    >>> str(fmt), fmt.emax, fmt.bits_per_element
+    ('block4_int4_scale_e8m0fnu', 2, 6.0)
+    >>> fmt.quantize(torch.tensor([1.0, 3.0, -7.5, 0.2])).tolist()   # s = 2 - 2 = 0: integers, clamped to 7
+    [1.0, 3.0, -7.0, 0.0]
+    """
+
+    element: ScalarFormat
+    block_size: int
+    #: the axis the blocks run along (-1: the last, as MX)
+    axis: int = -1
+
+    family = "block"
+
+    def __post_init__(self) -> None:
+        el = self.element
+        if isinstance(el, Minifloat) and str(el) in MX_ELEMENTS:
+            raise FormatSpecError(
+                f"{el} elements with an E8M0 scale are the OCP MX format {MXFormat(str(el), self.block_size)} "
+                "(MXFormat); write that"
+            )
+        allowed = (Minifloat, Posit, FixedPoint, IntegerFormat)
+        if not isinstance(el, allowed) or el.bits > 16 or not getattr(el, "signed", True):
+            raise FormatSpecError(
+                f"block element={el!r} is not allowed; allowed: a signed posit, minifloat, fixed-point or "
+                "integer format of at most 16 bits"
+            )
+        self._check_block_size()
+        self._check_axis()
+
+    def __str__(self) -> str:
+        return f"block{self.block_size}_{self.element}_scale_e8m0fnu" + ("" if self.axis == -1 else f"_a{self.axis}")
+
+    @property
+    def element_format(self) -> ScalarFormat:  # type: ignore[override]
+        return self.element
+
+    def shared_exponents(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale exponent of every block (blocks along ``axis``; shape `scale_shape`)."""
+        x = check_float_tensor(x)
+        if not self._moves(x.dim()):
+            return super().shared_exponents(x)
+        return self._last_axis_twin().shared_exponents(x.movedim(self._axis_for(x.dim()), -1))  # type: ignore[attr-defined,no-any-return]
+
+    @functools.cached_property
+    def _encoder(self) -> ScalarFormat:  # type: ignore[override]
+        el = self.element
+        if isinstance(el, Minifloat) and el.overflow_policy != "saturate":
+            return dataclasses.replace(el, saturate=True)
+        if isinstance(el, IntegerFormat):
+            return dataclasses.replace(el, narrow=True)  # the symmetric range, as MXINT8 and BFP
+        return el

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from lowbit.formats.base import MAX_TABLE_BITS, NumberFormat, ScalarFormat
-from lowbit.formats.block import BlockFloatingPoint, BlockFormat, MXFormat
+from lowbit.formats.block import BlockFloatingPoint, BlockFormat, MXFormat, PowerOfTwoBlocks
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat, _UniformGrid
 from lowbit.formats.learned import BinaryFormat, Codebook, LearnedFormat, TernaryFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
+from lowbit.formats.scaled_block import ScaledBlockFormat
 
 __all__ = ["format_card", "count_values"]
 
@@ -57,6 +58,8 @@ def format_card(fmt: NumberFormat) -> "dict[str, Any]":
     """Facts about ``fmt`` as an ordered dict (keys are stable; values JSON-friendly)."""
     if isinstance(fmt, BlockFormat):
         return _block_card(fmt)
+    if isinstance(fmt, ScaledBlockFormat):
+        return _scaled_block_card(fmt)
     if isinstance(fmt, LearnedFormat):
         return _learned_card(fmt)
     if not isinstance(fmt, ScalarFormat):
@@ -124,6 +127,17 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         )
         if fmt.element == "int8":
             card["unused_code"] = "0x80 (decodes to -2 x scale; encoding clamps to -127/64)"
+    elif isinstance(fmt, PowerOfTwoBlocks):
+        card.update(
+            layout=f"blocks of {k} {element} elements along the last axis + one 8-bit E8M0 scale per block",
+            standard="the OCP MX v1.0 block rule over a non-MX element format",
+            element=str(element),
+            scale="E8M0 2^s, s = floor(log2(amax)) - emax_elem, clamped to [-127, 127]",
+            special_values={
+                "NaN scale": "0xff (s = 128): a block holding NaN or ±inf decodes to NaN",
+                "zero block": "s = -127 (the E8M0 minimum), elements 0",
+            },
+        )
     else:
         assert isinstance(fmt, BlockFloatingPoint)
         card.update(
@@ -141,7 +155,7 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         )
     card.update(
         block_size=k,
-        block_axis="last (a shorter last block when the axis is not a multiple of the block size)",
+        block_axis=_axis_text(getattr(fmt, "axis", -1)),
         bits_per_element=fmt.bits_per_element,
         emax_elem=fmt.emax,
         element_max=fmt.element_max,
@@ -151,6 +165,60 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         data_dependent=True,
         default_rounding="nearest_even (every mode applies to the element rounding)",
         params="scale_exponent: int16, shape x.shape[:-1] + (n_blocks,)",
+    )
+    return card
+
+
+def _axis_text(axis: int) -> str:
+    short = "a shorter last block when the axis is not a multiple of the block size"
+    if axis == -1:
+        return f"last ({short})"
+    return f"{axis} ({short}; scales in the layout with axis {axis} moved last)"
+
+
+def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
+    k, el, sc = fmt.block_size, fmt.element, fmt.scale
+    nvfp4 = str(fmt).startswith("nvfp4")
+    two = fmt.tensor_scale
+    tensor = " + one FP32 scale per tensor" if two else ""
+    divided = f"amax / {fmt.element_max:g}" + (" / g" if two else "")
+    rule = f"s = round_{sc}(clamp({divided}, {fmt.scale_floor!r}, {fmt.scale_max:g}))"
+    card: dict[str, Any] = {
+        "spec": str(fmt),
+        "family": fmt.family,
+        "bits": fmt.bits,
+        "layout": f"blocks of {k} {el} elements along the last axis + one {sc.bits}-bit {sc} scale per block{tensor}",
+        "standard": ("NVIDIA NVFP4, numerics of torchao's reference (nvfp4_quantize)" if nvfp4
+                     else "the NVFP4 block rule (torchao's numerics) with other element / scale formats"),
+        "element": str(el),
+        "scale": rule + " in float32 (scales of all-zero blocks: the lower clamp)",
+        "elements": (f"round_{el}(clamp(x * r, -{fmt.element_max:g}, {fmt.element_max:g})), r = "
+                     + ("(1 / g) / s" if two else "1 / s") + " (float32 reciprocal, then a product)"),
+    }
+    if two:
+        card["tensor_scale"] = (f"g = max(amax_tensor / {fmt.tensor_scale_divisor:g}, {fmt.tensor_scale_floor!r}) "
+                                "(float32; the floor keeps (1/g)/s finite)")
+    card.update(
+        decode="element * " + ("(g * s)" if two else "s") + " in float32, then cast to the output dtype",
+        special_values={
+            "NaN scale": f"a block holding NaN or ±inf gets {sc}'s NaN code and decodes to NaN",
+            "zero block": f"scale {fmt.scale_floor!r}, elements 0",
+        },
+        block_size=k,
+        block_axis=_axis_text(fmt.axis),
+        bits_per_element=fmt.bits_per_element,
+        bits_per_tensor=32 if two else 0,
+        element_max=fmt.element_max,
+        overflow=("saturate: elements are clamped to the element max"
+                  + ("" if two else f"; |x| > {fmt.max:g} saturates")),
+        max=fmt.max if not two else "element max x scale max x g (g set from each tensor)",
+        min_positive=fmt.min_positive if not two else "element min x scale min x g",
+        inputs=("float32 / bfloat16 as torchao; float16 via float32; float64: scales from float32 amax, "
+                "x * r and the element rounding in float64"),
+        data_dependent=True,
+        default_rounding="nearest_even (every mode applies to the element rounding)",
+        params=(f"scale_codes: {sc} codes, shape x.shape[:-1] + (n_blocks,)"
+                + ("; tensor_scale: float32 0-d" if two else "")),
     )
     return card
 

@@ -12,14 +12,22 @@ import re
 from typing import Callable
 
 from lowbit.errors import FormatSpecError
-from lowbit.formats.base import NumberFormat
-from lowbit.formats.block import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MX_ELEMENTS, BlockFloatingPoint, MXFormat
+from lowbit.formats.base import NumberFormat, ScalarFormat
+from lowbit.formats.block import (
+    DEFAULT_BLOCK_SIZE,
+    MAX_BLOCK_SIZE,
+    MX_ELEMENTS,
+    BlockFloatingPoint,
+    MXFormat,
+    PowerOfTwoBlocks,
+)
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.learned import BinaryFormat, Codebook, TernaryFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
+from lowbit.formats.scaled_block import NVFP4, NVFP4_1L, ScaledBlockFormat
 
-__all__ = ["parse_format", "VALID_FORMS", "PRESETS", "ALIASES"]
+__all__ = ["parse_format", "block_format", "VALID_FORMS", "PRESETS", "ALIASES"]
 
 VALID_FORMS = (
     "posit<n>_es<es>[_s<k>]  (2 <= n <= 32, 0 <= es <= 5; e.g. posit8_es2, posit6_es1_s-4)",
@@ -32,6 +40,14 @@ VALID_FORMS = (
     f"default {DEFAULT_BLOCK_SIZE})",
     "bfp<bits>_b<k>  (block floating point: signed <bits>-bit elements, 2 <= bits <= 16, one exponent per "
     "block of k along the last axis; e.g. bfp8_b16)",
+    "nvfp4 | nvfp4_1l  (NVFP4: e2m1fn elements, an e4m3fn scale per 16 along the last axis, under one FP32 "
+    "scale per tensor = amax / (448 * 6); _1l: the block scales only)",
+    "block<k>_<element>_scale_<scale>[_t][_a<axis>]  (the one block rule: one <scale>-format scale per block of "
+    f"k along the last axis (or <axis>), 1 <= k <= {MAX_BLOCK_SIZE}, over signed scalar <element> codes (<= 16 bits); "
+    "_t adds an FP32 per-tensor scale. Scale e8m0fnu: the OCP MX rule 2^(floor(log2 amax) - emax_elem) "
+    "(MX elements print as mxfp…); any other minifloat with mantissa bits or posit (ue4m3 = e4m3fn): NVFP4's rule "
+    "s = amax / element_max rounded to the scale format; e.g. block16_e2m1fn_scale_posit8_es1, "
+    "block32_int4_scale_e8m0fnu, block16_e3m2fn_scale_e4m3fn_t)",
     "binary | ternary | codebook<k>  (fitted to each tensor: sign·mean|x|; {-a, 0, a} with threshold "
     "0.7·mean|x|; k-means with at most 2^k levels, 1 <= k <= 8)",
 )
@@ -59,7 +75,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "power-of-two": ("e3m0fn", "e4m0fn", "e2m0fn"),
     "fixed": ("fixed8_f4", "fixed16_f8", "ufixed8_f4"),
     "integer": ("int8", "int8n", "uint8", "int4", "uint4"),
-    "block": ("mxfp8_e4m3fn", "mxfp8_e5m2", "mxfp6_e3m2fn", "mxfp6_e2m3fn", "mxfp4_e2m1fn", "mxint8", "bfp8_b16"),
+    "block": (
+        "mxfp8_e4m3fn", "mxfp8_e5m2", "mxfp6_e3m2fn", "mxfp6_e2m3fn", "mxfp4_e2m1fn", "mxint8", "bfp8_b16",
+        "nvfp4", "nvfp4_1l", "block16_e2m1fn_scale_posit8_es1", "block32_int4_scale_e8m0fnu",
+    ),
     "learned": ("binary", "ternary", "codebook2", "codebook4"),
 }
 
@@ -71,6 +90,11 @@ _PREFIXED = re.compile(r"(?:fp|float)(?:4|6|8)_(.+)")
 _MX = re.compile(r"mx(?:fp(\d+)_([a-z0-9]+)|int(\d+))(?:_b(\d+))?")
 _BFP = re.compile(r"bfp(\d+)_b(\d+)")
 _LEARNED = re.compile(r"binary|ternary|codebook(\d+)")
+_NVFP4 = re.compile(r"nvfp4(_1l)?")
+_SCALED_BLOCK = re.compile(r"block(\d+)_(.+?)_scale_(.+?)(_t)?(?:_a([+-]?\d+))?")
+#: spellings of a block scale format that are not format specs of their own
+_SCALE_ALIASES = {"ue4m3": "e4m3fn", "ue8m0": "e8m0fnu"}
+_E8M0 = Minifloat(8, 0, policy="fnu")
 _MX_SPELLINGS = ", ".join(
     "mxint8" if split is None else f"mxfp{1 + split[0] + split[1]}_{name}" for name, split in MX_ELEMENTS.items()
 )
@@ -124,6 +148,49 @@ def _learned(m: re.Match[str]) -> NumberFormat:
     return Codebook(int(m[1]))
 
 
+def _nvfp4(m: re.Match[str]) -> NumberFormat:
+    return NVFP4_1L if m[1] else NVFP4
+
+
+def _scalar_part(text: str, what: str) -> ScalarFormat:
+    try:
+        fmt = parse_format(_SCALE_ALIASES.get(text, text) if what == "scale" else text)
+    except FormatSpecError:
+        raise FormatSpecError(f"the block {what} {text!r} is not a format spec") from None
+    if not isinstance(fmt, ScalarFormat):
+        raise FormatSpecError(f"the block {what} must be a scalar format (posit, minifloat, fixed, int), got {fmt}")
+    return fmt
+
+
+def block_format(element: "str | NumberFormat", scale: "str | NumberFormat", block_size: int,
+                 tensor_scale: bool = False, axis: int = -1) -> NumberFormat:
+    """The block format of ``element`` codes with one ``scale``-format scale per ``block_size``.
+
+    An ``e8m0fnu`` scale takes the OCP MX rule (`MXFormat` for MX element types, else
+    `PowerOfTwoBlocks`); any other scale format NVFP4's rule (`ScaledBlockFormat`). ``axis``: the
+    axis the blocks run along (-1, the last, as MX and NVFP4; MX formats have no other).
+
+    >>> str(block_format("e2m1fn", "e4m3fn", 16, tensor_scale=True)), str(block_format("e4m3fn", "e8m0fnu", 32))
+    ('nvfp4', 'mxfp8_e4m3fn')
+    """
+    el = _scalar_part(element, "element") if isinstance(element, str) else element
+    sc = _scalar_part(scale, "scale") if isinstance(scale, str) else scale
+    if isinstance(sc, Minifloat) and sc == _E8M0:
+        if tensor_scale:
+            raise FormatSpecError("a per-tensor scale (_t) needs a block scale format with mantissa bits, not e8m0fnu")
+        if isinstance(el, Minifloat) and str(el) in MX_ELEMENTS:
+            if axis != -1:
+                raise FormatSpecError(f"OCP MX blocks run along the last axis; axis={axis!r} is not offered for "
+                                      f"{MXFormat(str(el), block_size)}")
+            return MXFormat(str(el), block_size)
+        return PowerOfTwoBlocks(el, block_size, axis)  # type: ignore[arg-type]
+    return ScaledBlockFormat(el, sc, block_size, tensor_scale, axis)  # type: ignore[arg-type]
+
+
+def _scaled_block(m: re.Match[str]) -> NumberFormat:
+    return block_format(m[2], m[3], int(m[1]), tensor_scale=bool(m[4]), axis=int(m[5]) if m[5] else -1)
+
+
 _GRAMMAR: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], NumberFormat]], ...] = (
     (_POSIT, _posit),
     (_MINIFLOAT, _minifloat),
@@ -132,6 +199,8 @@ _GRAMMAR: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], NumberFormat]],
     (_MX, _mx),
     (_BFP, _bfp),
     (_LEARNED, _learned),
+    (_NVFP4, _nvfp4),
+    (_SCALED_BLOCK, _scaled_block),
 )
 
 
@@ -178,6 +247,9 @@ def _unknown_message(spec: str, text: str) -> str:
         hint = f" The OCP MX formats are {_MX_SPELLINGS}, each with an optional block size _b<k>."
     elif re.fullmatch(r"bfp\d*(_.*)?", text):
         hint = " Block floating point names its element bits and block size, e.g. bfp8_b16."
+    elif text.startswith(("nvfp", "block")):
+        hint = (" NVFP4 is nvfp4 (two levels) or nvfp4_1l (block scales only); other block-scaled formats are "
+                "block<k>_<element>_scale_<scale>[_t], e.g. block16_e2m1fn_scale_e4m3fn_t.")
     elif text.startswith("codebook"):
         hint = " Write codebook<k> with 1 <= k <= 8 index bits, e.g. codebook4."
     else:

@@ -45,7 +45,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from lowbit.formats import BlockFormat, NumberFormat
+from lowbit.formats import BlockFormat, NumberFormat, ScaledBlockFormat
 from lowbit.quant.config import RoleConfig, module_matches
 from lowbit.quant.quantize import dequantize_, quantize_, tensor_formats
 from lowbit.simulate.layers import QuantLayerMixin, quant_class_for
@@ -119,6 +119,8 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     >>> w = torch.zeros(4, 64)
     >>> storage_bits("posit5_es1", w), storage_bits("mxfp4_e2m1fn", w), storage_bits(None, w)
     (1280, 1088, 8192)
+    >>> storage_bits("nvfp4", w)   # 256 E2M1 codes + 16 E4M3 block scales + one FP32 tensor scale
+    1184
     >>> storage_bits("int5", w, scaling="absmax", granularity="channel")  # + 4 float32 scales
     1408
     >>> storage_bits("codebook2", w, granularity={"kind": "group", "axis": 1, "group_size": 32})  # 8 x 4 levels
@@ -137,6 +139,8 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     bits = n * int(fmt.bits)
     if isinstance(fmt, BlockFormat):
         bits += math.prod(fmt.scale_shape(weight.shape)) * int(fmt.scale_bits)
+    elif isinstance(fmt, ScaledBlockFormat):  # block scale codes (+ the FP32 tensor scale of nvfp4)
+        bits += fmt.side_bits(weight.shape)
     elif isinstance(fmt, LearnedFormat):
         w = weight.detach()
         if scaling is None and gran is not None and gran.kind != "tensor":  # fitted per channel / group

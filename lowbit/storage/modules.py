@@ -833,6 +833,8 @@ def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype) ->
     shape = layer._packed_shape
     stored = {p: layer._buffers[_PARAM + p] for p in layer._packed_params}
     s = fmt.params_from_storage(stored)["scale_exponent"].to(torch.int64)
+    if getattr(fmt, "axis", -1) != -1 and fmt._moves(len(shape)):  # type: ignore[attr-defined]
+        return None  # blocks along another axis than the last: the reference decoder
     if fmt.exponent_min < -127 or fmt.exponent_max > 127 or fmt.nan_exponent != 128:
         return None
     if bool((((s < fmt.exponent_min) | (s > fmt.exponent_max)) & (s != fmt.nan_exponent)).any()):
