@@ -101,10 +101,14 @@ def _as_float(v: "Fraction | float") -> float:
 
 
 def oracle_matmul(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], target,
-                  bias: "Sequence[float] | None" = None) -> list[list[float]]:
-    """The [m][n] matrix of round_once(exact a[i]·b[:, j] (+ bias[j]), target), as Python floats."""
+                  bias: "Sequence[float] | None" = None, n: "int | None" = None) -> list[list[float]]:
+    """The [m][n] matrix of round_once(exact a[i]·b[:, j] (+ bias[j]), target), as Python floats.
+
+    ``n`` is needed only when b has no rows (k = 0) and no bias tells it.
+    """
     k = len(b)
-    n = len(b[0]) if k else (len(bias) if bias is not None else 0)
+    if n is None:
+        n = len(b[0]) if k else (len(bias) if bias is not None else 0)
     out = []
     for row in a:
         line = []

@@ -20,6 +20,7 @@ matmul in the operands' dtype (FP32 for FP32 tensors), not with the quire.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -115,8 +116,9 @@ def _exact_matmul(a: torch.Tensor, b: torch.Tensor, fmt: "ScalarFormat | None", 
                          f" ({a2.shape[-1]} != {b2.shape[-2]})")
     batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
     m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
-    a3 = a2.expand(*batch, m, k).reshape(-1, m, k)
-    b3 = b2.expand(*batch, k, n).reshape(-1, k, n)
+    groups = math.prod(batch)
+    a3 = a2.expand(*batch, m, k).reshape(groups, m, k)
+    b3 = b2.expand(*batch, k, n).reshape(groups, k, n)
     out = _round_quire(a3, b3, fmt, dtype, backend).reshape(*batch, m, n)
     if a.dim() == 1:
         out = out.squeeze(-2)
