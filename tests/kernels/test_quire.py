@@ -200,3 +200,19 @@ def test_bad_path_and_shapes_are_named():
         quire_matmul(torch.ones(1, 2, 2), torch.ones(1, 2, 2), path="fast")
     with pytest.raises(ValueError, match=r"\[G, m, k\] and \[G, k, n\]"):
         quire_matmul(torch.ones(2, 2), torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("odd", [False, True])
+def test_bits_far_below_a_float64_tie_decide_the_rounding(backend, odd):
+    # 1 + 2^-53 is a float64 tie; a term 2^-200 (or -2^-200) far below the 62 leading bits of the
+    # accumulator must still break it (the sticky bit), also past 2^-1074 and for negative sums
+    rows = [[1.0, 2.0**-53, 2.0**-200], [1.0, 2.0**-53, -(2.0**-200)], [1.0, 2.0**-53, 0.0],
+            [-1.0, -(2.0**-53), -(2.0**-1074)], [2.0**-1000, 2.0**-1053, 2.0**-1074],
+            [2.0**60, 1.0, 2.0**-900]]
+    a = torch.tensor([rows], dtype=torch.float64)
+    b = torch.ones(1, 3, 1, dtype=torch.float64)
+    got = quire_matmul(a, b, odd=odd, backend=backend)
+    assert_identical(got, oracle(a, b, odd))
+    if not odd:
+        assert got[0, :4, 0].tolist() == [1.0 + 2.0**-52, 1.0, 1.0, -1.0 - 2.0**-52]
