@@ -53,18 +53,39 @@ def _decompose(x: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor, torch.Tens
     return m >> tz, top.to(torch.int64) - 53 + tz, top.to(torch.int64)
 
 
+def _frame(x: torch.Tensor, fast: bool) -> "tuple[bool, int | None, int]":
+    """(all finite, lowest lsb exponent of a finite nonzero value (None: there is none), highest top)."""
+    if fast:
+        finite, lo, top = _numba_kernels().frame(x.detach().contiguous().reshape(-1).numpy(), _chunks(x.numel()))
+        return bool(finite), (int(lo) if top > -(1 << 20) else None), int(top)
+    finite = bool(torch.isfinite(x).all())
+    xf = x.to(torch.float64)
+    if not finite:
+        xf = torch.where(torch.isfinite(xf), xf, torch.zeros_like(xf))
+    m, e, top = _decompose(xf)
+    nz = m != 0
+    if not bool(nz.any()):
+        return finite, None, 0
+    return finite, int(e[nz].min()), int(top[nz].max())
+
+
+def _chunks(n: int) -> int:
+    return max(1, min(64, n >> 14))
+
+
 def accumulator_plan(a: torch.Tensor, b: torch.Tensor) -> "dict[str, int] | None":
-    """The exponent frame of a call: ``lo`` (grid of the exact sum), ``bits`` (its width), or None if
-    every product is 0. a, b: finite float64 [G, m, k], [G, k, n]."""
-    ma, ea, ta = _decompose(a)
-    mb, eb, tb = _decompose(b)
-    nza, nzb = ma != 0, mb != 0
-    if not bool(nza.any()) or not bool(nzb.any()):
+    """The exponent frame of a call on finite a [..., m, k], b [..., k, n]: ``lo_a``, ``lo_b``, ``lo``
+    (the exact sum is a multiple of 2**lo) and ``bits`` (its width), or None if every product is 0."""
+    _, lo_a, top_a = _frame(a, False)
+    _, lo_b, top_b = _frame(b, False)
+    return _plan(lo_a, top_a, lo_b, top_b, a.shape[-1])
+
+
+def _plan(lo_a: "int | None", top_a: int, lo_b: "int | None", top_b: int, k: int) -> "dict[str, int] | None":
+    if lo_a is None or lo_b is None:
         return None
-    lo_a, lo_b = int(ea[nza].min()), int(eb[nzb].min())
-    top = int(ta[nza].max()) + int(tb[nzb].max())
-    k = a.shape[-1]
-    return {"lo_a": lo_a, "lo_b": lo_b, "lo": lo_a + lo_b, "bits": top - lo_a - lo_b + max(1, k).bit_length()}
+    return {"lo_a": lo_a, "lo_b": lo_b, "lo": lo_a + lo_b,
+            "bits": top_a + top_b - lo_a - lo_b + max(1, k).bit_length()}
 
 
 def _specials(a: torch.Tensor, b: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
@@ -97,69 +118,96 @@ def quire_matmul(a: torch.Tensor, b: torch.Tensor, odd: bool = False, backend: "
         raise ValueError(f"path={path!r} is not an accumulation path; allowed: {', '.join(PATHS)}")
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise ValueError(f"quire_matmul needs [G, m, k] and [G, k, n], got {tuple(a.shape)} and {tuple(b.shape)}")
-    a = a.detach().to(torch.float64)
-    b = b.detach().to(torch.float64)
+    a, b = a.detach(), b.detach()
     g, m, k = a.shape
     n = b.shape[2]
-    finite = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
-    if not finite:
-        nan, pinf, ninf = _specials(a, b)
+    if a.dtype not in (torch.float32, torch.float64):
+        a = a.to(torch.float32)  # float16 / bfloat16: exact
+    if b.dtype not in (torch.float32, torch.float64):
+        b = b.to(torch.float32)
+    fast = resolve_backend(backend, a.device.type) == "numba"
+    if g * m * n == 0:
+        return torch.zeros((g, m, n), dtype=torch.float64, device=a.device)
+    fin_a, lo_a, top_a = _frame(a, fast)
+    fin_b, lo_b, top_b = _frame(b, fast)
+    special = None
+    if not (fin_a and fin_b):
+        a, b = a.to(torch.float64), b.to(torch.float64)
+        special = _specials(a, b)
         a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
         b = torch.where(torch.isfinite(b), b, torch.zeros_like(b))
-    out = _finite_matmul(a, b, odd, backend, path) if m * n * g else a.new_zeros((g, m, n))
-    if not finite:
+    plan = _plan(lo_a, top_a, lo_b, top_b, k)
+    if plan is None:
+        out = torch.zeros((g, m, n), dtype=torch.float64, device=a.device)
+    else:
+        out = _finite_matmul(a, b, plan, odd, fast, path)
+    if special is not None:
+        nan, pinf, ninf = special
         out = torch.where(pinf, torch.full_like(out, torch.inf), out)
         out = torch.where(ninf, torch.full_like(out, -torch.inf), out)
         out = torch.where(nan, torch.full_like(out, torch.nan), out)
     return out
 
 
-def _finite_matmul(a: torch.Tensor, b: torch.Tensor, odd: bool, backend: "str | None", path: str) -> torch.Tensor:
+def _finite_matmul(a: torch.Tensor, b: torch.Tensor, plan: "dict[str, int]", odd: bool, fast: bool,
+                   path: str) -> torch.Tensor:
     g, m, k = a.shape
     n = b.shape[2]
-    plan = accumulator_plan(a, b)
-    if plan is None:
-        return a.new_zeros((g, m, n))
-    bits = plan["bits"]
+    bits, lo = plan["bits"], plan["lo"]
     if path == "auto":
         path = "float64" if bits <= 53 else "int64" if bits <= 62 else "limbs"
     elif (path == "float64" and bits > 53) or (path == "int64" and bits > 62):
         raise ValueError(f"path={path!r} cannot hold this call exactly: the sum needs {bits} bits")
-    fast = resolve_backend(backend, a.device.type) == "numba"
-    if path in ("float64", "int64"):
-        ai, bi = _scale(a, -plan["lo_a"]), _scale(b, -plan["lo_b"])
-        if path == "float64":
-            s = torch.matmul(ai, bi).to(torch.int64)
-        elif fast:
-            s = torch.empty((g * m, n), dtype=torch.int64)
-            _run(_numba_kernels().int_matmul, ai.to(torch.int64).reshape(g * m, k).numpy(),
-                 bi.to(torch.int64).contiguous().numpy(), s.numpy())
+    if path == "float64":
+        if fast:
+            kern = _numba_kernels()
+            ai, bi = torch.empty(a.shape, dtype=torch.float64), torch.empty(b.shape, dtype=torch.float64)
+            _run(kern.to_scaled_float64, a.contiguous().reshape(-1).numpy(), -plan["lo_a"], ai.reshape(-1).numpy())
+            _run(kern.to_scaled_float64, b.contiguous().reshape(-1).numpy(), -plan["lo_b"], bi.reshape(-1).numpy())
         else:
-            s = quire_torch.int_matmul(ai.to(torch.int64), bi.to(torch.int64))
+            ai, bi = _scale(a, -plan["lo_a"]), _scale(b, -plan["lo_b"])
+        s = torch.matmul(ai, bi)  # exact: all partial sums are integers below 2**53
+        if -1074 <= lo and lo + bits <= 1024:  # s · 2**lo is a float64: no rounding at all
+            return s.mul_(2.0**lo).add_(0.0)  # + 0.0: an exact zero is +0 on every path
+        s = s.to(torch.int64)
+    elif fast:
+        kern = _numba_kernels()
+        ai = torch.empty((g * m, k), dtype=torch.int64)
+        bi = torch.empty((g, k, n), dtype=torch.int64)
+        _run(kern.to_scaled_int64, a.contiguous().reshape(-1).numpy(), -plan["lo_a"], ai.reshape(-1).numpy())
+        _run(kern.to_scaled_int64, b.contiguous().reshape(-1).numpy(), -plan["lo_b"], bi.reshape(-1).numpy())
+        s = torch.empty((g * m, n), dtype=torch.int64)
+        _run(kern.int_matmul, ai.numpy(), bi.numpy(), s.numpy())
+    elif path == "int64":
+        s = quire_torch.int_matmul(_scale(a, -plan["lo_a"]).to(torch.int64), _scale(b, -plan["lo_b"]).to(torch.int64))
+    if path in ("float64", "int64"):
         s = s.reshape(-1)
         if fast:
             out = torch.empty(s.shape, dtype=torch.float64)
-            _run(_numba_kernels().round_int64, s.numpy(), plan["lo"], odd, out.numpy())
+            _run(_numba_kernels().round_int64, s.numpy(), lo, odd, out.numpy())
         else:
             zero = torch.zeros_like(s, dtype=torch.bool)
-            out = quire_torch.round_to_float64(s < 0, s.abs(), torch.full_like(s, plan["lo"]), zero, odd)
+            out = quire_torch.round_to_float64(s < 0, s.abs(), torch.full_like(s, lo), zero, odd)
         return out.reshape(g, m, n)
-    ma, ea, _ = _decompose(a)
-    mb, eb, _ = _decompose(b)
+    ma, ea, _ = _decompose(a.to(torch.float64))
+    mb, eb, _ = _decompose(b.to(torch.float64))
     if fast:
         out = torch.empty((g * m, n), dtype=torch.float64)
         nlimbs = bits // 30 + 7
         _run(_numba_kernels().limb_matmul, ma.reshape(g * m, k).numpy(), ea.reshape(g * m, k).numpy(),
              mb.transpose(1, 2).contiguous().numpy(), eb.transpose(1, 2).contiguous().numpy(),
-             plan["lo"], nlimbs, odd, out.numpy())
+             lo, nlimbs, odd, out.numpy())
         return out.reshape(g, m, n)
-    return quire_torch.limb_matmul(ma, ea, mb, eb, plan["lo"], bits, odd)
+    return quire_torch.limb_matmul(ma, ea, mb, eb, lo, bits, odd)
 
 
 def _scale(x: torch.Tensor, e: int) -> torch.Tensor:
-    """x · 2**e, exact when the result is an integer below 2**62 (two factors: 2**e alone may overflow)."""
+    """x · 2**e in float64, exact when the result is an integer below 2**62 (2**e alone may overflow)."""
+    y = x.to(torch.float64)
+    if -1022 <= e <= 1023:
+        return y * 2.0**e
     half = e // 2
-    return x * 2.0**half * 2.0 ** (e - half)
+    return y * 2.0**half * 2.0 ** (e - half)
 
 
 def _run(kernel: Any, *args: Any) -> None:

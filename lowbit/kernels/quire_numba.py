@@ -208,3 +208,68 @@ def round_int64(s, e, odd, out):
     for i in prange(s.shape[0]):
         v = s[i]
         out[i] = _round_to_float64(v < 0, -v if v < 0 else v, e, False, odd)
+
+
+@njit(parallel=True, cache=True)
+def frame(x, chunks):
+    """One pass over the flat float array x: (all finite, any nonzero, lowest lsb exponent, highest top).
+
+    A finite nonzero v = m · 2**e with m odd has lsb exponent e; its top is the e' with
+    2**(e' - 1) <= |v| < 2**e'. The scan runs in ``chunks`` parallel pieces.
+    """
+    n = x.shape[0]
+    size = (n + chunks - 1) // chunks
+    finite = np.ones(chunks, np.bool_)
+    lo = np.full(chunks, 1 << 20, np.int64)
+    top = np.full(chunks, -(1 << 20), np.int64)
+    for c in prange(chunks):
+        f = True
+        lmin = np.int64(1 << 20)
+        tmax = np.int64(-(1 << 20))
+        for i in range(c * size, min(n, (c + 1) * size)):
+            v = np.float64(x[i])
+            if v != v or v == np.inf or v == -np.inf:
+                f = False
+            elif v != 0.0:
+                bits = np.float64(v).view(np.int64)
+                be = (bits >> 52) & 0x7FF
+                frac = bits & 0xFFFFFFFFFFFFF
+                if be == 0:  # subnormal: frac · 2**-1074, top from frac's length (frac < 2**52: exact)
+                    m = frac
+                    e = np.int64(-1074)
+                    ex = ((np.float64(frac).view(np.int64) >> 52) & 0x7FF) - 1023 + 1 - 1074
+                else:
+                    m = frac | 0x10000000000000
+                    e = be - 1075
+                    ex = be - 1022
+                low = m & (-m)
+                tz = ((np.float64(low).view(np.int64) >> 52) & 0x7FF) - 1023
+                e_lsb = e + tz
+                if e_lsb < lmin:
+                    lmin = e_lsb
+                if ex > tmax:
+                    tmax = ex
+        finite[c] = f
+        lo[c] = lmin
+        top[c] = tmax
+    return finite.all(), lo.min(), top.max()
+
+
+@njit(parallel=True, cache=True)
+def to_scaled_int64(x, e, out):
+    """out[i] = x[i] · 2**e as int64 (exact: the caller knows every result is an integer < 2**62)."""
+    half = e // 2
+    s1 = math.ldexp(1.0, half)
+    s2 = math.ldexp(1.0, e - half)
+    for i in prange(x.shape[0]):
+        out[i] = np.int64(np.float64(x[i]) * s1 * s2)
+
+
+@njit(parallel=True, cache=True)
+def to_scaled_float64(x, e, out):
+    """out[i] = x[i] · 2**e in float64 (exact: the caller knows every result is an integer < 2**53)."""
+    half = e // 2
+    s1 = math.ldexp(1.0, half)
+    s2 = math.ldexp(1.0, e - half)
+    for i in prange(x.shape[0]):
+        out[i] = np.float64(x[i]) * s1 * s2

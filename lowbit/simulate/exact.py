@@ -193,7 +193,7 @@ def exact_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
                  *, backend: "str | None" = None) -> torch.Tensor:
     """``F.conv2d`` (zero padding) with exact accumulation, bias included, rounded once.
 
-    Built on im2col (`F.unfold`) into `exact_matmul`; ``padding`` may be ints or ``"valid"`` /
+    Built on im2col (strided slices) into one `exact_matmul` per call; ``padding`` may be ints or ``"valid"`` /
     ``"same"`` (as torch: stride 1 only for "same").
     """
     _check_operand("x", x)
@@ -221,20 +221,26 @@ def exact_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
             raise ValueError(f"padding must be ints, 'valid' or 'same', got {padding!r}")
     else:
         pd = _pair(padding, "padding")
+    if pd != (0, 0):
+        x = F.pad(x, (pd[1], pd[1], pd[0], pd[0]))
     n, _, h, w = x.shape
-    oh = (h + 2 * pd[0] - dl[0] * (kh - 1) - 1) // st[0] + 1
-    ow = (w + 2 * pd[1] - dl[1] * (kw - 1) - 1) // st[1] + 1
-    cols = F.unfold(x, (kh, kw), dilation=dl, padding=pd, stride=st)  # [N, C·kh·kw, L]
-    cols = cols.reshape(n, groups, cin_g * kh * kw, -1)
+    oh = (h - dl[0] * (kh - 1) - 1) // st[0] + 1
+    ow = (w - dl[1] * (kw - 1) - 1) // st[1] + 1
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"exact_conv2d: the (padded) input {h}x{w} is smaller than the kernel's reach")
+    # im2col by strided slices, laid out [groups, C/groups · kh · kw, N · oh · ow] for one matmul
+    patches = [x[:, :, u * dl[0]: u * dl[0] + st[0] * (oh - 1) + 1: st[0],
+                 v * dl[1]: v * dl[1] + st[1] * (ow - 1) + 1: st[1]] for u in range(kh) for v in range(kw)]
+    cols = torch.stack(patches, 0).permute(2, 0, 1, 3, 4).reshape(groups, cin_g * kh * kw, n * oh * ow)
     wm = weight.reshape(groups, out_ch // groups, cin_g * kh * kw)
     if bias is not None:
         _check_operand("bias", bias)
         if bias.shape != (out_ch,):
             raise ValueError(f"bias must have shape ({out_ch},), got {tuple(bias.shape)}")
-        cols = torch.cat([cols, torch.ones_like(cols[:, :, :1])], 2)
+        cols = torch.cat([cols, torch.ones_like(cols[:, :1])], 1)
         wm = torch.cat([wm, bias.to(wm.dtype).reshape(groups, -1, 1)], 2)
-    y = exact_matmul(wm.unsqueeze(0), cols, format, backend=backend)  # [N, G, O/G, L]
-    y = y.reshape(n, out_ch, oh, ow)
+    y = exact_matmul(wm, cols, format, backend=backend)  # [G, O/G, N·oh·ow]
+    y = y.reshape(out_ch, n, oh, ow).transpose(0, 1).contiguous()
     return y.squeeze(0) if unbatched else y
 
 
