@@ -5,7 +5,7 @@
 A LeNet-5 (conv 1→6 5×5 pad 2, conv 6→16 5×5, fc 400→120→84→10; seeded random weights: speed
 does not depend on training) runs in FP32 over the MNIST test images (scikit-learn's digits,
 upscaled, if MNIST is not installed); each layer's input and weight are then quantized to the
-operand format (posit8_es2, e4m3fn, int8 on a power-of-two scale) and the layer is timed:
+operand format (posit8_es2, e4m3fn, int8 on a power-of-two scale) and the layer is timed (``--batch`` images per call):
 
 - ``exact``: `exact_conv2d` / `exact_linear` (bias included, rounded once to float32), all
   of it: im2col, exponent scan, accumulation, rounding; the accumulation path the call chose;
@@ -89,13 +89,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1000, help="images per layer call")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = LeNet5().eval()
     images, source = mnist_images(args.images)
-    inputs = layer_inputs(model, images)
+    parts = [layer_inputs(model, xb) for xb in images.split(args.batch)]
+    inputs = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
     rows: "list[dict[str, Any]]" = []
     for spec in FORMATS:
         total_macs = total_exact = total_fp32 = total_cpu = 0.0
@@ -108,23 +110,23 @@ def main() -> None:
                 macs = out_numel * wq[0].numel()
 
                 def exact(xq=xq, wq=wq, bq=bq, pad=pad):
-                    return exact_conv2d(xq, wq, bq, 1, pad)
+                    return [exact_conv2d(xb, wq, bq, 1, pad) for xb in xq.split(args.batch)]
 
                 def fp32(xq=xq, wq=wq, bq=bq, pad=pad):
-                    return F.conv2d(xq, wq, bq, 1, pad)
+                    return [F.conv2d(xb, wq, bq, 1, pad) for xb in xq.split(args.batch)]
 
-                cols = F.unfold(xq, wq.shape[-2:], padding=pad)
-                a3, b3 = wq.reshape(1, wq.shape[0], -1), cols.reshape(len(xq), -1, cols.shape[-1])[:1]
+                cols = F.unfold(xq[: args.batch], wq.shape[-2:], padding=pad)
+                a3, b3 = wq.reshape(1, wq.shape[0], -1), cols.transpose(0, 1).reshape(1, cols.shape[1], -1)
             else:
                 macs = xq.shape[0] * wq.numel()
 
                 def exact(xq=xq, wq=wq, bq=bq):
-                    return exact_linear(xq, wq, bq)
+                    return [exact_linear(xb, wq, bq) for xb in xq.split(args.batch)]
 
                 def fp32(xq=xq, wq=wq, bq=bq):
-                    return F.linear(xq, wq, bq)
+                    return [F.linear(xb, wq, bq) for xb in xq.split(args.batch)]
 
-                a3, b3 = xq[None], wq.t()[None]
+                a3, b3 = xq[: args.batch][None], wq.t()[None]
             plan = accumulator_plan(a3.double(), b3.double())
             bits = plan["bits"] if plan else 0
             path = "float64" if bits <= 53 else "int64" if bits <= 62 else "limbs"
@@ -147,20 +149,19 @@ def main() -> None:
               f" per CPU-s", flush=True)
     # every accumulation path forced on fc1 and conv2 (posit8 operands), at the kernel level
     paths: "list[dict[str, Any]]" = []
-    for name, n_img in (("fc1", args.images), ("conv2", max(1, args.images // 10))):
+    for name, n_img in (("fc1", args.batch), ("conv2", max(1, args.batch // 10))):
         x, layer = inputs[name][:n_img], getattr(model, name)
         xq, wq = quantize(x, "posit8_es2"), quantize(layer.weight.detach(), "posit8_es2")
         if name == "fc1":
             a3, b3 = xq[None], wq.t()[None]
         else:
             cols = F.unfold(xq, wq.shape[-2:])
-            a3 = wq.reshape(1, wq.shape[0], -1).expand(len(xq), -1, -1)
-            b3 = cols
-        macs = a3.shape[0] * a3.shape[1] * a3.shape[2] * b3.shape[2]
+            a3 = wq.reshape(1, wq.shape[0], -1)
+            b3 = cols.transpose(0, 1).reshape(1, cols.shape[1], -1)
         for path in ("float64", "int64", "limbs"):
-            sub = (a3, b3) if path != "limbs" else (a3[: max(1, a3.shape[0] // 10)], b3[: max(1, b3.shape[0] // 10)])
-            if path == "limbs" and name == "fc1":
-                sub = (a3[:, : max(1, a3.shape[1] // 10)], b3)
+            sub = (a3, b3)
+            if path == "limbs":  # ~10x slower: a tenth of the work
+                sub = (a3[:, : max(1, a3.shape[1] // 10)], b3) if name == "fc1" else (a3, b3[:, :, : b3.shape[2] // 10])
             sub_macs = sub[0].shape[0] * sub[0].shape[1] * sub[0].shape[2] * sub[1].shape[2]
             try:
                 t, c = best_time(lambda: quire_matmul(sub[0], sub[1], odd=True, path=path), args.repeats)
@@ -171,7 +172,6 @@ def main() -> None:
                           "mac_per_s": sub_macs / t, "mac_per_cpu_s": sub_macs / c})
             print(f"kernel {name:5s} {path:7s} {sub_macs / t / 1e6:9.1f} M exact MAC/s wall,"
                   f" {sub_macs / c / 1e6:9.1f} M per CPU-s", flush=True)
-        del macs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"images": args.images, "source": source, "threads": args.threads, "repeats": args.repeats,

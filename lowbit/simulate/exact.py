@@ -228,16 +228,21 @@ def exact_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
     ow = (w - dl[1] * (kw - 1) - 1) // st[1] + 1
     if oh <= 0 or ow <= 0:
         raise ValueError(f"exact_conv2d: the (padded) input {h}x{w} is smaller than the kernel's reach")
-    # im2col by strided slices, laid out [groups, C/groups · kh · kw, N · oh · ow] for one matmul
-    patches = [x[:, :, u * dl[0]: u * dl[0] + st[0] * (oh - 1) + 1: st[0],
-                 v * dl[1]: v * dl[1] + st[1] * (ow - 1) + 1: st[1]] for u in range(kh) for v in range(kw)]
-    cols = torch.stack(patches, 0).permute(2, 0, 1, 3, 4).reshape(groups, cin_g * kh * kw, n * oh * ow)
-    wm = weight.reshape(groups, out_ch // groups, cin_g * kh * kw)
+    # im2col by strided slices, written once into [groups, C/groups · kh · kw (+ 1 for the bias), N · oh · ow]
+    kk, rows = kh * kw, cin_g * kh * kw
+    wm = weight.reshape(groups, out_ch // groups, rows)
+    cols = x.new_empty((groups, rows + (bias is not None), n * oh * ow))
+    grid = cols[:, :rows].unflatten(1, (cin_g, kk)).unflatten(3, (n, oh, ow))  # [G, C/G, kk, N, oh, ow]
+    for u in range(kh):
+        for v in range(kw):
+            patch = x[:, :, u * dl[0]: u * dl[0] + st[0] * (oh - 1) + 1: st[0],
+                      v * dl[1]: v * dl[1] + st[1] * (ow - 1) + 1: st[1]]  # [N, C, oh, ow]
+            grid[:, :, u * kw + v] = patch.transpose(0, 1).unflatten(0, (groups, cin_g))
     if bias is not None:
         _check_operand("bias", bias)
         if bias.shape != (out_ch,):
             raise ValueError(f"bias must have shape ({out_ch},), got {tuple(bias.shape)}")
-        cols = torch.cat([cols, torch.ones_like(cols[:, :1])], 1)
+        cols[:, rows] = 1.0
         wm = torch.cat([wm, bias.to(wm.dtype).reshape(groups, -1, 1)], 2)
     y = exact_matmul(wm, cols, format, backend=backend)  # [G, O/G, N·oh·ow]
     y = y.reshape(out_ch, n, oh, ow).transpose(0, 1).contiguous()

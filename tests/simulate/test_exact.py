@@ -333,3 +333,16 @@ def test_exact_sums_are_exact_while_their_fraction_sum_checks_out():
         ys = (2.0 ** rng.integers(-40, 40, 30)).tolist()
         assert round_once(exact_dot(xs, ys), "float64") == math.fsum(x * y for x, y in zip(xs, ys))
     assert exact_dot([], []) == Fraction(0)
+
+
+def test_conv_backward_gives_the_gradients_of_an_fp32_convolution():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 7, 6, generator=g, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(6, generator=g, requires_grad=True)
+    up = torch.randn(2, 6, 4, 3, generator=g)
+    (exact_conv2d(x, w, b, 2, 1, 1, 2, "e4m3fn") * up).sum().backward()
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    (F.conv2d(x2, w2, b2, 2, 1, 1, 2) * up).sum().backward()
+    for got, exp in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)  # the same FP32 math, other summation order
