@@ -176,7 +176,8 @@ def exact_linear(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
         if bias.shape != weight.shape[:1]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
         x = torch.cat([x, torch.ones_like(x[..., :1])], -1)
-        weight = torch.cat([weight, bias.to(weight.dtype)[:, None]], 1)
+        wide = torch.promote_types(weight.dtype, bias.dtype)  # widening is exact; a narrowing cast would round b
+        weight = torch.cat([weight.to(wide), bias.to(wide)[:, None]], 1)
     return exact_matmul(x, weight.t(), format, backend=backend)
 
 
@@ -243,7 +244,8 @@ def exact_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
         if bias.shape != (out_ch,):
             raise ValueError(f"bias must have shape ({out_ch},), got {tuple(bias.shape)}")
         cols[:, rows] = 1.0
-        wm = torch.cat([wm, bias.to(wm.dtype).reshape(groups, -1, 1)], 2)
+        wide = torch.promote_types(wm.dtype, bias.dtype)  # widening is exact; a narrowing cast would round b
+        wm = torch.cat([wm.to(wide), bias.to(wide).reshape(groups, -1, 1)], 2)
     y = exact_matmul(wm, cols, format, backend=backend)  # [G, O/G, N·oh·ow]
     y = y.reshape(out_ch, n, oh, ow).transpose(0, 1).contiguous()
     return y.squeeze(0) if unbatched else y

@@ -346,3 +346,13 @@ def test_conv_backward_gives_the_gradients_of_an_fp32_convolution():
     (F.conv2d(x2, w2, b2, 2, 1, 1, 2) * up).sum().backward()
     for got, exp in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)  # the same FP32 math, other summation order
+
+
+def test_a_wider_bias_is_not_rounded_to_the_weight_dtype():
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.bfloat16)
+    w = torch.tensor([[1.0, 1.0]], dtype=torch.bfloat16)
+    b = torch.tensor([2.0**-20])  # not a bfloat16 value next to 2
+    y = exact_linear(x, w, b)
+    assert y.dtype == torch.float32 and y.item() == 2.0 + 2.0**-20
+    yc = exact_conv2d(x.reshape(1, 2, 1, 1), w.reshape(1, 2, 1, 1), b)
+    assert yc.dtype == torch.float32 and yc.item() == 2.0 + 2.0**-20
