@@ -30,6 +30,7 @@ from lowbit.formats import (
 )
 
 from lowbit import kernels  # installs the fast paths
+from lowbit.simulate.exact import exact_matmul
 from lowbit.simulate import PositSigmoid, PositTanh, Quantizer, fake_quantize, posit_sigmoid, posit_tanh
 from lowbit.optim import DynamicLossScaler, LowPrecisionOptimizer, PositHistogramLossScaler, StaticLossScaler
 from lowbit.quant import (
@@ -94,6 +95,7 @@ __all__ = [
     "Explanation",
     "kernels",
     "fake_quantize",
+    "exact_matmul",
     "Quantizer",
     "posit_sigmoid",
     "posit_tanh",
