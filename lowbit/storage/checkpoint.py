@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
+from lowbit._process import pid_alive
 from lowbit.errors import CheckpointError
 from lowbit.formats._float64 import FLOAT_DTYPES
 from lowbit.formats.base import NumberFormat
@@ -371,24 +372,10 @@ def _remove_stale_temps(path: str) -> None:
         return
     for fname in names:
         m = pattern.fullmatch(fname)
-        if m is None or _pid_alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(directory, fname))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # someone else's live process (or an odd number): leave its file alone
-    except OSError:
-        return True
-    return True
 
 
 def _atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
