@@ -203,8 +203,8 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
     if timing:
         lines += ["", f"Step cost: median of {timing['interleaved_steps']} training steps (batch "
                   f"{timing['batch_size']}, {timing['threads']} thread(s)) per format, taken in turn after "
-                  f"{timing['warmup_steps']} warm-up steps each; train time is the whole run (incl. evaluation) "
-                  "and is not comparable across rows as a speed measure."]
+                  f"{timing['warmup_steps']} warm-up steps each. Train time is the whole run, evaluation included "
+                  "(the first run also pays start-up costs), so compare speed by the step columns."]
     p8 = next((r for r in rows if r["config"] == "posit8_es2" and r["drop_vs_fp32_points"] is not None), None)
     if p8 is not None:
         verdict = "within" if p8["drop_vs_fp32_points"] <= 1.0 else "NOT within"

@@ -239,6 +239,13 @@ def _check_names_and_tensors(state: "Mapping[str, Any]") -> None:
             raise ValueError(
                 f"tensor name {name!r} is reserved by the safetensors container (its metadata key); rename the tensor"
             )
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"tensor name {name!r} is not valid Unicode text (it holds a lone surrogate); "
+                "checkpoint names are stored as UTF-8"
+            ) from None
         t = value.data if isinstance(value, PackedTensor) else value
         if not isinstance(t, torch.Tensor):
             continue

@@ -64,6 +64,13 @@ class TestNames:
             assert torch.equal(out[n], expected), n
         assert [r["name"] for r in inspect_checkpoint(path)] == names
 
+    def test_name_that_is_not_unicode_text_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "m.safetensors"
+        before = good_file(path)
+        with pytest.raises(ValueError, match="not valid Unicode text"):
+            lb.save({"\ud800": torch.ones(2)}, path, formats="int4")
+        assert path.read_bytes() == before
+
     def test_non_str_key_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(TypeError, match="keys must be str"):
             lb.save({3: torch.ones(2)}, tmp_path / "m.safetensors")
