@@ -170,7 +170,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from lowbit.storage import inspect_checkpoint
 
     if not os.path.isfile(args.path):
-        raise LowbitError(f"{_printable(args.path)}: no such file")
+        what = "not a regular file" if os.path.exists(args.path) else "no such file"
+        raise LowbitError(f"{_printable(args.path)}: {what}")
     rows = inspect_checkpoint(args.path)
     size = os.path.getsize(args.path)
     stored = sum(r["stored_bytes"] for r in rows)

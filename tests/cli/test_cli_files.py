@@ -97,6 +97,17 @@ class TestInspectShowsNamesAsTheyAre:
         assert code == 2 and "\x1b" not in err and "not a lowbit checkpoint" in err
 
 
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_non_regular_files_are_named_as_such(capsys: pytest.CaptureFixture[str], tmp_path: Path, model_pt: Path,
+                                             kind: str) -> None:
+    odd = tmp_path / "odd"
+    odd.mkdir() if kind == "directory" else os.mkfifo(odd)
+    for argv in (["inspect", odd], ["pack", odd, "--format", "int4", "-o", tmp_path / "o.lowbit"],
+                 ["pack", model_pt, "--config", odd, "-o", tmp_path / "o.lowbit"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and f"{odd}: not a regular file" in err, err
+
+
 class TestFormatsWhenPiped:
     def every_preset_whole(self, out: str) -> None:
         cells = {cell.strip() for line in out.splitlines() for cell in line.split("│")}
