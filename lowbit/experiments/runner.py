@@ -11,10 +11,20 @@ An experiment is a module with
 
 `run_experiment` checks the output directory and the plotting library before any work starts,
 so a bad ``--out`` fails in a second, not after the training.
+
+Nothing half-written: a run writes every file into a private staging directory inside ``--out``
+(``.lowbit-run.<pid>.<random>.partial``, removed if the run fails or is interrupted, and, after a
+kill -9, by the next run into the same directory). Only when all files are complete are they moved in:
+first a marker file `INCOMPLETE_MARKER` is written and the old ``results.json`` removed, then the
+new files are renamed in, ``results.json`` (with ``"status": "complete"`` and the list of the
+run's ``files``) last, then the marker is removed. So a finished run is exactly: ``results.json``
+present and no marker; an interruption before the move leaves the old run untouched, one during
+the move leaves the marker (and no ``results.json`` that could pass for a finished run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -24,12 +34,15 @@ import io
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
+from lowbit._process import pid_alive
 from lowbit.errors import LowbitError
 
 __all__ = [
@@ -41,6 +54,8 @@ __all__ = [
     "get_experiment",
     "run_experiment",
     "default_out_dir",
+    "run_summary",
+    "INCOMPLETE_MARKER",
 ]
 
 # name -> module (imported only when the experiment runs or is listed)
@@ -56,6 +71,8 @@ EXPERIMENTS: "dict[str, str]" = {
 }
 FLAGSHIP = "weight-formats"
 EXPERIMENTS_INSTALL = "pip install 'lowbit[experiments]'"
+INCOMPLETE_MARKER = "RUN-INCOMPLETE.txt"  # present while (or if) a run's files are being moved in
+_STAGING_PREFIX, _STAGING_SUFFIX = ".lowbit-run.", ".partial"  # .lowbit-run.<pid>.<random>.partial inside --out
 
 
 @dataclasses.dataclass
@@ -71,7 +88,9 @@ class RunContext:
     def note(self, text: str) -> None:
         self.notes.append(text)
         if self.console is not None:
-            self.console.print(f"[yellow]note:[/yellow] {text}")
+            from rich.markup import escape
+
+            self.console.print(f"[yellow]note:[/yellow] {escape(text)}")  # [pretrained] etc. stay visible
 
 
 @dataclasses.dataclass
@@ -178,7 +197,7 @@ class _Progress:
 
         self.console = Console(stderr=True, quiet=self.quiet)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=self.console, transient=False, disable=self.quiet,
         )
         self.progress.__enter__()
@@ -215,13 +234,27 @@ def run_experiment(
             raise LowbitError(f"unknown config key {key!r} for experiment {name}; keys: {', '.join(config)}")
         config[key] = value
     started = _dt.datetime.now(_dt.timezone.utc)
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}.", suffix=_STAGING_SUFFIX, dir=out))
+    try:
+        result = _run_into(staging, module, name, config, quick, seed, quiet, started)
+        files = _move_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dataclasses.replace(result, out_dir=out, files=files)
+
+
+def _run_into(staging: Path, module: ModuleType, name: str, config: "dict[str, Any]", quick: bool, seed: int,
+              quiet: bool, started: "_dt.datetime") -> RunResult:
+    """Run the experiment and write all its files into ``staging``."""
     t0 = time.perf_counter()
     with _Progress(quiet) as (progress, console):
-        ctx = RunContext(out_dir=out, progress=progress, console=console)
+        ctx = RunContext(out_dir=staging, progress=progress, console=console)
         rows = list(module.run(config, ctx))
     seconds = time.perf_counter() - t0
     ctx.progress = None
-    files = [Path(p) for p in module.plot(rows, config, ctx)]
+    module.plot(rows, config, ctx)
+    out = staging
     record = {
         "experiment": name,
         "title": getattr(module, "TITLE", name),
@@ -236,7 +269,6 @@ def run_experiment(
         "rows": rows,
     }
     json_path, csv_path, md_path = out / "results.json", out / "results.csv", out / "report.md"
-    json_path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     csv_path.write_text(_csv_text(rows))
     body = module.report(rows, config, ctx)
     header = (
@@ -246,5 +278,62 @@ def run_experiment(
     )
     notes = "".join(f"- {n}\n" for n in ctx.notes)
     md_path.write_text(header + body.rstrip() + "\n" + (f"\n## Notes\n\n{notes}" if notes else ""))
-    return RunResult(name, out, rows, [json_path, csv_path, md_path, *files], seconds, ctx.notes)
+    others = sorted(p.name for p in out.iterdir() if p.name not in ("results.json", "results.csv", "report.md"))
+    record["files"] = ["results.json", "results.csv", "report.md", *others]
+    record["status"] = "complete"  # the last key: results.json is written whole, after everything else
+    json_path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return RunResult(name, out, rows, [out / f for f in record["files"]], seconds, ctx.notes)
+
+
+def _move_in(staging: Path, out: Path) -> "list[Path]":
+    """Move the finished files of ``staging`` into ``out`` (see the module docstring); their new paths."""
+    marker = out / INCOMPLETE_MARKER
+    marker.write_text(
+        "lowbit run was moving a run's files into this directory and did not finish: the files here may mix\n"
+        "two runs. A finished run has results.json (\"status\": \"complete\") and no RUN-INCOMPLETE.txt.\n"
+    )
+    with contextlib.suppress(FileNotFoundError):
+        (out / "results.json").unlink()
+    names = sorted(p.name for p in staging.iterdir() if p.name != "results.json") + ["results.json"]
+    for fname in names:
+        target = out / fname
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staging / fname, target)
+    _fsync_dir(out)
+    marker.unlink()
+    return [out / f for f in ("results.json", "results.csv", "report.md")] + [
+        out / f for f in names if f not in ("results.json", "results.csv", "report.md")
+    ]
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # POSIX only; a no-op elsewhere
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove staging directories of earlier runs into ``out`` whose process is gone (kill -9)."""
+    for entry in out.glob(f"{_STAGING_PREFIX}*{_STAGING_SUFFIX}"):
+        pid = entry.name[len(_STAGING_PREFIX):].split(".", 1)[0]
+        if entry.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def run_summary(result: RunResult) -> str:
+    """A few lines for the terminal after a run: what ran, its notes, where the files are.
+
+    The full tables are in ``report.md``; its path is the last line.
+    """
+    lines = [f"{result.name}: {len(result.rows)} result rows in {result.seconds:.0f} s"]
+    lines += [f"note: {n}" for n in result.notes]
+    pngs = [p.name for p in result.files if p.suffix == ".png"]
+    lines.append(f"wrote {result.out_dir}{os.sep}: results.json, results.csv, report.md"
+                 + (f", {len(pngs)} PNG ({', '.join(pngs)})" if pngs else ""))
+    lines.append(f"report: {result.out_dir / 'report.md'}")
+    return "\n".join(lines)
 

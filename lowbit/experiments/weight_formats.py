@@ -344,17 +344,35 @@ def plot(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> "list
     datasets = _datasets(rows)
     fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.4 * len(datasets)), squeeze=False)
     markers = dict(zip(FAMILIES, "osPD^vx"))
+    colors = {fam: f"C{k}" for k, fam in enumerate(FAMILIES)}  # the same colour per family in both panels
     for i, ds in enumerate(datasets):
         head = _headline(rows, ds)
         fp32 = head[("fp32", 32)]
         top = 100 * fp32["accuracy"]
+        best = max(100 * r["accuracy"] for r in head.values())
+        floor = top - 3  # the zoom panel's lower edge
         widths = sorted({b for f, b in head if f != "fp32"})
         for j, ax in enumerate(axes[i]):
+            below = False
             for fam in FAMILIES:
                 pts = sorted((b, 100 * r["accuracy"]) for (f, b), r in head.items() if f == fam)
-                if pts:
-                    ax.plot(*zip(*pts), marker=markers[fam], label=LABELS[fam], alpha=0.85)
+                if not pts:
+                    continue
+                if j == 0:
+                    ax.plot(*zip(*pts), marker=markers[fam], color=colors[fam], label=LABELS[fam], alpha=0.85)
+                    continue
+                # zoom: points below the panel are drawn on its lower edge as hollow markers
+                shown = [(b, max(a, floor)) for b, a in pts]
+                ax.plot(*zip(*shown), color=colors[fam], alpha=0.85, label=LABELS[fam], marker=markers[fam], ls="-")
+                low = [(b, floor) for b, a in pts if a < floor]
+                if low:
+                    below = True
+                    ax.plot(*zip(*low), ls="none", marker=markers[fam], markersize=9, markerfacecolor="white",
+                            color=colors[fam], clip_on=False, zorder=3)
             ax.axhline(top, color="k", ls="--", lw=1, label=f"FP32 {top:.2f} %")
+            if j == 1 and below:
+                ax.plot([], [], ls="none", marker="o", markerfacecolor="white", color="0.3",
+                        label=f"hollow: below {floor:.2f} % (drawn on the edge)")
             ax.set_xticks(widths)
             ax.set_xlabel("bits per weight")
             ax.set_ylabel("top-1 accuracy (%)")
@@ -363,9 +381,9 @@ def plot(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> "list
                 ax.set_ylim(0, 100)
                 ax.set_title(f"{ds} ({fp32['model']}): weights rounded, no retraining")
             else:
-                best = max(100 * r["accuracy"] for r in head.values())
-                ax.set_ylim(top - 3, max(top, best) + 0.3)
+                ax.set_ylim(floor, max(top, best) + 0.3)
                 ax.set_title(f"{ds}: zoom to FP32 − 3 points")
+                ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
                 kib_per_bit = fp32["weight_bytes"] / 4 / 8192  # bound now: matplotlib calls these at draw time
                 sec = ax.secondary_xaxis("top", functions=(lambda b, c=kib_per_bit: b * c, lambda k, c=kib_per_bit: k / c))
                 sec.set_xlabel("weight memory (KiB)")

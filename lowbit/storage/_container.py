@@ -26,6 +26,21 @@ Stored safetensors tensors, per entry: the packed codes (1-D uint8, ``ceil(numel
 bytes) or the raw tensor under the entry's own name; each param under ``"<name>:param:<p>"``;
 the scale under ``"<name>:scale"``. Every stored tensor's dtype, shape and extent are checked
 against this header (itself checksummed) before any byte is used.
+
+Tied tensors (container version 2). A state-dict name that is the very same tensor as an earlier
+one (tied weights, e.g. GPT-2's ``lm_head.weight`` and ``wte.weight``) is stored once; its entry is
+only ``{"name": "lm_head.weight", "alias_of": "transformer.wte.weight"}`` (the target is an
+earlier, non-alias entry) and ``load`` gives both names the same tensor. A file is written as
+version 2 only when it holds an alias, so files without tied tensors stay readable by lowbit
+versions that know only version 1; a version-1 reader refuses a version-2 file as "written by a
+newer lowbit".
+
+Compatibility rule (one rule for every level of the header): a reader accepts the container
+versions up to its own `CONTAINER_VERSION` and refuses any field it does not know - in the
+safetensors metadata, the document, an entry, its ``packing``, ``params`` or ``scale`` - with a
+`CheckpointError` naming the field. A writer that adds a field therefore bumps the container
+version (or accepts that older readers refuse the file): nothing a reader does not understand is
+ever silently ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
 from typing import Any, Iterable
 
@@ -51,9 +67,19 @@ __all__ = [
     "header_metadata",
     "entry_digest",
     "dtype_name",
+    "RESERVED_NAMES",
+    "checkpoint_path",
 ]
 
-CONTAINER_VERSION = 1
+CONTAINER_VERSION = 2  # the newest version this lowbit reads; files without aliases are written as 1
+RESERVED_NAMES = frozenset({"__metadata__"})  # safetensors' own header key: never a tensor name
+# the fields each level of the header may hold (the compatibility rule in the module docstring)
+_DOC_FIELDS = frozenset({"lowbit_version", "container_version", "tensors"})
+_ENTRY_FIELDS = frozenset({"name", "dtype", "shape", "format", "packing", "params", "scale", "sha256"})
+_ALIAS_FIELDS = frozenset({"name", "alias_of"})
+_PACKING_FIELDS = frozenset({"bits", "bit_order"})
+_PARAM_FIELDS = frozenset({"dtype", "shape"})
+_SCALE_FIELDS = frozenset({"shape", "axis", "group_size", "dtype"})
 META_KEY = "lowbit"
 META_SHA_KEY = "lowbit_sha256"
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
@@ -119,6 +145,7 @@ class Entry:
     axis: "int | None"
     sha256: str
     group_size: "int | None" = None
+    alias_of: "str | None" = None  # the earlier entry this one is the same tensor as (stored once)
 
     @property
     def numel(self) -> int:
@@ -133,10 +160,14 @@ class Entry:
 
     @property
     def stored(self) -> tuple[Stored, ...]:
-        """Every safetensors tensor of this entry, in checksum order: data, params, scale."""
+        """Every safetensors tensor of this entry, in checksum order: data, params, scale (none for an alias)."""
+        if self.alias_of is not None:
+            return ()
         return (self.data, *self.params, *(() if self.scale is None else (self.scale,)))
 
     def to_json(self) -> dict[str, Any]:
+        if self.alias_of is not None:
+            return {"name": self.name, "alias_of": self.alias_of}
         return {
             "name": self.name,
             "dtype": dtype_name(self.dtype),
@@ -173,9 +204,10 @@ class Header:
 
 def header_metadata(entries: Iterable[Entry], lowbit_version: str) -> dict[str, str]:
     """The safetensors ``metadata`` for ``entries``: the JSON document and its checksum."""
+    entries = list(entries)
     doc = {
         "lowbit_version": lowbit_version,
-        "container_version": CONTAINER_VERSION,
+        "container_version": 2 if any(e.alias_of is not None for e in entries) else 1,
         "tensors": [e.to_json() for e in entries],
     }
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -202,6 +234,14 @@ def entry_digest(entry: Entry, tensors: Iterable[torch.Tensor]) -> str:
 
 
 # ------------------------------------------------------------------------------- reading
+def checkpoint_path(path: "str | bytes | os.PathLike[Any]") -> str:
+    """``path`` (str, bytes or os.PathLike) as a str; TypeError naming the argument otherwise."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}") from None
+
+
 def read_header(path: "str | os.PathLike[str]") -> Header:
     """Read and validate the header of the checkpoint at ``path`` (no tensor data is read).
 
@@ -209,8 +249,10 @@ def read_header(path: "str | os.PathLike[str]") -> Header:
     can read: not a safetensors file, no lowbit header, a corrupt or incomplete header, a newer
     container version, stored tensors that disagree with the header, a truncated data area.
     """
-    where = os.fspath(path)
+    where = checkpoint_path(path)
     try:
+        if not stat.S_ISREG(os.stat(where).st_mode):  # a FIFO or device would block or never end
+            raise CheckpointError(f"{where}: cannot read the checkpoint: not a regular file (a directory, FIFO or device)")
         with open(where, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
@@ -224,6 +266,8 @@ def read_header(path: "str | os.PathLike[str]") -> Header:
         raise CheckpointError(f"{where}: cannot read the checkpoint: {err}") from err
     try:
         st_header = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{where}: corrupt header (the safetensors header is nested too deeply)") from None
     except (UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{where}: corrupt header (the safetensors header is not valid JSON: {err})") from None
     if not isinstance(st_header, dict):
@@ -241,6 +285,8 @@ def read_header(path: "str | os.PathLike[str]") -> Header:
         raise CheckpointError(f"{where}: corrupt header (the lowbit header does not match its sha256 checksum)")
     try:
         doc = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{where}: corrupt header (the lowbit header is nested too deeply)") from None
     except ValueError as err:
         raise CheckpointError(f"{where}: corrupt header (the lowbit header is not valid JSON: {err})") from None
     header = _parse_doc(doc, where)
@@ -277,18 +323,50 @@ def _parse_doc(doc: object, where: str) -> Header:
     lowbit_version = doc.get("lowbit_version")
     if not isinstance(lowbit_version, str):
         raise bad(f"field 'lowbit_version' must be a string, got {lowbit_version!r}")
+    _refuse_unknown(doc, _DOC_FIELDS, "the document", bad)
     tensors = doc.get("tensors")
     if not isinstance(tensors, list):
         raise bad(f"field 'tensors' must be a list, got {type(tensors).__name__}")
     entries = []
-    seen: set[str] = set()
+    seen: dict[str, Entry] = {}
     for i, item in enumerate(tensors):
-        entry = _parse_entry(item, i, where)
+        if isinstance(item, dict) and "alias_of" in item:
+            entry = _parse_alias(item, i, version, seen, where)
+        else:
+            entry = _parse_entry(item, i, where)
         if entry.name in seen:
             raise bad(f"tensor {entry.name!r} is listed twice")
-        seen.add(entry.name)
+        seen[entry.name] = entry
         entries.append(entry)
     return Header(lowbit_version, version, tuple(entries), {})
+
+
+def _refuse_unknown(obj: "dict[str, Any]", known: "frozenset[str]", what: str, bad: Any) -> None:
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise bad(
+            f"{what} has unknown field(s) {unknown} (written by a newer lowbit? this version reads container "
+            f"versions 1..{CONTAINER_VERSION} and refuses fields it does not know)"
+        )
+
+
+def _parse_alias(item: "dict[str, Any]", index: int, version: int, seen: "dict[str, Entry]", where: str) -> Entry:
+    """An alias entry: a name for the same tensor as an earlier entry (tied weights)."""
+    name = item.get("name")
+    label = f"tensor {name!r}" if isinstance(name, str) else f"tensor #{index}"
+
+    def bad(msg: str) -> CheckpointError:
+        return CheckpointError(f"{where}: bad lowbit header: {label}: {msg}")
+
+    if version < 2:
+        raise bad("an 'alias_of' entry needs container version 2 or later")
+    if not isinstance(name, str):
+        raise bad(f"field 'name' must be a string, got {name!r}")
+    _refuse_unknown(item, _ALIAS_FIELDS, "the alias entry", bad)
+    target = seen.get(item["alias_of"]) if isinstance(item["alias_of"], str) else None
+    if target is None or target.alias_of is not None:
+        raise bad(f"'alias_of' must name an earlier stored (non-alias) tensor, got {item['alias_of']!r}")
+    return dataclasses.replace(target, name=name, alias_of=target.name)
 
 
 def _parse_entry(item: object, index: int, where: str) -> Entry:
@@ -305,6 +383,7 @@ def _parse_entry(item: object, index: int, where: str) -> Entry:
     missing = [k for k in ("dtype", "shape", "format", "packing", "params", "scale", "sha256") if k not in item]
     if missing:
         raise bad(f"missing field(s) {', '.join(map(repr, missing))}")
+    _refuse_unknown(item, _ENTRY_FIELDS, "the entry", bad)
     dtype = _parse_dtype(item["dtype"], "dtype", bad)
     shape = _parse_shape(item["shape"], "shape", bad)
     fmt, bits = item["format"], None
@@ -317,6 +396,7 @@ def _parse_entry(item: object, index: int, where: str) -> Entry:
             raise bad(f"field 'format' must be a spec string or null, got {fmt!r}")
         if not isinstance(packing, dict):
             raise bad(f"field 'packing' must be an object, got {packing!r}")
+        _refuse_unknown(packing, _PACKING_FIELDS, "packing", bad)
         bits = packing.get("bits")
         if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_PACK_BITS:
             raise bad(f"packing 'bits' must be an int in 1..{MAX_PACK_BITS}, got {bits!r}")
@@ -329,6 +409,7 @@ def _parse_entry(item: object, index: int, where: str) -> Entry:
     for pname, spec in params_doc.items():
         if not isinstance(spec, dict):
             raise bad(f"param {pname!r} must be an object with dtype and shape")
+        _refuse_unknown(spec, _PARAM_FIELDS, f"param {pname!r}", bad)
         params.append(
             Stored(
                 param_key(name, pname),
@@ -349,9 +430,7 @@ def _parse_entry(item: object, index: int, where: str) -> Entry:
         axis = scale_doc.get("axis")
         if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or not 0 <= axis < max(len(shape), 1)):
             raise bad(f"scale 'axis' must be null or an int in [0, {len(shape)}), got {axis!r}")
-        unknown = set(scale_doc) - {"shape", "axis", "group_size", "dtype"}
-        if unknown:
-            raise bad(f"scale has unknown field(s) {sorted(unknown)} (written by a newer lowbit?)")
+        _refuse_unknown(scale_doc, _SCALE_FIELDS, "scale", bad)
         if "group_size" in scale_doc:
             group_size = scale_doc["group_size"]
             if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1 or axis is None:

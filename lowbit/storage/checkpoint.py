@@ -4,7 +4,12 @@
 and writes them with the format's side parameters, the spec strings and per-tensor sha256
 checksums (layout: `lowbit.storage._container`). Tensors without a format, and non-floating
 ones (e.g. BatchNorm's ``num_batches_tracked``), are stored as they are. Writes are atomic: a
-temporary file in the same directory, fsynced, then ``os.replace``-d onto the final name.
+temporary file in the same directory (created with the umask's permissions, like any new
+file), fsynced, then ``os.replace``-d onto the final name; a temporary left behind by a killed
+save of the same target is removed by the next save. Everything that can be refused (names,
+formats, tensors, tied tensors stored differently) is refused before the destination is touched;
+an I/O failure (full disk, unwritable directory) is an ``OSError`` naming the path, and the old
+file stays as it was. A tensor that is the same as an earlier one (tied weights) is stored once.
 
 ``load`` gives back a state dict (``OrderedDict``, in the saved order) whose tensors equal
 ``fmt.quantize(original)`` bit for bit, in the original dtype; anything wrong with the file
@@ -17,18 +22,22 @@ import collections
 import contextlib
 import dataclasses
 import os
+import re
 import secrets
 from typing import Any, Mapping
 
 import torch
 
+from lowbit._process import pid_alive
 from lowbit.errors import CheckpointError
 from lowbit.formats._float64 import FLOAT_DTYPES
 from lowbit.formats.base import NumberFormat
 from lowbit.formats.spec import parse_format
 from lowbit.storage._container import (
+    RESERVED_NAMES,
     Entry,
     Stored,
+    checkpoint_path,
     dtype_name,
     header_metadata,
     param_key,
@@ -58,13 +67,23 @@ def save(obj: Any, path: "str | os.PathLike[str]", formats: Any = None) -> None:
     >>> dict(lb.load(path))
     {'w': tensor([ 0.3125, 96.0000]), 'steps': tensor(7)}
     """
+    where = checkpoint_path(path)
     state, fmt_map = _resolve(obj, formats)
+    _check_names_and_tensors(state)
+    ties = _tied_names(state)
     entries: list[Entry] = []
     tensors: dict[str, torch.Tensor] = {}
     seen_storage: set[int] = set()
+    by_name: dict[str, "tuple[Entry, list[torch.Tensor]]"] = {}
     for name, value in state.items():
         fmt = fmt_map.get(name)
         entry, stored = _store_one(name, value, fmt)
+        first = ties.get(name)
+        if first is not None:
+            _check_tie(first, by_name[first], name, entry, stored)
+            entries.append(dataclasses.replace(by_name[first][0], name=name, alias_of=first))
+            continue
+        by_name[name] = entry, stored
         for s, t in zip(entry.stored, stored):
             if s.key in tensors:
                 raise ValueError(f"tensor name {name!r} collides with the stored name {s.key!r} of another tensor")
@@ -72,7 +91,7 @@ def save(obj: Any, path: "str | os.PathLike[str]", formats: Any = None) -> None:
         entries.append(entry)
     from lowbit import __version__
 
-    _atomic_save_file(tensors, os.fspath(path), header_metadata(entries, __version__))
+    _atomic_save_file(tensors, where, header_metadata(entries, __version__))
 
 
 def load(path: "str | os.PathLike[str]", *, packed: bool = False) -> "collections.OrderedDict[str, Any]":
@@ -90,11 +109,14 @@ def load(path: "str | os.PathLike[str]", *, packed: bool = False) -> "collection
     >>> lb.load(path)["w"].tolist()
     [1.0, 2.0, -7.0]
     """
-    where = os.fspath(path)
+    where = checkpoint_path(path)
     header = read_header(where)
     out: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
     with _open_tensors(where) as f:
         for entry in header.entries:
+            if entry.alias_of is not None:  # tied: the same tensor as an earlier entry
+                out[entry.name] = out[entry.alias_of]
+                continue
             fmt = _entry_format(entry, where)
             stored = [_get(f, s, entry, where) for s in entry.stored]
             if entry_digest(entry, stored) != entry.sha256:
@@ -208,6 +230,80 @@ def _module_formats(model: torch.nn.Module, required: bool = True) -> "dict[str,
     return dict(found)
 
 
+def _check_names_and_tensors(state: "Mapping[str, Any]") -> None:
+    """Refuse, before anything is written, names the container cannot hold and tensors without data."""
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"state dict keys must be str, got {name!r}")
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"tensor name {name!r} is reserved by the safetensors container (its metadata key); rename the tensor"
+            )
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"tensor name {name!r} is not valid Unicode text (it holds a lone surrogate); "
+                "checkpoint names are stored as UTF-8"
+            ) from None
+        t = value.data if isinstance(value, PackedTensor) else value
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.is_meta:
+            raise ValueError(f"tensor {name!r} is on the meta device (it has no data to save); materialize it first")
+        if t.layout != torch.strided:
+            raise ValueError(
+                f"tensor {name!r} has layout {t.layout}; only dense (strided) tensors can be saved: "
+                "convert it with .to_dense() first"
+            )
+
+
+def _tensor_identity(value: Any) -> "tuple[Any, ...] | None":
+    """Equal for two state-dict values that are the very same tensor (tied weights), else None / unequal."""
+    if isinstance(value, PackedTensor):
+        return ("packed", id(value))
+    if not isinstance(value, torch.Tensor) or value.numel() == 0:
+        return None
+    return (
+        str(value.device), value.untyped_storage().data_ptr(), value.storage_offset(),
+        tuple(value.shape), tuple(value.stride()), value.dtype,
+    )
+
+
+def _tied_names(state: "Mapping[str, Any]") -> "dict[str, str]":
+    """``{later name: first name}`` for values that are the same tensor as an earlier one."""
+    first: dict[Any, str] = {}
+    ties: dict[str, str] = {}
+    for name, value in state.items():
+        key = _tensor_identity(value)
+        if key is None:
+            continue
+        if key in first:
+            ties[name] = first[key]
+        else:
+            first[key] = name
+    return ties
+
+
+def _check_tie(first: str, stored_first: "tuple[Entry, list[torch.Tensor]]", name: str, entry: Entry,
+               stored: "list[torch.Tensor]") -> None:
+    """A tied name is stored once: refuse when it would be stored differently from its first name."""
+    a, b = stored_first[0].to_json(), entry.to_json()
+    for doc in (a, b):
+        doc.pop("name"), doc.pop("sha256")
+    if a == b and len(stored) == len(stored_first[1]) and all(
+        torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
+        for x, y in zip(stored_first[1], stored)
+    ):
+        return
+    how = lambda e: e.format or f"as is ({dtype_name(e.dtype)})"  # noqa: E731
+    detail = f"{how(stored_first[0])} vs {how(entry)}" if a.get("format") != b.get("format") else "different scales"
+    raise ValueError(
+        f"tensors {first!r} and {name!r} are one tied parameter but would be stored differently ({detail}); "
+        "a checkpoint stores a tied parameter once, so give both names the same format (or untie them)"
+    )
+
+
 def _store_one(name: str, value: Any, fmt: "NumberFormat | None") -> "tuple[Entry, list[torch.Tensor]]":
     """The header entry of one state-dict value and the tensors to write for it."""
     if isinstance(value, torch.Tensor) and fmt is not None:
@@ -260,23 +356,68 @@ def _own_storage(t: torch.Tensor, seen: set[int]) -> torch.Tensor:
     return t
 
 
+_TMP_SUFFIX = ".lowbit-tmp"
+_CHUNK = 1 << 24  # bytes per os.write call
+
+
+def _temp_name(path: str, pid: int) -> str:
+    """The temporary file a save of ``path`` by process ``pid`` writes first (same directory)."""
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{base}.{pid}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Delete temporaries of earlier saves of ``path`` whose process is gone (e.g. killed by kill -9).
+
+    Only files named like `_temp_name` for this very target are touched, and only when the pid in
+    the name is not a live process of this machine."""
+    directory, base = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".{base}.") + r"(\d+)\.[0-9a-f]{12}" + re.escape(_TMP_SUFFIX))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for fname in names:
+        m = pattern.fullmatch(fname)
+        if m is None or pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, fname))
+
+
 def _atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    """Write ``tensors`` as a safetensors file at ``path``: a temporary file of our own (created with
+    the umask's permissions, as any new file), written, fsynced, then renamed onto ``path``. A
+    failure leaves ``path`` as it was and no temporary; an I/O error is an OSError naming ``path``."""
+    from safetensors.torch import save as serialize
 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save {path}: the directory {directory} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot save {path}: it is a directory; give a file name")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    data = memoryview(serialize(tensors, metadata=metadata))
+    _remove_stale_temps(path)
+    tmp = _temp_name(path, os.getpid())
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot save {path}: cannot create a file in {directory} ({err.strerror})") from None
+    try:
+        try:
+            for start in range(0, len(data), _CHUNK):
+                chunk = data[start:start + _CHUNK]
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, f"cannot save {path}: {err.strerror or err}; the old file (if any) is intact") from None
         raise
     with contextlib.suppress(OSError):  # make the rename durable (POSIX; a no-op elsewhere)
         fd = os.open(directory, os.O_RDONLY)

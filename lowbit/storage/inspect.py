@@ -23,7 +23,8 @@ def inspect_checkpoint(path: "str | os.PathLike[str]") -> "list[dict[str, Any]]"
     what each element really costs, side parameters included), ``scale`` (None, ``"tensor"``,
     ``"channel (axis k)"`` or ``"group g (axis k)"``: a float32 scale stored beside the codes),
     ``fp32_bytes`` (4 per element) and ``compression`` (``fp32_bytes / stored_bytes``; None for an
-    empty tensor). Only the header
+    empty tensor), ``alias_of`` (None, or the earlier name of a tied tensor stored only once: its
+    ``stored_bytes`` and ``fp32_bytes`` are 0, so totals count the tensor once). Only the header
     is read (and validated); checksums are checked by `lowbit.load`.
 
     >>> import os, tempfile, torch, lowbit as lb
@@ -36,7 +37,7 @@ def inspect_checkpoint(path: "str | os.PathLike[str]") -> "list[dict[str, Any]]"
     rows = []
     for e in header.entries:
         stored = sum(header.extents[s.key][1] - header.extents[s.key][0] for s in e.stored)
-        fp32 = 4 * e.numel
+        fp32 = 4 * e.numel if e.alias_of is None else 0
         rows.append(
             {
                 "name": e.name,
@@ -46,10 +47,11 @@ def inspect_checkpoint(path: "str | os.PathLike[str]") -> "list[dict[str, Any]]"
                 "shape": list(e.shape),
                 "numel": e.numel,
                 "stored_bytes": stored,
-                "bits_per_element": 8 * stored / e.numel if e.numel else None,
+                "bits_per_element": 8 * stored / e.numel if e.numel and e.alias_of is None else None,
                 "scale": _scale_kind(e),
                 "fp32_bytes": fp32,
                 "compression": fp32 / stored if stored else None,
+                "alias_of": e.alias_of,
             }
         )
     return rows

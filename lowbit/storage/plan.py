@@ -72,7 +72,7 @@ def read_state_dict(path: "str | os.PathLike[str]") -> "dict[str, torch.Tensor]"
     `lowbit.load`, which verifies every checksum). Raises `LowbitError` saying what is wrong."""
     where = os.fspath(path)
     if not os.path.isfile(where):
-        raise LowbitError(f"{where}: no such file")
+        raise LowbitError(f"{where}: {'not a regular file' if os.path.exists(where) else 'no such file'}")
     with open(where, "rb") as f:
         head = f.read(8)
     if head[:2] == b"PK" or head[:1] == b"\x80":
@@ -112,7 +112,8 @@ def read_plan(path: "str | os.PathLike[str]") -> "dict[str, Any]":
     """The JSON object in ``path`` (a plan); `LowbitError` for a missing file or bad JSON."""
     where = os.fspath(path)
     if not os.path.isfile(where):
-        raise LowbitError(f"{where}: no such file (the plan)")
+        what = "not a regular file" if os.path.exists(where) else "no such file"
+        raise LowbitError(f"{where}: {what} (the plan)")
     try:
         with open(where, encoding="utf-8") as f:
             plan = json.load(f)

@@ -229,13 +229,15 @@ class TestSizes:
 class TestAtomicSave:
     """A failed save leaves no file under the final name, no temporary, and an old file intact."""
 
-    def failing_save_file(self, exc: BaseException) -> Callable[..., None]:
-        def save_file(tensors: Any, filename: str, metadata: Any = None) -> None:
-            with open(filename, "wb") as f:
-                f.write(b"half a checkpoint")
+    def failing_write(self, exc: BaseException) -> Callable[[int, Any], int]:
+        """os.write that writes a few bytes of the checkpoint, then fails."""
+        real_write = os.write
+
+        def write(fd: int, data: Any) -> int:
+            real_write(fd, bytes(data[:17]))
             raise exc
 
-        return save_file
+        return write
 
     @pytest.mark.parametrize("exc", [OSError("disk full"), KeyboardInterrupt()])
     @pytest.mark.parametrize("existing", [False, True])
@@ -245,7 +247,7 @@ class TestAtomicSave:
         if existing:
             lb.save({"old": torch.ones(3)}, path)
         before = path.read_bytes() if existing else None
-        monkeypatch.setattr(safetensors.torch, "save_file", self.failing_save_file(exc))
+        monkeypatch.setattr(os, "write", self.failing_write(exc))
         with pytest.raises(type(exc)):
             lb.save(state(), path, formats="posit8_es2")
         monkeypatch.undo()
@@ -379,9 +381,9 @@ class TestHeader:
         return p
 
     def test_newer_container_version(self, path: Path) -> None:
-        rewrite(path, lambda d: d.update(container_version=2, tensors="a different layout"))
+        rewrite(path, lambda d: d.update(container_version=3, tensors="a different layout"))
         with pytest.raises(
-            lb.CheckpointError, match=r"written by a newer lowbit: container version 2 > supported 1; upgrade lowbit"
+            lb.CheckpointError, match=r"written by a newer lowbit: container version 3 > supported 2; upgrade lowbit"
         ):
             lb.load(path)
         with pytest.raises(lb.CheckpointError, match="newer lowbit"):
@@ -416,6 +418,10 @@ class TestHeader:
             (lambda d: d["tensors"][5]["scale"].update(group_size=2), "tensor 'scaled' is corrupt \\(its sha256"),
             (lambda d: d["tensors"][5]["scale"].update(group_size=0), "scale 'group_size' must be an int >= 1"),
             (lambda d: d["tensors"][5]["scale"].update(zero_point=3), "scale has unknown field\\(s\\) \\['zero_point'\\]"),
+            (lambda d: d.update(comment="hi"), "the document has unknown field\\(s\\) \\['comment'\\]"),
+            (lambda d: d["tensors"][0].update(zero_point=3), "the entry has unknown field\\(s\\) \\['zero_point'\\]"),
+            (lambda d: d["tensors"][0]["packing"].update(endian="big"), "packing has unknown field\\(s\\) \\['endian'\\]"),
+            (lambda d: d["tensors"][1].update(alias_of="fc.weight"), "'alias_of' entry needs container version 2"),
         ],
     )
     def test_bad_header(self, path: Path, mutate: Callable[[dict], Any], match: str) -> None:

@@ -22,13 +22,13 @@ def test_rows(tmp_path: Path) -> None:
     rows = inspect_checkpoint(path)
     assert [r["name"] for r in rows] == ["w", "s", "b", "n"]
     assert set(rows[0]) == {"name", "format", "dtype", "bits", "shape", "numel", "stored_bytes", "fp32_bytes",
-                            "compression", "bits_per_element", "scale"}
+                            "compression", "bits_per_element", "scale", "alias_of"}
     w, s, b, n = rows
     assert (w["format"], w["dtype"], w["bits"], w["shape"], w["numel"]) == ("posit6_es1", "bfloat16", 6, [64, 48], 3072)
     assert (w["stored_bytes"], w["fp32_bytes"], w["compression"]) == (2304, 12288, 12288 / 2304)
     assert (s["format"], s["bits"], s["stored_bytes"]) == ("int4", 4, 40 + 8 * 4)  # codes + float32 scales
     assert s["scale"] == "channel (axis 0)" and s["bits_per_element"] == 8 * 72 / 80
-    assert w["scale"] is None and w["bits_per_element"] == 6.0
+    assert w["scale"] is None and w["bits_per_element"] == 6.0 and w["alias_of"] is None
     assert (b["format"], b["bits"], b["stored_bytes"], b["compression"]) == (None, 16, 128, 2.0)
     assert (n["format"], n["dtype"], n["bits"], n["shape"]) == (None, "int64", 64, [])
 
