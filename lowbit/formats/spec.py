@@ -45,7 +45,7 @@ VALID_FORMS = (
     "block<k>_<element>_scale_<scale>[_t][_a<axis>]  (the one block rule: one <scale>-format scale per block of "
     f"k along the last axis (or <axis>), 1 <= k <= {MAX_BLOCK_SIZE}, over signed scalar <element> codes (<= 16 bits); "
     "_t adds an FP32 per-tensor scale. Scale e8m0fnu: the OCP MX rule 2^(floor(log2 amax) - emax_elem) "
-    "(MX elements print as mxfp…); any other minifloat with mantissa bits or posit (ue4m3 = e4m3fn): NVFP4's rule "
+    "(MX elements print as their mxfp* / mxint8 spec); any other minifloat with mantissa bits or posit (ue4m3 = e4m3fn): NVFP4's rule "
     "s = amax / element_max rounded to the scale format; e.g. block16_e2m1fn_scale_posit8_es1, "
     "block32_int4_scale_e8m0fnu, block16_e3m2fn_scale_e4m3fn_t)",
     "binary | ternary | codebook<k>  (fitted to each tensor: sign·mean|x|; {-a, 0, a} with threshold "
