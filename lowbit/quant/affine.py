@@ -65,6 +65,7 @@ from lowbit.quant.granularity import (
     granule_amax,
     quantize_with_scale,
 )
+from lowbit.simulate.registry import layer_types
 from lowbit.simulate.scaling import format_centre
 
 __all__ = [
@@ -522,17 +523,14 @@ def best_es(
     return min(errors, key=lambda es: (errors[es], list(errors).index(es)))
 
 
-_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                  nn.ConvTranspose3d, nn.Embedding)
-
-
 def best_es_per_layer(
     model: nn.Module,
     n: int,
     candidates: "Iterable[int]" = (0, 1, 2, 3),
     scaling: "str | None" = None,
 ) -> "dict[str, int]":
-    """``{layer name: best_es(layer.weight, n, ...)}`` for every Linear / Conv / Embedding layer.
+    """``{layer name: best_es(layer.weight, n, ...)}`` for every supported layer with a ``weight``
+    (`lowbit.simulate.registry`).
 
     The result plugs into a per-layer config: ``{"layers": {name: {"weight": f"posit{n}_es{es}"}}}``.
     """
@@ -540,4 +538,4 @@ def best_es_per_layer(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     cands = tuple(candidates)
     return {name: best_es(m.weight, n, cands, scaling)
-            for name, m in model.named_modules() if isinstance(m, _WEIGHT_LAYERS)}
+            for name, m in model.named_modules() if isinstance(m, layer_types(attribute="weight"))}
