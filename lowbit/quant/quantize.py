@@ -49,8 +49,9 @@ class QuantizationReport:
     escaped: "dict[str, tuple[str, ...]]" = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
+        escaped = f", roles escaped in {len(self.escaped)}" if self.escaped else ""
         lines = [f"quantized {len(self.quantized)} layer(s), excluded {len(self.excluded)}, "
-                 f"unsupported {len(self.unsupported)}" + (f", roles escaped in {len(self.escaped)}" if self.escaped else "")]
+                 f"unsupported {len(self.unsupported)}{escaped}"]
         lines += [f"  unsupported: {n} ({c})" for n, c in self.unsupported.items()]
         lines += [f"  escaped: {n} ({', '.join(r)}: not applied)" for n, r in self.escaped.items()]
         return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Per-layer sensitivity to weight formats: quantize one layer at a time and measure the effect.
 
 `sensitivity_scan` walks the model's quantizable layers (the layer types of
-`lowbit.simulate.registry` that have a ``weight`` — the layers `lowbit.quantize_` simulates) and, for every candidate weight format,
+`lowbit.simulate.registry` that have a ``weight`` — the layers `lowbit.quantize_` simulates) and,
+for every candidate weight format,
 simulates *only that layer's weight* in the format (``quantize_`` with a config naming just that
 layer), evaluates the model, and undoes it (``dequantize_``). Weight-only simulation never writes
 the weights, so the model comes back exactly: same classes, same state dict, bit for bit.

@@ -75,7 +75,7 @@ class RoleQuantizer:
         """The per-granule float scale for ``x`` under ``scaling='absmax'`` (None otherwise)."""
         if not self.absmax:
             return None
-        from lowbit.quant.granularity import granule_amax
+        from lowbit.formats.granularity import granule_amax
 
         return granule_amax(x.detach(), self.granularity).to(torch.float64 if x.dtype == torch.float64
                                                             else torch.float32) / self.format.max
@@ -91,7 +91,7 @@ class RoleQuantizer:
             y = _STE.apply(x, lambda t: static.quantize(t, self.rounding, self.generator))
             return y if backward is None else _gradient_only(y, backward)
         if self.absmax:
-            from lowbit.quant.granularity import quantize_with_scale
+            from lowbit.formats.granularity import quantize_with_scale
 
             s = self.scale(x)
             y = _STE.apply(x, lambda t: quantize_with_scale(t, self.format, s, None, self.granularity,
@@ -130,7 +130,7 @@ class StaticRange:
 
     def __init__(self, fmt: NumberFormat, lo: float, hi: float) -> None:
         from lowbit.formats import IntegerFormat
-        from lowbit.quant.affine import affine_qparams, qrange
+        from lowbit.formats.affine import affine_qparams, qrange
 
         self.format, self.lo, self.hi = fmt, float(lo), float(hi)
         self.affine = isinstance(fmt, IntegerFormat) and not fmt.signed
@@ -140,7 +140,7 @@ class StaticRange:
             self.scale, self.zero_point = float(s), int(z)
             self.qmin, self.qmax = qrange(fmt.word_bits, signed=False)
         else:
-            from lowbit.quant.granularity import format_low
+            from lowbit.formats.granularity import format_low
 
             signed = format_low(fmt) < 0
             amax = max(-min(self.lo, 0.0), max(self.hi, 0.0)) if signed else max(self.hi, 0.0)
@@ -148,7 +148,7 @@ class StaticRange:
         self._scales: "dict[tuple[torch.dtype, torch.device], torch.Tensor]" = {}
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        from lowbit.quant.granularity import compute_dtype
+        from lowbit.formats.granularity import compute_dtype
 
         key = (x.dtype, x.device)
         if key not in self._scales:
@@ -162,8 +162,8 @@ class StaticRange:
         Symmetric rule: s · fmt.quantize(clamp(x / s, fmt's lowest, fmt.max)) — the clamp makes
         formats without saturation (``e4m3fn``: overflow → NaN) clip like integers do.
         """
-        from lowbit.quant.affine import fake_quantize_affine
-        from lowbit.quant.granularity import quantize_clipped
+        from lowbit.formats.affine import fake_quantize_affine
+        from lowbit.formats.granularity import quantize_clipped
 
         if self.affine:
             return fake_quantize_affine(x, self._scale(x), self.zero_point, self.qmin, self.qmax, rounding, generator)

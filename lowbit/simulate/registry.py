@@ -40,10 +40,6 @@ __all__ = [
     "layer_types",
     "is_supported",
     "FAST_PATH_LAYERS",
-    "QUANT_CLASSES",
-    "SUPPORTED_LAYERS",
-    "INAPPLICABLE_ROLES",
-    "CHUNKED_ACCUMULATION",
 ]
 
 _ALL_ROLES = ("weight", "bias", "input", "output", "grad")
