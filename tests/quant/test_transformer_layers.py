@@ -161,6 +161,25 @@ def test_quantized_tensors_keep_state_dict_parameters_and_optimizer_valid() -> N
     assert type(q2.self_attn) is nn.MultiheadAttention and isinstance(q2.self_attn.in_proj_weight, nn.Parameter)
 
 
+@pytest.mark.parametrize("cfg", ["posit8_es2", {"weight": {"format": "int8", "scaling": "absmax",
+                                                           "granularity": "channel"}}])
+def test_save_load_and_pack_of_an_encoder_layer_agree_with_the_simulation(cfg, tmp_path) -> None:
+    torch.manual_seed(0)
+    q = lb.quantize_(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval(), cfg)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        want = q(x)
+    lb.save(q, tmp_path / "layer.lbt")
+    loaded = lb.load(tmp_path / "layer.lbt")
+    for key in ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight"):
+        module, _, attr = key.rpartition(".")
+        assert torch.equal(loaded[key], getattr(q.get_submodule(module), attr).detach()), key
+    lb.pack_(q)  # out_proj / linear1 / linear2 packed; MultiheadAttention's own in_proj stays simulated
+    assert type(q.self_attn.out_proj).__name__ == "PackedNonDynamicallyQuantizableLinear"
+    with torch.no_grad():
+        assert torch.equal(q(x), want)
+
+
 # ------------------------------------------------------------------ transformers' Conv1D (GPT-2)
 transformers = pytest.importorskip("transformers")
 
