@@ -180,3 +180,21 @@ def test_torchscript_of_a_quantized_model_says_it_is_unsupported() -> None:
     lb.quantize_(model, {"weight": "int8"})
     with pytest.raises(TypeError, match="torch.jit.script is unsupported"):
         torch.jit.script(model)
+
+
+# ------------------------------------------------------------------ writers of a simulated layer's weight
+def test_fold_batchnorm_into_a_quantized_layer_writes_its_parameters() -> None:
+    from lowbit.quant.bn_fold import fold_bn_into
+
+    torch.manual_seed(0)
+    layer, bn = nn.Linear(4, 3), nn.BatchNorm1d(3).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        want = bn(layer(x))
+    q = lb.quantize_(copy.deepcopy(layer), {"weight": "posit16_es1"})
+    fold_bn_into(q, bn)
+    lb.dequantize_(q)
+    with torch.no_grad():
+        assert torch.allclose(q(x), want, atol=1e-5)  # the fold reached the Parameters, not a quantized copy
