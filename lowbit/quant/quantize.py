@@ -27,7 +27,14 @@ from lowbit.formats import NumberFormat
 from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config, module_matches
 from lowbit.quant.granularity import Granularity
 from lowbit.simulate.layers import QuantLayerMixin, RoleQuantizer
-from lowbit.simulate.registry import FAST_PATH_LAYERS, LayerEntry, entries, entry_for, quant_class_for
+from lowbit.simulate.registry import (
+    FAST_PATH_LAYERS,
+    NESTED_TENSOR_LAYERS,
+    LayerEntry,
+    entries,
+    entry_for,
+    quant_class_for,
+)
 
 __all__ = ["quantize_", "dequantize_", "tensor_formats", "tensor_scales", "QuantizationReport", "quantization_report"]
 
@@ -204,11 +211,16 @@ def _ordinary_path_where_needed(model: nn.Module) -> None:
     """A fused fast path (TransformerEncoderLayer in eval) skips the forwards of the layers inside
     it and with them their activation roles: give such layers the ordinary path."""
     for module in model.modules():
-        if not isinstance(module, FAST_PATH_LAYERS):
+        if not isinstance(module, FAST_PATH_LAYERS + NESTED_TENSOR_LAYERS):
             continue
         active = any(isinstance(m, QuantLayerMixin) and any(r not in ("weight", "bias") for r in m.lowbit_roles)
                      for m in module.modules())
-        if active and _ordinary_path not in module._forward_pre_hooks.values():
+        if not active:
+            continue
+        if isinstance(module, NESTED_TENSOR_LAYERS) and "_lowbit_use_nested_tensor" not in module.__dict__:
+            module._lowbit_use_nested_tensor = module.use_nested_tensor  # type: ignore[assignment]
+            module.use_nested_tensor = False  # type: ignore[assignment]
+        if isinstance(module, FAST_PATH_LAYERS) and _ordinary_path not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_ordinary_path)
 
 
@@ -284,6 +296,8 @@ def dequantize_(model: nn.Module) -> nn.Module:
                 module.__dict__.pop(attr, None)
         for key in [k for k, h in module._forward_pre_hooks.items() if h is _ordinary_path]:
             del module._forward_pre_hooks[key]
+        if "_lowbit_use_nested_tensor" in module.__dict__:
+            module.use_nested_tensor = module.__dict__.pop("_lowbit_use_nested_tensor")
     for attr in ("lowbit_report", "lowbit_config"):
         model.__dict__.pop(attr, None)
     return model

@@ -40,6 +40,7 @@ __all__ = [
     "layer_types",
     "is_supported",
     "FAST_PATH_LAYERS",
+    "NESTED_TENSOR_LAYERS",
 ]
 
 _ALL_ROLES = ("weight", "bias", "input", "output", "grad")
@@ -199,6 +200,9 @@ register(LayerEntry(nn.RMSNorm, L.QuantRMSNorm, {"weight": "weight"}, calibrated
 #: layers with a fused eval fast path that skips their children's forwards (activation roles
 #: inside them would not run): `quantize_` makes them take the ordinary path when needed
 FAST_PATH_LAYERS: "tuple[type, ...]" = (nn.TransformerEncoderLayer,)
+#: containers that turn their input into a nested tensor for that fast path (``use_nested_tensor``):
+#: `quantize_` turns it off while activation roles inside need the ordinary path
+NESTED_TENSOR_LAYERS: "tuple[type, ...]" = (nn.TransformerEncoder,)
 
 
 def _register_conv1d(conv1d: type) -> None:

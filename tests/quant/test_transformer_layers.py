@@ -180,6 +180,33 @@ def test_save_load_and_pack_of_an_encoder_layer_agree_with_the_simulation(cfg, t
         assert torch.equal(q(x), want)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage:UserWarning")
+def test_transformer_encoder_with_a_padding_mask_in_eval_no_grad() -> None:
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2,
+                                enable_nested_tensor=True).eval()
+    x, mask = torch.randn(3, 6, 16), torch.zeros(3, 6, dtype=torch.bool)
+    mask[0, 4:] = True
+    q = lb.quantize_(copy.deepcopy(enc), {"weight": str(FMT)})  # nested-tensor fast path: weights read there
+    with torch.no_grad():
+        assert torch.equal(q(x, src_key_padding_mask=mask), _weights_replaced(enc)(x, src_key_padding_mask=mask))
+
+    e5m2 = lb.parse_format("e5m2")
+    ref = copy.deepcopy(enc)  # the float model with every Linear / attention input rounded by a hook
+    ref.use_nested_tensor = False
+    for name, m in ref.named_modules():
+        if isinstance(m, (nn.Linear, nn.MultiheadAttention)) and not name.endswith("out_proj"):
+            m.register_forward_pre_hook(lambda m, args: tuple(e5m2.quantize(a) for a in args[:1]) * (
+                3 if isinstance(m, nn.MultiheadAttention) else 1) + args[3 if isinstance(m, nn.MultiheadAttention) else 1:])
+    with pytest.warns(LowbitWarning, match="out_proj"):
+        q = lb.quantize_(copy.deepcopy(enc), {"input": "e5m2"})
+    assert q.use_nested_tensor is False  # the ordinary path, so the input roles run
+    with torch.no_grad():
+        assert torch.equal(q(x, src_key_padding_mask=mask), ref(x, src_key_padding_mask=mask))
+    lb.dequantize_(q)
+    assert q.use_nested_tensor is True
+
+
 # ------------------------------------------------------------------ transformers' Conv1D (GPT-2)
 transformers = pytest.importorskip("transformers")
 
