@@ -104,6 +104,8 @@ class Calibration:
         self.model = model
         self.roles = _check_roles(roles)
         factories = _factories(observer, self.roles)
+        if layers is CALIBRATED_LAYERS:  # the default: also the types registered since (transformers' Conv1D)
+            layers = layer_types(calibrated=True)
         self.layers: dict[str, nn.Module] = {
             name: m for name, m in model.named_modules()
             if isinstance(m, layers) and (filter_fn is None or filter_fn(name, m))

@@ -288,3 +288,11 @@ def test_norm_key_round_trips_through_json_and_old_configs_still_load() -> None:
     assert "norm" not in old.to_dict() and old.norm.is_identity
     with pytest.raises(ValueError, match="config\\['norm'\\]"):
         lb.QuantConfig.from_dict({"norm": {"weights": "int8"}})
+
+
+def test_calibration_hooks_gpt2_conv1d_layers_by_default() -> None:
+    from lowbit.quant.calibration import Calibration
+
+    model = _gpt2()
+    cal = Calibration(model, roles=("input",))
+    assert sum(".attn.c_attn" in n or ".mlp.c_fc" in n for n in cal.layers) == 4

@@ -57,7 +57,7 @@ def test_the_grep_finds_the_lists_it_is_meant_to_find() -> None:
 
 def test_every_tool_reads_its_layer_types_from_the_registry() -> None:
     assert QAT_LAYERS == registry.layer_types(qat=True) == (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    assert CALIBRATED_LAYERS == registry.layer_types(calibrated=True)
+    assert set(CALIBRATED_LAYERS) <= set(registry.layer_types(calibrated=True))  # + optional ones once loaded
     assert nn.Embedding not in CALIBRATED_LAYERS and nn.MultiheadAttention not in CALIBRATED_LAYERS
     assert set(PACKED_CLASSES) == {e.float_class for e in registry.entries() if e.packed is not None}
     assert registry.entry_for(nn.Linear).packed is PACKED_CLASSES[nn.Linear]
