@@ -90,7 +90,9 @@ def fold_bn_into(layer: nn.Module, bn: nn.Module) -> None:
                          f"followed by the matching BatchNorm with running statistics and "
                          f"num_features == output channels")
     assert isinstance(bn, _BN) and bn.running_mean is not None and bn.running_var is not None
-    w = layer.weight
+    # a simulated layer's .weight / .bias are the quantized values: fold into the Parameters themselves
+    params = layer._parameters
+    w = params["weight"]
     dtype = w.dtype
     mean = bn.running_mean.detach().to(torch.float64)
     inv_std = torch.rsqrt(bn.running_var.detach().to(torch.float64) + bn.eps)
@@ -98,12 +100,13 @@ def fold_bn_into(layer: nn.Module, bn: nn.Module) -> None:
     beta = bn.bias.detach().to(torch.float64) if bn.bias is not None else torch.zeros_like(mean)
     factor = gamma * inv_std
     shape = (-1,) + (1,) * (w.dim() - 1)
-    b = layer.bias.detach().to(torch.float64) if layer.bias is not None else torch.zeros_like(mean)
+    bias = params.get("bias")
+    b = bias.detach().to(torch.float64) if bias is not None else torch.zeros_like(mean)
     with torch.no_grad():
         w.copy_((w.detach().to(torch.float64) * factor.reshape(shape)).to(dtype))
         new_b = ((b - mean) * factor + beta).to(dtype=dtype, device=w.device)
-        if layer.bias is not None:
-            layer.bias.copy_(new_b)
+        if bias is not None:
+            bias.copy_(new_b)
         else:
             layer.bias = nn.Parameter(new_b)
 

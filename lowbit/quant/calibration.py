@@ -42,14 +42,14 @@ from torch import nn
 
 from lowbit.errors import LowbitWarning
 from lowbit.quant.observers import CalibrationError, MinMaxObserver, Observer
+from lowbit.simulate.registry import layer_types
 
 __all__ = ["CALIBRATION_ROLES", "CALIBRATED_LAYERS", "Calibration", "calibration", "calibrate"]
 
 CALIBRATION_ROLES = ("input", "output", "weight")
-#: layer types calibrated by default (simulated lowbit layers subclass these)
-CALIBRATED_LAYERS: "tuple[type[nn.Module], ...]" = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-)
+#: layer types calibrated by default (simulated lowbit layers subclass these): the registry's
+#: entries whose input and output are single tensors
+CALIBRATED_LAYERS: "tuple[type[nn.Module], ...]" = layer_types(calibrated=True)
 
 ObserverFactory = Callable[[], Observer]
 #: ``(layer name, role) -> Observer``, or None to leave that role of that layer unobserved
@@ -104,6 +104,8 @@ class Calibration:
         self.model = model
         self.roles = _check_roles(roles)
         factories = _factories(observer, self.roles)
+        if layers is CALIBRATED_LAYERS:  # the default: also the types registered since (transformers' Conv1D)
+            layers = layer_types(calibrated=True)
         self.layers: dict[str, nn.Module] = {
             name: m for name, m in model.named_modules()
             if isinstance(m, layers) and (filter_fn is None or filter_fn(name, m))

@@ -67,6 +67,10 @@ STATIC_ROLES = ("input", "output")
 CONFIG_VERSION = 1
 _LAYER_KEYS = ROLES + ("accumulate", "accumulate_every")
 _TOP_KEYS = _LAYER_KEYS + ("exclude", "layers", "seed", "version", "rounding")
+#: normalization layers (the registry entries with config_key "norm") take roles only from their own key, opt-in:
+#: ``{"norm": {"weight": ..., "input": ...}}``; the plain roles never touch them
+NORM_KEY = "norm"
+_TOP_KEYS = _TOP_KEYS + (NORM_KEY,)
 
 
 def _fail(where: str, message: str) -> ValueError:
@@ -263,6 +267,8 @@ class QuantConfig:
     exclude: "tuple[str, ...]" = ()
     seed: "int | None" = None
     version: int = CONFIG_VERSION
+    #: roles of the normalization layers (the ``"norm"`` key; identity = left alone)
+    norm: LayerConfig = LayerConfig()
 
     # ------------------------------------------------------------------ conversions
     @classmethod
@@ -300,7 +306,8 @@ class QuantConfig:
         seed = d.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"config: seed={seed!r}; allowed: None or an int")
-        return cls(default, tuple(layers), tuple(exclude), seed)
+        norm = LayerConfig.parse(d.get(NORM_KEY) or {}, f"config[{NORM_KEY!r}]", rounding=rounding)
+        return cls(default, tuple(layers), tuple(exclude), seed, norm=norm)
 
     def to_dict(self) -> "dict[str, Any]":
         d = self.default.to_dict()
@@ -309,6 +316,8 @@ class QuantConfig:
         d["exclude"] = list(self.exclude)
         d["seed"] = self.seed
         d["version"] = self.version
+        if not self.norm.is_identity:
+            d[NORM_KEY] = self.norm.to_dict()
         return d
 
     def _unique_patterns(self) -> bool:

@@ -55,13 +55,14 @@ from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.rounding import Rounding, check_rounding
 from lowbit.quant.config import ROLES, LayerConfig, QuantConfig, RoleConfig, as_config, module_matches
 from lowbit.quant.granularity import Granularity, _scalar_format, as_granularity, format_low
+from lowbit.simulate.registry import layer_types
 from lowbit.simulate.scaling import format_centre
 
 __all__ = ["LSQQuantizer", "QAT_LAYERS", "prepare_qat", "convert", "lsq_quantizers"]
 
 _TINY = float(torch.finfo(torch.float32).tiny)
 #: layer types whose weights `prepare_qat` fake-quantizes
-QAT_LAYERS: "tuple[type[nn.Module], ...]" = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+QAT_LAYERS: "tuple[type[nn.Module], ...]" = layer_types(qat=True)
 
 
 class _GradScale(torch.autograd.Function):

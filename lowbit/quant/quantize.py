@@ -25,11 +25,14 @@ from lowbit.errors import LowbitWarning
 from lowbit.quant.observers import CalibrationError
 from lowbit.formats import NumberFormat
 from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config, module_matches
-from lowbit.simulate.layers import (
-    CHUNKED_ACCUMULATION,
-    INAPPLICABLE_ROLES,
-    QuantLayerMixin,
-    RoleQuantizer,
+from lowbit.quant.granularity import Granularity
+from lowbit.simulate.layers import QuantLayerMixin, RoleQuantizer
+from lowbit.simulate.registry import (
+    FAST_PATH_LAYERS,
+    NESTED_TENSOR_LAYERS,
+    LayerEntry,
+    entries,
+    entry_for,
     quant_class_for,
 )
 
@@ -40,16 +43,24 @@ _ON_UNSUPPORTED = ("warn", "ignore", "raise")
 
 @dataclasses.dataclass
 class QuantizationReport:
-    """What `quantize_` did: layer names quantized, excluded, and left alone as unsupported."""
+    """What `quantize_` did: layer names quantized, excluded, and left alone as unsupported.
+
+    ``escaped``: ``{layer name: roles}`` configured for a quantized layer that cannot run there
+    (its parent reads its weights and never calls its forward, e.g. ``out_proj`` of a
+    MultiheadAttention: input / output / grad); those roles are dropped and warned about.
+    """
 
     quantized: "dict[str, LayerConfig]" = dataclasses.field(default_factory=dict)
     excluded: "list[str]" = dataclasses.field(default_factory=list)
     unsupported: "dict[str, str]" = dataclasses.field(default_factory=dict)  # name -> class name
+    escaped: "dict[str, tuple[str, ...]]" = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
+        escaped = f", roles escaped in {len(self.escaped)}" if self.escaped else ""
         lines = [f"quantized {len(self.quantized)} layer(s), excluded {len(self.excluded)}, "
-                 f"unsupported {len(self.unsupported)}"]
+                 f"unsupported {len(self.unsupported)}{escaped}"]
         lines += [f"  unsupported: {n} ({c})" for n, c in self.unsupported.items()]
+        lines += [f"  escaped: {n} ({', '.join(r)}: not applied)" for n, r in self.escaped.items()]
         return "\n".join(lines)
 
 
@@ -72,7 +83,7 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
     """Simulate ``config``'s formats in ``model``'s supported layers, in place; returns ``model``.
 
     ``config``: a `QuantConfig`, its plain-dict form (CONTRACT.md) or a spec string (weights only).
-    Supported layers: Linear, Conv1d, Conv2d, ConvTranspose2d, Embedding. Other leaf modules with
+    Supported layers: the entries of `lowbit.simulate.registry`. Other leaf modules with
     parameters are reported (``model.lowbit_report``) and, for ``on_unsupported="warn"``, named
     in a `LowbitWarning` when any holds a matrix (≥ 2-d) weight; ``"raise"`` raises instead.
     Calling it again re-configures from the float layers; `dequantize_` undoes it.
@@ -90,17 +101,21 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
                 raise CalibrationError(f"layer {name!r} role {role!r}: scaling='static' has no calibrated range; "
                                        f"run cfg = lowbit.calibrate_config(model, config, data) first, or give "
                                        f"'range': [lo, hi]")
-            param = getattr(module, role, None) if role in ("weight", "bias") else None
-            if rc is not None and rc.granularity is not None and isinstance(param, torch.Tensor):
-                try:  # a channel axis or group size that does not fit the tensor: say so now, not mid-forward
-                    rc.granularity.stat_shape(param.shape)
-                except ValueError as err:
-                    raise ValueError(f"layer {name!r} role {role!r}: {err}") from None
+            entry = entry_for(type(module))
+            for attr in [a for a, r in entry.tensors.items() if r == role] if entry is not None else ():
+                param = _float_tensor(module, attr)
+                if rc is not None and rc.granularity is not None and isinstance(param, torch.Tensor):
+                    try:  # a channel axis or group size that does not fit the tensor: say so now, not mid-forward
+                        _granularity(rc.granularity, entry, role).stat_shape(param.shape)
+                    except ValueError as err:
+                        raise ValueError(f"layer {name!r} role {role!r}: {err}") from None
     dequantize_(model)
     report = QuantizationReport(unsupported=dict(plan.unsupported), excluded=list(plan.excluded))
     for name, (module, qcls, layer) in plan.layers.items():
         _convert(module, qcls, layer, name, cfg.seed)
         report.quantized[name] = layer
+    _drop_escaped_roles(model, report)
+    _ordinary_path_where_needed(model)
     _report_unsupported(model, report, on_unsupported)
     model.lowbit_report = report  # type: ignore[assignment]
     model.lowbit_config = cfg  # type: ignore[assignment]
@@ -131,9 +146,9 @@ def resolve_layers(model: nn.Module, config: Any) -> ResolvedLayers:
                              f"module names: {', '.join(names[:30])}{' …' if len(names) > 30 else ''}")
     out = ResolvedLayers()
     for name, module in modules:
-        if not name and len(modules) > 1:
-            continue
         qcls = quant_class_for(_float_class(module))
+        if qcls is None and not name and len(modules) > 1:
+            continue  # a container root (a supported root with children, e.g. parametrized, is kept)
         if qcls is None:
             if _own_params(module) and not list(module.children()):
                 out.unsupported[name or "<model>"] = type(module).__name__
@@ -141,14 +156,72 @@ def resolve_layers(model: nn.Module, config: Any) -> ResolvedLayers:
         if any(module_matches(p, name, module) for p in cfg.exclude):
             out.excluded.append(name)
             continue
-        layer = cfg.default
-        for pattern, override in cfg.layers:
-            if module_matches(pattern, name, module):
-                layer = override
+        if entry_for(_float_class(module)).config_key is not None:  # type: ignore[union-attr]
+            layer = cfg.norm  # opt-in roles under their own key (plain roles and overrides: not)
+        else:
+            layer = cfg.default
+            for pattern, override in cfg.layers:
+                if module_matches(pattern, name, module):
+                    layer = override
         if layer.is_identity:
             continue
         out.layers[name] = (module, qcls, layer)
     return out
+
+
+def _float_tensor(module: nn.Module, attr: str) -> Any:
+    if isinstance(module, QuantLayerMixin):
+        return module.lowbit_float_tensor(attr)
+    return getattr(module, attr, None)
+
+
+def _granularity(g: "Granularity | None", entry: LayerEntry, role: str) -> "Granularity | None":
+    """A weight's ``"channel"`` granularity on axis 0 means the layer's channel axis (transformers'
+    Conv1D keeps its output channels on axis 1)."""
+    if g is not None and role == "weight" and g.kind == "channel" and g.axis == 0 and entry.channel_axis != 0:
+        return Granularity.channel(entry.channel_axis)
+    return g
+
+
+def _drop_escaped_roles(model: nn.Module, report: QuantizationReport) -> None:
+    """Roles of a child layer whose forward its parent never calls cannot run: drop, report, warn."""
+    for parent_name, parent in model.named_modules():
+        entry = entry_for(_float_class(parent))
+        for child_name, roles in (entry.escaped.items() if entry is not None else ()):
+            child = getattr(parent, child_name, None)
+            if not isinstance(child, QuantLayerMixin):
+                continue
+            gone = tuple(r for r in roles if r in child.lowbit_roles)
+            if gone:
+                for r in gone:
+                    del child.lowbit_roles[r]
+                report.escaped[f"{parent_name}.{child_name}" if parent_name else child_name] = gone
+    if report.escaped:
+        warnings.warn("quantize_ cannot apply these roles (the parent layer reads the weights and never calls "
+                      "the layer's forward): " + "; ".join(f"{n}: {', '.join(r)}" for n, r in report.escaped.items()),
+                      LowbitWarning, stacklevel=3)
+
+
+def _ordinary_path(module: nn.Module, args: Any) -> None:
+    """A no-op forward pre-hook: its presence turns off torch's fused fast path of the layer."""
+    return None
+
+
+def _ordinary_path_where_needed(model: nn.Module) -> None:
+    """A fused fast path (TransformerEncoderLayer in eval) skips the forwards of the layers inside
+    it and with them their activation roles: give such layers the ordinary path."""
+    for module in model.modules():
+        if not isinstance(module, FAST_PATH_LAYERS + NESTED_TENSOR_LAYERS):
+            continue
+        active = any(isinstance(m, QuantLayerMixin) and any(r not in ("weight", "bias") for r in m.lowbit_roles)
+                     for m in module.modules())
+        if not active:
+            continue
+        if isinstance(module, NESTED_TENSOR_LAYERS) and "_lowbit_use_nested_tensor" not in module.__dict__:
+            module._lowbit_use_nested_tensor = module.use_nested_tensor  # type: ignore[assignment]
+            module.use_nested_tensor = False  # type: ignore[assignment]
+        if isinstance(module, FAST_PATH_LAYERS) and _ordinary_path not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_ordinary_path)
 
 
 def _report_unsupported(model: nn.Module, report: QuantizationReport, on_unsupported: str) -> None:
@@ -158,7 +231,7 @@ def _report_unsupported(model: nn.Module, report: QuantizationReport, on_unsuppo
         return
     message = ("quantize_ left these layers in full precision (unsupported type): "
                + ", ".join(f"{n} ({c})" for n, c in matrices.items())
-               + "; supported: Linear, Conv1d, Conv2d, ConvTranspose2d, Embedding")
+               + "; supported: " + ", ".join(e.name for e in entries()))
     if on_unsupported == "raise":
         raise ValueError(message)
     warnings.warn(message, LowbitWarning, stacklevel=3)
@@ -166,22 +239,34 @@ def _report_unsupported(model: nn.Module, report: QuantizationReport, on_unsuppo
 
 def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed: "int | None") -> None:
     float_cls = type(module)
-    # roles that do not apply (an Embedding's input is indices) are skipped, not errors: the
-    # model-wide default usually names an input format for every layer
-    skipped = next((r for b, r in INAPPLICABLE_ROLES.items() if issubclass(float_cls, b)), ())
-    if layer.accumulate is not None and layer.accumulate_every is not None and not isinstance(module, CHUNKED_ACCUMULATION):
+    entry = entry_for(float_cls)
+    assert entry is not None
+    if layer.accumulate is not None and layer.accumulate_every is not None and not entry.chunked:
         raise ValueError(f"layer {name!r} ({float_cls.__name__}): accumulate_every is supported for "
-                         f"Linear, Conv1d and Conv2d")
+                         + ", ".join(e.name for e in entries() if e.chunked))
     roles: dict[str, RoleQuantizer] = {}
+    tensor_roles: dict[str, RoleQuantizer] = {}
     for role in ROLES:
         rc: "RoleConfig | None" = getattr(layer, role)
-        if rc is None or role in skipped:
+        # roles that do not apply (an Embedding's input is indices) are skipped, not errors: the
+        # model-wide default usually names an input format for every layer
+        if rc is None or role not in entry.roles:
             continue
-        roles[role] = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history,
-                                    _role_seed(seed, name, role), rc.granularity, rc.range)
+
+        def make(key: str, rc: RoleConfig = rc, role: str = role) -> RoleQuantizer:
+            return RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history,
+                                 _role_seed(seed, name, key), _granularity(rc.granularity, entry, role), rc.range)
+
+        # one quantizer per tensor (a scale tracker or generator of its own); the role's name is
+        # the one its first tensor attribute (weight, bias) uses
+        attrs = [a for a, r in entry.tensors.items() if r == role]
+        for attr in attrs:
+            tensor_roles[attr] = make(role if attr == role or attr == attrs[0] else f"{role}/{attr}")
+        roles[role] = tensor_roles[attrs[0]] if attrs else make(role)
+    module.lowbit_float_class = float_cls  # type: ignore[attr-defined]
     module.__class__ = qcls
-    module.lowbit_float_class = float_cls  # type: ignore[assignment]
     module.lowbit_roles = roles  # type: ignore[assignment]
+    module.lowbit_tensor_roles = tensor_roles  # type: ignore[assignment]
     module.lowbit_layer_config = layer  # type: ignore[assignment]
     module._lowbit_weight_cache = None  # type: ignore[assignment]
     acc = None
@@ -196,7 +281,8 @@ def _reduction_length(module: nn.Module) -> int:
     return int(w[0].numel()) if w.dim() > 1 else 1
 
 
-_ATTRS = ("lowbit_float_class", "lowbit_roles", "lowbit_layer_config", "_lowbit_weight_cache", "lowbit_accumulate")
+_ATTRS = ("lowbit_float_class", "lowbit_roles", "lowbit_tensor_roles", "lowbit_layer_config", "_lowbit_weight_cache",
+          "lowbit_accumulate")
 
 
 def dequantize_(model: nn.Module) -> nn.Module:
@@ -208,6 +294,10 @@ def dequantize_(model: nn.Module) -> nn.Module:
             module.__class__ = module.lowbit_float_class
             for attr in _ATTRS:
                 module.__dict__.pop(attr, None)
+        for key in [k for k, h in module._forward_pre_hooks.items() if h is _ordinary_path]:
+            del module._forward_pre_hooks[key]
+        if "_lowbit_use_nested_tensor" in module.__dict__:
+            module.use_nested_tensor = module.__dict__.pop("_lowbit_use_nested_tensor")
     for attr in ("lowbit_report", "lowbit_config"):
         model.__dict__.pop(attr, None)
     return model
@@ -224,12 +314,11 @@ def tensor_formats(model: nn.Module) -> "dict[str, NumberFormat | None]":
         if not isinstance(module, QuantLayerMixin):
             continue
         prefix = f"{name}." if name else ""
-        for role in ("weight", "bias"):
-            q = module.lowbit_roles.get(role)
-            if q is None or getattr(module, role, None) is None:
+        for attr, q in _tensor_roles(module).items():
+            t = module.lowbit_float_tensor(attr)
+            if t is None:
                 continue
-            out[prefix + role] = q.current_format(getattr(module, role) if q.tracker is not None
-                                                  and q.tracker.calls == 0 else None)
+            out[prefix + attr] = q.current_format(t if q.tracker is not None and q.tracker.calls == 0 else None)
     return out
 
 
@@ -245,17 +334,26 @@ def tensor_scales(model: nn.Module) -> "dict[str, torch.Tensor]":
         if not isinstance(module, QuantLayerMixin):
             continue
         prefix = f"{name}." if name else ""
-        for role in ("weight", "bias"):
-            q, t = module.lowbit_roles.get(role), getattr(module, role, None)
-            if q is None or t is None or not q.absmax:
+        for attr, q in _tensor_roles(module).items():
+            t = module.lowbit_float_tensor(attr)
+            if t is None or not q.absmax:
                 continue
             scale = q.scale(t)
             gran = q.granularity
             if gran is not None and gran.kind == "group":
                 axis = gran.axis % t.dim()
                 scale = scale.repeat_interleave(gran.group_size, dim=axis)
-            out[prefix + role] = torch.where(scale == 0, torch.ones_like(scale), scale)
+            out[prefix + attr] = torch.where(scale == 0, torch.ones_like(scale), scale)
     return out
+
+
+def _tensor_roles(module: QuantLayerMixin) -> "dict[str, RoleQuantizer]":
+    """``{tensor attribute: quantizer}`` (from the roles alone for layers quantized before
+    ``lowbit_tensor_roles`` existed, e.g. restored by `unpack_`)."""
+    roles = module.__dict__.get("lowbit_tensor_roles")
+    if roles is None:
+        roles = {r: q for r, q in module.lowbit_roles.items() if r in ("weight", "bias")}
+    return roles
 
 
 def quantization_report(model: nn.Module) -> QuantizationReport:

@@ -1,7 +1,8 @@
 """Per-layer sensitivity to weight formats: quantize one layer at a time and measure the effect.
 
-`sensitivity_scan` walks the model's quantizable layers (Linear, Conv1d/2d, ConvTranspose2d,
-Embedding — the layers `lowbit.quantize_` simulates) and, for every candidate weight format,
+`sensitivity_scan` walks the model's quantizable layers (the layer types of
+`lowbit.simulate.registry` that have a ``weight`` — the layers `lowbit.quantize_` simulates) and,
+for every candidate weight format,
 simulates *only that layer's weight* in the format (``quantize_`` with a config naming just that
 layer), evaluates the model, and undoes it (``dequantize_``). Weight-only simulation never writes
 the weights, so the model comes back exactly: same classes, same state dict, bit for bit.
@@ -48,7 +49,8 @@ from torch import nn
 from lowbit.formats import BlockFormat, NumberFormat, ScaledBlockFormat
 from lowbit.quant.config import RoleConfig, module_matches
 from lowbit.quant.quantize import dequantize_, quantize_, tensor_formats
-from lowbit.simulate.layers import QuantLayerMixin, quant_class_for
+from lowbit.simulate.layers import QuantLayerMixin
+from lowbit.simulate.registry import entry_for, layer_types
 
 __all__ = [
     "METRICS",
@@ -95,10 +97,9 @@ def quantizable_layers(model: nn.Module) -> "dict[str, nn.Module]":
     modules = list(model.named_modules())
     out: dict[str, nn.Module] = {}
     for name, module in modules:
-        if not name and len(modules) > 1:  # quantize_ treats the root as a layer only when it is alone
-            continue
-        if quant_class_for(getattr(module, "lowbit_float_class", type(module))) is None:
-            continue
+        entry = entry_for(getattr(module, "lowbit_float_class", type(module)))
+        if entry is None or entry.config_key is not None:
+            continue  # (a container root is not a layer; a supported root is, as for quantize_)
         if isinstance(getattr(module, "weight", None), torch.Tensor):
             out[name] = module
     return out
@@ -618,7 +619,8 @@ def sensitivity_scan(model: nn.Module, candidates: Any, metric: Any, *, layers: 
     _check_float_model(model)
     all_layers = quantizable_layers(model)
     if not all_layers:
-        raise ValueError("model has no quantizable layer (Linear, Conv1d, Conv2d, ConvTranspose2d, Embedding)")
+        raise ValueError("model has no quantizable layer (" + ", ".join(t.__name__ for t in layer_types(attribute="weight"))
+                         + ")")
     if layers is None:
         selected = dict(all_layers)
     else:

@@ -1,4 +1,4 @@
-"""Simulated low-precision layers: Linear, Conv1d/2d, ConvTranspose2d and Embedding.
+"""Simulated low-precision layers (the classes; which float layer maps to which: `lowbit.simulate.registry`).
 
 `quantize_` turns a layer into its simulated twin by switching the module's class to a subclass
 (``QuantLinear`` for ``nn.Linear`` …): parameters, buffers, hooks and state-dict names stay the
@@ -15,6 +15,7 @@ Weight-only simulation is exactly ``op(x, fmt.quantize(weight), bias)``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -25,7 +26,7 @@ from lowbit.formats import LearnedFormat, NumberFormat
 from lowbit.simulate.fake_quant import fake_quantize
 from lowbit.simulate.scaling import ScaleTracker
 
-__all__ = ["RoleQuantizer", "StaticRange", "QuantLayerMixin", "QUANT_CLASSES", "SUPPORTED_LAYERS", "quant_class_for"]
+__all__ = ["RoleQuantizer", "StaticRange", "QuantLayerMixin", "QuantMultiheadAttention", "generic_forward"]
 
 
 class RoleQuantizer:
@@ -74,7 +75,7 @@ class RoleQuantizer:
         """The per-granule float scale for ``x`` under ``scaling='absmax'`` (None otherwise)."""
         if not self.absmax:
             return None
-        from lowbit.quant.granularity import granule_amax
+        from lowbit.formats.granularity import granule_amax
 
         return granule_amax(x.detach(), self.granularity).to(torch.float64 if x.dtype == torch.float64
                                                             else torch.float32) / self.format.max
@@ -90,7 +91,7 @@ class RoleQuantizer:
             y = _STE.apply(x, lambda t: static.quantize(t, self.rounding, self.generator))
             return y if backward is None else _gradient_only(y, backward)
         if self.absmax:
-            from lowbit.quant.granularity import quantize_with_scale
+            from lowbit.formats.granularity import quantize_with_scale
 
             s = self.scale(x)
             y = _STE.apply(x, lambda t: quantize_with_scale(t, self.format, s, None, self.granularity,
@@ -129,7 +130,7 @@ class StaticRange:
 
     def __init__(self, fmt: NumberFormat, lo: float, hi: float) -> None:
         from lowbit.formats import IntegerFormat
-        from lowbit.quant.affine import affine_qparams, qrange
+        from lowbit.formats.affine import affine_qparams, qrange
 
         self.format, self.lo, self.hi = fmt, float(lo), float(hi)
         self.affine = isinstance(fmt, IntegerFormat) and not fmt.signed
@@ -139,7 +140,7 @@ class StaticRange:
             self.scale, self.zero_point = float(s), int(z)
             self.qmin, self.qmax = qrange(fmt.word_bits, signed=False)
         else:
-            from lowbit.quant.granularity import format_low
+            from lowbit.formats.granularity import format_low
 
             signed = format_low(fmt) < 0
             amax = max(-min(self.lo, 0.0), max(self.hi, 0.0)) if signed else max(self.hi, 0.0)
@@ -147,7 +148,7 @@ class StaticRange:
         self._scales: "dict[tuple[torch.dtype, torch.device], torch.Tensor]" = {}
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        from lowbit.quant.granularity import compute_dtype
+        from lowbit.formats.granularity import compute_dtype
 
         key = (x.dtype, x.device)
         if key not in self._scales:
@@ -161,8 +162,8 @@ class StaticRange:
         Symmetric rule: s · fmt.quantize(clamp(x / s, fmt's lowest, fmt.max)) — the clamp makes
         formats without saturation (``e4m3fn``: overflow → NaN) clip like integers do.
         """
-        from lowbit.quant.affine import fake_quantize_affine
-        from lowbit.quant.granularity import quantize_clipped
+        from lowbit.formats.affine import fake_quantize_affine
+        from lowbit.formats.granularity import quantize_clipped
 
         if self.affine:
             return fake_quantize_affine(x, self._scale(x), self.zero_point, self.qmin, self.qmax, rounding, generator)
@@ -186,35 +187,141 @@ def _gradient_only(x: torch.Tensor, grad: RoleQuantizer) -> torch.Tensor:
                          backward_rounding=grad.rounding, backward_generator=grad.generator)
 
 
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same bit patterns (``-0.0`` and ``0.0`` differ, equal NaNs agree)."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    as_int = _INT_VIEW.get(a.element_size())
+    if as_int is None or a.is_meta or not a.dtype.is_floating_point:
+        return False
+    return torch.equal(a.view(as_int), b.view(as_int))
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t._version``; -1 for an inference tensor (which has no version counter)."""
+    return -1 if t.is_inference() else t._version
+
+
+def _float_descriptor(cls: type, name: str) -> Any:
+    """The float class's own descriptor for ``name`` (a parametrization's property), or None."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            desc = vars(klass)[name]
+            return desc if hasattr(desc, "__get__") else None
+    return None
+
+
+def _tensor_property(name: str) -> property:
+    """``module.<name>`` of a simulated layer: the quantized value of the float tensor ``name``.
+
+    The Parameter itself stays in ``_parameters`` (state dict, optimizers, ``.to()``, hooks see
+    it); every reader of the attribute (the layer's forward, ``F.multi_head_attention_forward``,
+    torch's transformer fast path, user code) gets the quantized tensor, straight-through.
+    """
+
+    def get(self: "QuantLayerMixin") -> Any:
+        return self._lowbit_read(name)
+
+    def set_(self: "QuantLayerMixin", value: Any) -> None:  # what nn.Module.__setattr__ passes on
+        desc = _float_descriptor(self.lowbit_float_class, name)
+        if desc is not None and hasattr(desc, "__set__"):
+            desc.__set__(self, value)
+        else:
+            self.__dict__[name] = value
+
+    def delete(self: "QuantLayerMixin") -> None:
+        desc = _float_descriptor(self.lowbit_float_class, name)
+        if desc is not None and hasattr(desc, "__delete__"):
+            desc.__delete__(self)
+        else:
+            del self.__dict__[name]
+
+    return property(get, set_, delete, doc=f"The quantized ``{name}`` (the float Parameter: ``lowbit_float_tensor``).")
+
+
+def _rebuild_quantized(float_cls: type, state: "dict[str, Any]") -> nn.Module:
+    """Unpickle a simulated layer: the float class (importable by name) plus lowbit's state."""
+    from lowbit.simulate.registry import quant_class_for
+
+    module = float_cls.__new__(float_cls)
+    module.__setstate__(state)
+    qcls = quant_class_for(float_cls)
+    if qcls is None:
+        raise TypeError(f"cannot unpickle a simulated {float_cls.__name__}: not a supported layer type")
+    module.__class__ = qcls
+    module._lowbit_weight_cache = None  # type: ignore[attr-defined]
+    return module
+
+
 class QuantLayerMixin:
-    """The simulated forward shared by every supported layer (see the module docstring)."""
+    """The simulated forward shared by every supported layer (see the module docstring).
+
+    Each quantized tensor attribute (``weight``, ``bias``, ``in_proj_weight`` …) is a property
+    that returns the quantized value (see `_tensor_property`); ``lowbit_float_tensor(name)``
+    returns the float Parameter.
+    """
 
     lowbit_roles: "dict[str, RoleQuantizer]"
+    #: tensor attribute name -> the quantizer of its role (weight or bias)
+    lowbit_tensor_roles: "dict[str, RoleQuantizer]"
     lowbit_accumulate: "tuple[NumberFormat, int] | None"
     lowbit_float_class: type
-    _lowbit_weight_cache: "tuple[Any, torch.Tensor] | None"
+    _lowbit_weight_cache: "dict[str, tuple[torch.Tensor, torch.Tensor, int]] | None"
 
     # -- role helpers ---------------------------------------------------------------------
     def _lowbit_q(self, role: str, t: "torch.Tensor | None") -> "torch.Tensor | None":
         q = self.lowbit_roles.get(role)
         return t if (q is None or t is None) else q(t)
 
-    def _lowbit_weight(self) -> torch.Tensor:
-        w = self.weight  # type: ignore[attr-defined]
-        q = self.lowbit_roles.get("weight")
-        if q is None:
-            return w
-        if torch.is_grad_enabled() and w.requires_grad:
-            self._lowbit_weight_cache = None
-            return q(w)
-        # inference: reuse the quantized weight while the weight is unchanged (and not stochastic)
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        cache = self._lowbit_weight_cache
-        if cache is not None and cache[0] == key and q.rounding != "stochastic" and q.tracker is None:
-            return cache[1]
-        qw = q(w)
-        self._lowbit_weight_cache = (key, qw)
+    def lowbit_float_tensor(self, name: str) -> Any:
+        """The float (unquantized) tensor behind the attribute ``name``: a Parameter, a plain
+        tensor attribute, or a parametrization's value."""
+        d = self.__dict__
+        params = d["_parameters"]
+        if name in params:
+            return params[name]
+        if name in d:
+            return d[name]
+        desc = _float_descriptor(d.get("lowbit_float_class", type(self)), name)
+        if desc is not None:
+            return desc.__get__(self, type(self))
+        return nn.Module.__getattr__(self, name)  # type: ignore[arg-type]
+
+    def _lowbit_read(self, name: str) -> Any:
+        raw = self.lowbit_float_tensor(name)
+        roles = self.__dict__.get("lowbit_tensor_roles")
+        if roles is None:  # set by quantize_; a layer restored without it quantizes its weight / bias roles
+            roles = {r: q for r, q in self.__dict__.get("lowbit_roles", {}).items() if r in ("weight", "bias")}
+        q = roles.get(name)
+        if q is None or raw is None:
+            return raw
+        if q.rounding == "stochastic" or q.tracker is not None or (torch.is_grad_enabled() and raw.requires_grad):
+            return q(raw)
+        # inference: reuse the quantized tensor while the float one holds the same bits. The check
+        # compares bit patterns with a stored copy: writes through .data, numpy views or under
+        # inference_mode change no version counter, so only the values themselves are a safe key
+        cache = self.__dict__.get("_lowbit_weight_cache")
+        hit = None if cache is None else cache.get(name)
+        if hit is not None and _version(hit[1]) == hit[2] and _same_bits(raw, hit[0]):
+            return hit[1]  # (an in-place write into the returned tensor bumps its version: not reused)
+        outside = torch.is_inference_mode_enabled() and not raw.is_inference()
+        with torch.inference_mode(False) if outside else contextlib.nullcontext(), torch.no_grad():
+            # a cache filled under inference_mode must still serve forwards that autograd records
+            ref = raw.detach().clone()
+            qw = q(raw.detach())
+        if cache is None:
+            cache = self.__dict__["_lowbit_weight_cache"] = {}
+        cache[name] = (ref, qw, _version(qw))
         return qw
+
+    def _lowbit_weight(self) -> torch.Tensor:
+        return self.weight  # type: ignore[attr-defined,no-any-return]
+
+    def _lowbit_bias(self) -> "torch.Tensor | None":
+        return self.bias  # type: ignore[attr-defined,no-any-return]
 
     def _lowbit_finish(self, y: torch.Tensor) -> torch.Tensor:
         out, grad = self.lowbit_roles.get("output"), self.lowbit_roles.get("grad")
@@ -230,6 +337,25 @@ class QuantLayerMixin:
         acc = "" if self.lowbit_accumulate is None else f", accumulate={self.lowbit_accumulate[0]}/{self.lowbit_accumulate[1]}"
         return f"{base}, {roles}{acc}" if roles or acc else base
 
+    # -- pickling, deepcopy, TorchScript ----------------------------------------------------------
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # pickled as the float class (importable by name, unlike a generated QuantMyLinear) plus
+        # lowbit's state; unpickling switches the class again. The weight cache is not kept.
+        state = {k: v for k, v in self.__dict__.items() if k != "_lowbit_weight_cache"}
+        return (_rebuild_quantized, (self.lowbit_float_class, state))
+
+    def __prepare_scriptable__(self) -> Any:
+        raise TypeError(f"torch.jit.script is unsupported for lowbit's simulated layers ({type(self).__name__}: "
+                        f"its quantization runs outside TorchScript); script the float model "
+                        f"(lowbit.dequantize_(model)) instead")
+
+
+def generic_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """The float layer's own forward between the input and output roles (its weights are
+    quantized where they are read)."""
+    x = self._lowbit_q("input", x)
+    return self._lowbit_finish(self.lowbit_float_class.forward(self, x, *args, **kwargs))
+
 
 def _accumulate_chunks(products: "list[Callable[[], torch.Tensor]]", fmt: NumberFormat) -> torch.Tensor:
     """Running sum of partial products, rounded to ``fmt`` after every addition (straight-through)."""
@@ -244,7 +370,7 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
-        w, b = self._lowbit_weight(), self._lowbit_q("bias", self.bias)
+        w, b = self._lowbit_weight(), self._lowbit_bias()
         if self.lowbit_accumulate is None:
             y = F.linear(x, w, b)
         else:
@@ -261,7 +387,7 @@ class _QuantConvNd(QuantLayerMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
-        w, b = self._lowbit_weight(), self._lowbit_q("bias", self.bias)  # type: ignore[attr-defined]
+        w, b = self._lowbit_weight(), self._lowbit_bias()  # type: ignore[attr-defined]
         if self.lowbit_accumulate is None:
             y = self._conv_forward(x, w, b)  # type: ignore[attr-defined]
         else:
@@ -296,7 +422,7 @@ class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor, output_size: "list[int] | None" = None) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
-        w, b = self._lowbit_weight(), self._lowbit_q("bias", self.bias)
+        w, b = self._lowbit_weight(), self._lowbit_bias()
         num_spatial_dims = 2
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, num_spatial_dims, self.dilation)
@@ -313,39 +439,63 @@ class QuantEmbedding(QuantLayerMixin, nn.Embedding):
         return self._lowbit_finish(y)
 
 
-#: float layer class -> its simulated class
-QUANT_CLASSES: "dict[type, type]" = {
-    nn.Linear: QuantLinear,
-    nn.Conv1d: QuantConv1d,
-    nn.Conv2d: QuantConv2d,
-    nn.ConvTranspose2d: QuantConvTranspose2d,
-    nn.Embedding: QuantEmbedding,
-}
-SUPPORTED_LAYERS = tuple(QUANT_CLASSES)
-#: roles that do not apply to a layer type
-INAPPLICABLE_ROLES: "dict[type, tuple[str, ...]]" = {nn.Embedding: ("input", "bias")}
-#: layer types that can round partial sums (accumulate_every)
-CHUNKED_ACCUMULATION = (nn.Linear, nn.Conv1d, nn.Conv2d)
+class QuantConv3d(QuantLayerMixin, nn.Conv3d):
+    """Simulated ``nn.Conv3d`` (FP32 accumulation only)."""
+
+    forward = generic_forward
 
 
-def quant_class_for(cls: type) -> "type | None":
-    """The simulated class for layer class ``cls``, or None if unsupported.
+class QuantConvTranspose1d(QuantLayerMixin, nn.ConvTranspose1d):
+    """Simulated ``nn.ConvTranspose1d`` (FP32 accumulation only)."""
 
-    Subclasses of a supported layer that keep its ``forward`` are supported too (a simulated
-    subclass of the user's class is made once and cached); ones that override it are not.
+    forward = generic_forward
+
+
+class QuantConvTranspose3d(QuantLayerMixin, nn.ConvTranspose3d):
+    """Simulated ``nn.ConvTranspose3d`` (FP32 accumulation only)."""
+
+    forward = generic_forward
+
+
+class QuantLayerNorm(QuantLayerMixin, nn.LayerNorm):
+    """Simulated ``nn.LayerNorm`` (roles from the config's opt-in ``"norm"`` key)."""
+
+    forward = generic_forward
+
+
+class QuantRMSNorm(QuantLayerMixin, nn.RMSNorm):
+    """Simulated ``nn.RMSNorm`` (roles from the config's opt-in ``"norm"`` key)."""
+
+    forward = generic_forward
+
+
+class QuantMultiheadAttention(QuantLayerMixin, nn.MultiheadAttention):
+    """Simulated ``nn.MultiheadAttention``.
+
+    Weight role: ``in_proj_weight`` (or ``q_proj_weight`` / ``k_proj_weight`` / ``v_proj_weight``
+    when kdim / vdim differ); bias role: ``in_proj_bias``, ``bias_k``, ``bias_v``. ``out_proj`` is
+    a Linear of its own (quantized as one); MultiheadAttention reads its weight and bias, so its
+    input / output / grad roles never run (`quantize_` reports them as escaped). Input role:
+    query, key and value (the same tensor once when they are one); output role: the attention
+    output (not the returned weights).
     """
-    if cls in QUANT_CLASSES:
-        return QUANT_CLASSES[cls]
-    for base, qcls in QUANT_CLASSES.items():
-        if issubclass(cls, base) and cls.forward is base.forward and not issubclass(cls, QuantLayerMixin):
-            return _derived(cls, qcls)
-    return None
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,  # noqa: D102
+                *args: Any, **kwargs: Any) -> "tuple[torch.Tensor, torch.Tensor | None]":
+        q = self.lowbit_roles.get("input")
+        if q is not None:  # keep `query is key is value` (MHA's packed projection and fast path test it)
+            qq = q(query)
+            qk = qq if key is query else q(key)
+            value = qq if value is query else (qk if value is key else q(value))
+            query, key = qq, qk
+        out, weights = nn.MultiheadAttention.forward(self, query, key, value, *args, **kwargs)
+        return self._lowbit_finish(out), weights
 
 
-_DERIVED: "dict[type, type]" = {}
+def __getattr__(name: str) -> Any:
+    # the layer tables live in lowbit.simulate.registry; these names stay importable from here
+    if name in ("QUANT_CLASSES", "SUPPORTED_LAYERS", "INAPPLICABLE_ROLES", "CHUNKED_ACCUMULATION", "quant_class_for"):
+        from lowbit.simulate import registry
 
-
-def _derived(cls: type, qcls: type) -> type:
-    if cls not in _DERIVED:
-        _DERIVED[cls] = type(f"Quant{cls.__name__}", (qcls, cls), {"__module__": __name__})
-    return _DERIVED[cls]
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

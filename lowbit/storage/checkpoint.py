@@ -203,10 +203,13 @@ def _with_role_packing(model: torch.nn.Module, state: "Mapping[str, Any]",
     for module_name, module in model.named_modules():
         if not isinstance(module, QuantLayerMixin):
             continue
-        for role in ("weight", "bias"):
-            q, t = module.lowbit_roles.get(role), getattr(module, role, None)
-            name = f"{module_name}.{role}" if module_name else role
-            if q is None or t is None or name not in state:
+        # every quantized tensor attribute (weight, bias, MultiheadAttention's in_proj_weight …)
+        tensor_roles = module.__dict__.get("lowbit_tensor_roles")
+        if tensor_roles is None:
+            tensor_roles = {r: q for r, q in module.lowbit_roles.items() if r in ("weight", "bias")}
+        for attr, q in tensor_roles.items():
+            name = f"{module_name}.{attr}" if module_name else attr
+            if name not in state or state[name] is None:
                 continue
             packed = pack_for_role(q, state[name])
             if packed is not None:

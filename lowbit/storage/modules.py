@@ -1,6 +1,6 @@
 """Packed layers: weights held as packed n-bit codes and decoded on the fly for compute.
 
-`pack_` turns a model's Linear / Conv1d / Conv2d / ConvTranspose2d / Embedding layers (float ones,
+`pack_` turns a model's layers whose `lowbit.simulate.registry` entry has a packed class (float ones,
 or the simulated ones `lowbit.quantize_` made) into ``PackedLinear`` … ``PackedEmbedding``, in
 place: the float weight is dropped and the layer keeps only its packed codes (a `PackedTensor`:
 codes, side parameters such as MX block exponents or codebook levels, an optional scale). Every
@@ -80,8 +80,8 @@ from lowbit.simulate.layers import (
     QuantLayerMixin,
     QuantLinear,
     _QuantConvNd,
-    quant_class_for,
 )
+from lowbit.simulate.registry import entries, entry_for, register_packed
 from lowbit.storage.bitpack import unpack_bits
 from lowbit.storage.packed import PackedTensor, _value_table, multiply_by_scale, pack_for_role
 
@@ -136,6 +136,9 @@ class PackedLayerMixin(nn.Module):
     # -- the simulated forward's hooks (see lowbit.simulate.layers) ----------------------------
     _lowbit_q = QuantLayerMixin._lowbit_q
     _lowbit_finish = QuantLayerMixin._lowbit_finish
+
+    def _lowbit_bias(self) -> "torch.Tensor | None":
+        return self._lowbit_q("bias", self.bias)  # type: ignore[arg-type]
 
     def _lowbit_weight(self) -> torch.Tensor:
         # the forward's weight. Without autograd, on the CPU and without a cache, decode into this
@@ -479,14 +482,10 @@ class PackedEmbedding(PackedLayerMixin, nn.Embedding):
         return _lut_decode(picked, fmt.bits, table, x.numel() * dim).reshape(*x.shape, dim)
 
 
-#: float layer class -> its packed class
-PACKED_CLASSES: "dict[type, type]" = {
-    nn.Linear: PackedLinear,
-    nn.Conv1d: PackedConv1d,
-    nn.Conv2d: PackedConv2d,
-    nn.ConvTranspose2d: PackedConvTranspose2d,
-    nn.Embedding: PackedEmbedding,
-}
+for _packed in (PackedLinear, PackedConv1d, PackedConv2d, PackedConvTranspose2d, PackedEmbedding):
+    register_packed(_packed._float_class, _packed)
+#: float layer class -> its packed class (the ``packed`` slots of `lowbit.simulate.registry`)
+PACKED_CLASSES: "dict[type, type]" = {e.float_class: e.packed for e in entries() if e.packed is not None}
 _DERIVED: "dict[type, type]" = {}
 
 
@@ -870,9 +869,14 @@ def _float_class_of(module: nn.Module) -> type:
 
 
 def _packable(module: nn.Module) -> bool:
-    if isinstance(module, QuantLayerMixin):
-        return True
-    return not isinstance(module, PackedLayerMixin) and quant_class_for(type(module)) is not None
+    if isinstance(module, PackedLayerMixin):
+        return False
+    entry = entry_for(_float_class_of(module))
+    return entry is not None and entry.packed is not None
+
+
+def _packable_names() -> str:
+    return ", ".join(e.name for e in entries() if e.packed is not None)
 
 
 def _is_glob(pattern: str) -> bool:
@@ -902,8 +906,8 @@ def pack_(
       is re-encoded), then every entry is loaded with ``load_state_dict`` (strict; a model built
       on the meta device takes the loaded tensors as they are, so no float weight is ever made).
 
-    Supported layers: Linear, Conv1d, Conv2d, ConvTranspose2d, Embedding and their subclasses
-    that keep the base ``forward`` (as for `lowbit.quantize_`). ``cache=True`` keeps each decoded
+    Supported layers: the `lowbit.simulate.registry` entries with a packed class, and their
+    subclasses that keep the base ``forward`` (as for `lowbit.quantize_`). ``cache=True`` keeps each decoded
     weight after its first forward. ``compute_dtype`` (default: the weight's dtype) is the dtype
     weights decode to; the bias is cast to it.
     """
@@ -997,8 +1001,8 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
                 container = any(_packable(m) for m in module.modules())  # a name covers the layers inside it
                 if not _packable(module) and spec is not None and (isinstance(spec, PackedTensor) or not container):
                     raise ValueError(
-                        f"layer {pattern!r} ({type(module).__name__}) cannot be packed; supported: Linear, Conv1d, "
-                        "Conv2d, ConvTranspose2d, Embedding (and subclasses that keep their forward)"
+                        f"layer {pattern!r} ({type(module).__name__}) cannot be packed; supported: "
+                        f"{_packable_names()} (and subclasses that keep their forward)"
                     )
             elif isinstance(spec, PackedTensor):
                 raise ValueError(f"formats[{key!r}] is a PackedTensor; name one layer exactly, not a pattern")
@@ -1021,7 +1025,7 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
                 chosen, explicit = spec, True
         if chosen is None and not explicit and role is not None:
             first = role.tracker is not None and role.tracker.calls == 0  # as lowbit.tensor_formats does
-            chosen = role.current_format(module.weight if first else None)
+            chosen = role.current_format(module._parameters["weight"] if first else None)
         if chosen is None:
             continue
         if isinstance(chosen, PackedTensor):
@@ -1032,7 +1036,7 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
             packed = None
             if role is not None and chosen == role.format:
                 # float scales or per-channel fitted levels: pack exactly what the simulation computes
-                packed = pack_for_role(role, module.weight)
+                packed = pack_for_role(role, module._parameters["weight"])
             if packed is not None:
                 plan.append((name, module, packed))
             else:

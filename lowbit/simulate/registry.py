@@ -1,0 +1,226 @@
+"""The one table of supported layer types: what `quantize_`, `pack_`, calibration, QAT, the
+sensitivity scan, the storage cost model and the report know about a layer.
+
+Each `LayerEntry` names the float class, its simulated class, the roles that apply, which tensor
+attributes are quantized under which role (``weight`` / ``bias``), the axis ``"channel"``
+granularity means for its weights, and what else the tools may do with it. Adding a layer
+type is one `register` call (plus its tests). Subclasses of a registered class that keep its
+``forward`` are supported too (a simulated subclass is generated once); storage fills the
+``packed`` slot of the entries it can pack (`register_packed`).
+
+transformers' ``Conv1D`` (GPT-2 family; weight ``[in, out]``, so channel axis 1) is registered
+lazily, the first time a model holding one is looked at: transformers stays optional.
+
+>>> import torch
+>>> entry_for(torch.nn.Linear).tensors
+{'weight': 'weight', 'bias': 'bias'}
+>>> entry_for(torch.nn.Embedding).roles
+('weight', 'output', 'grad')
+>>> quant_class_for(torch.nn.GRU) is None
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Mapping
+
+from torch import nn
+
+from lowbit.simulate import layers as L
+
+__all__ = [
+    "LayerEntry",
+    "register",
+    "register_packed",
+    "entries",
+    "entry_for",
+    "quant_class_for",
+    "layer_types",
+    "is_supported",
+    "FAST_PATH_LAYERS",
+    "NESTED_TENSOR_LAYERS",
+]
+
+_ALL_ROLES = ("weight", "bias", "input", "output", "grad")
+
+
+@dataclasses.dataclass
+class LayerEntry:
+    """One supported layer type.
+
+    ``tensors``: ``{attribute: role}`` of the tensors quantized where they are read.
+    ``roles``: the roles that apply (others in a config are skipped for this layer).
+    ``channel_axis``: the axis ``"channel"`` granularity (axis 0 in a config) means for its weights.
+    ``chunked``: ``accumulate_every`` applies. ``qat``: `prepare_qat` handles it.
+    ``calibrated``: its input / output are single tensors an observer can watch.
+    ``escaped``: ``{child name: roles}`` of child layers whose forward the layer never calls (it
+    reads their weights directly), so those roles cannot run. ``packed``: the packed class.
+    ``config_key``: None for layers the config's plain roles cover; else the config key whose
+    roles alone apply (normalization layers: ``"norm"``, opt-in).
+    """
+
+    float_class: type
+    quant_class: type
+    tensors: "Mapping[str, str]"
+    roles: "tuple[str, ...]" = _ALL_ROLES
+    channel_axis: int = 0
+    chunked: bool = False
+    qat: bool = False
+    calibrated: bool = True
+    escaped: "Mapping[str, tuple[str, ...]]" = dataclasses.field(default_factory=dict)
+    packed: "type | None" = None
+    config_key: "str | None" = None
+
+    @property
+    def name(self) -> str:
+        """The float class's name (``"Linear"``)."""
+        return self.float_class.__name__
+
+
+_ENTRIES: "dict[type, LayerEntry]" = {}
+_DERIVED: "dict[type, type]" = {}
+#: (module, class name) of optional layer types registered the first time one is seen
+_LAZY = {("transformers.pytorch_utils", "Conv1D")}
+
+
+def register(entry: LayerEntry) -> LayerEntry:
+    """Add (or replace) a layer type; installs a quantizing property per tensor attribute."""
+    bad = [r for r in entry.tensors.values() if r not in ("weight", "bias")]
+    if bad:
+        raise ValueError(f"LayerEntry {entry.name}: tensor roles must be 'weight' or 'bias', got {bad}")
+    for attr in entry.tensors:
+        if not isinstance(vars(entry.quant_class).get(attr), property):
+            setattr(entry.quant_class, attr, L._tensor_property(attr))
+    _ENTRIES[entry.float_class] = entry
+    return entry
+
+
+def register_packed(float_class: type, packed_class: type) -> None:
+    """Fill the ``packed`` slot of ``float_class``'s entry (called by `lowbit.storage`)."""
+    _ENTRIES[float_class].packed = packed_class
+
+
+def _load_lazy(cls: type) -> None:
+    for klass in cls.__mro__:
+        key = (klass.__module__, klass.__name__)
+        if key in _LAZY and klass not in _ENTRIES:
+            _LAZY.discard(key)
+            if key == ("transformers.pytorch_utils", "Conv1D"):
+                _register_conv1d(klass)
+
+
+def entries() -> "tuple[LayerEntry, ...]":
+    """Every registered entry (optional ones once their library is imported)."""
+    if "transformers.pytorch_utils" in sys.modules:
+        _load_lazy(sys.modules["transformers.pytorch_utils"].Conv1D)
+    return tuple(_ENTRIES.values())
+
+
+def entry_for(cls: type) -> "LayerEntry | None":
+    """The entry of layer class ``cls`` (a float or simulated class, or a subclass of a
+    registered class that keeps its ``forward``), or None if unsupported."""
+    if issubclass(cls, L.QuantLayerMixin):  # a simulated class: look up its float class
+        cls = next(c for c in cls.__mro__ if not issubclass(c, L.QuantLayerMixin) and c is not object)
+    if cls not in _ENTRIES:
+        _load_lazy(cls)
+    if cls in _ENTRIES:
+        return _ENTRIES[cls]
+    for base, entry in _ENTRIES.items():
+        if issubclass(cls, base) and cls.forward is base.forward:
+            return entry
+    return None
+
+
+def quant_class_for(cls: type) -> "type | None":
+    """The simulated class for layer class ``cls``, or None if unsupported.
+
+    Subclasses of a supported layer that keep its ``forward`` are supported too (a simulated
+    subclass of the user's class is made once and cached); ones that override it are not.
+    """
+    if isinstance(cls, type) and issubclass(cls, L.QuantLayerMixin):
+        return None
+    entry = entry_for(cls)
+    if entry is None:
+        return None
+    if cls is entry.float_class:
+        return entry.quant_class
+    if cls not in _DERIVED:
+        _DERIVED[cls] = type(f"Quant{cls.__name__}", (entry.quant_class, cls), {"__module__": L.__name__})
+    return _DERIVED[cls]
+
+
+def is_supported(module: nn.Module) -> bool:
+    """Whether ``module`` (float or simulated) is of a supported layer type."""
+    return entry_for(getattr(module, "lowbit_float_class", type(module))) is not None
+
+
+def layer_types(*, role: "str | None" = None, chunked: "bool | None" = None, qat: "bool | None" = None,
+                calibrated: "bool | None" = None, attribute: "str | None" = None,
+                opt_in: bool = False) -> "tuple[type, ...]":
+    """The float classes of the entries that have every asked property (entries under their own
+    config key, such as normalization layers, only with ``opt_in=True``).
+
+    >>> [c.__name__ for c in layer_types(chunked=True)]
+    ['Linear', 'Conv1d', 'Conv2d']
+    """
+    out = []
+    for e in entries():
+        if e.config_key is not None and not opt_in:
+            continue
+        if ((role is None or role in e.roles) and (chunked is None or e.chunked == chunked)
+                and (qat is None or e.qat == qat) and (calibrated is None or e.calibrated == calibrated)
+                and (attribute is None or attribute in e.tensors)):
+            out.append(e.float_class)
+    return tuple(out)
+
+
+_WB = {"weight": "weight", "bias": "bias"}
+register(LayerEntry(nn.Linear, L.QuantLinear, _WB, chunked=True, qat=True))
+register(LayerEntry(nn.Conv1d, L.QuantConv1d, _WB, chunked=True, qat=True))
+register(LayerEntry(nn.Conv2d, L.QuantConv2d, _WB, chunked=True, qat=True))
+register(LayerEntry(nn.Conv3d, L.QuantConv3d, _WB, qat=True))
+register(LayerEntry(nn.ConvTranspose1d, L.QuantConvTranspose1d, _WB))
+# ConvTranspose weights are [in, out / groups, ...]: "channel" keeps meaning axis 0 (as stored)
+register(LayerEntry(nn.ConvTranspose2d, L.QuantConvTranspose2d, _WB))
+register(LayerEntry(nn.ConvTranspose3d, L.QuantConvTranspose3d, _WB))
+register(LayerEntry(nn.Embedding, L.QuantEmbedding, {"weight": "weight"}, roles=("weight", "output", "grad"),
+                    calibrated=False))
+register(LayerEntry(
+    nn.MultiheadAttention, L.QuantMultiheadAttention,
+    {"in_proj_weight": "weight", "q_proj_weight": "weight", "k_proj_weight": "weight", "v_proj_weight": "weight",
+     "in_proj_bias": "bias", "bias_k": "bias", "bias_v": "bias"},
+    calibrated=False, escaped={"out_proj": ("input", "output", "grad")},
+))
+
+register(LayerEntry(nn.LayerNorm, L.QuantLayerNorm, _WB, calibrated=False, config_key="norm"))
+register(LayerEntry(nn.RMSNorm, L.QuantRMSNorm, {"weight": "weight"}, calibrated=False, config_key="norm"))
+
+#: layers with a fused eval fast path that skips their children's forwards (activation roles
+#: inside them would not run): `quantize_` makes them take the ordinary path when needed
+FAST_PATH_LAYERS: "tuple[type, ...]" = (nn.TransformerEncoderLayer,)
+#: containers that turn their input into a nested tensor for that fast path (``use_nested_tensor``):
+#: `quantize_` turns it off while activation roles inside need the ordinary path
+NESTED_TENSOR_LAYERS: "tuple[type, ...]" = (nn.TransformerEncoder,)
+
+
+def _register_conv1d(conv1d: type) -> None:
+    qcls = type("QuantConv1D", (L.QuantLayerMixin, conv1d),
+                {"forward": L.generic_forward, "__module__": L.__name__,
+                 "__doc__": "Simulated transformers ``Conv1D`` (weight ``[in, out]``)."})
+    register(LayerEntry(conv1d, qcls, _WB, channel_axis=1))
+
+
+def __getattr__(name: str) -> Any:
+    # the tables older code imported, computed from the entries
+    if name == "QUANT_CLASSES":
+        return {e.float_class: e.quant_class for e in entries()}
+    if name == "SUPPORTED_LAYERS":
+        return tuple(e.float_class for e in entries())
+    if name == "INAPPLICABLE_ROLES":
+        return {e.float_class: tuple(r for r in _ALL_ROLES if r not in e.roles) for e in entries()
+                if len(e.roles) < len(_ALL_ROLES)}
+    if name == "CHUNKED_ACCUMULATION":
+        return layer_types(chunked=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
