@@ -45,11 +45,17 @@ class QuantizationReport:
     quantized: "dict[str, LayerConfig]" = dataclasses.field(default_factory=dict)
     excluded: "list[str]" = dataclasses.field(default_factory=list)
     unsupported: "dict[str, str]" = dataclasses.field(default_factory=dict)  # name -> class name
+    # op-level (lowbit.quant.opsim): ops that ran in full precision since quantize_, {module: {op: count}};
+    # products with a weight matrix outside simulated layers are also listed apart
+    fp32_ops: "dict[str, dict[str, int]]" = dataclasses.field(default_factory=dict)
+    escaped_weight_ops: "dict[str, dict[str, int]]" = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"quantized {len(self.quantized)} layer(s), excluded {len(self.excluded)}, "
                  f"unsupported {len(self.unsupported)}"]
         lines += [f"  unsupported: {n} ({c})" for n, c in self.unsupported.items()]
+        lines += [f"  full precision ops: {n}: " + ", ".join(f"{op}×{c}" for op, c in ops.items())
+                  for n, ops in self.fp32_ops.items()]
         return "\n".join(lines)
 
 
@@ -104,6 +110,8 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
     _report_unsupported(model, report, on_unsupported)
     model.lowbit_report = report  # type: ignore[assignment]
     model.lowbit_config = cfg  # type: ignore[assignment]
+    from lowbit.quant.opsim import install_op_simulation
+    install_op_simulation(model, cfg)
     return model
 
 
@@ -208,6 +216,8 @@ def dequantize_(model: nn.Module) -> nn.Module:
             module.__class__ = module.lowbit_float_class
             for attr in _ATTRS:
                 module.__dict__.pop(attr, None)
+    from lowbit.quant.opsim import remove_op_simulation
+    remove_op_simulation(model)
     for attr in ("lowbit_report", "lowbit_config"):
         model.__dict__.pop(attr, None)
     return model
@@ -263,5 +273,7 @@ def quantization_report(model: nn.Module) -> QuantizationReport:
     report = getattr(model, "lowbit_report", None)
     if report is None:
         raise ValueError("model has not been quantized with lowbit.quantize_")
+    from lowbit.quant.opsim import warn_escaped_ops
+    warn_escaped_ops(report)
     return report
 
