@@ -232,7 +232,7 @@ _SCALE_STEPS = {T.__mul__, T.__rmul__, T.mul, torch.mul, T.__truediv__, T.div, t
 _MASK_STEPS = {T.__add__, T.__radd__, T.add, torch.add, T.__iadd__, T.add_, T.__sub__, T.sub, torch.sub,
                torch.where, T.masked_fill, T.masked_fill_, T.where}
 _NEUTRAL_STEPS = {T.to, T.type, T.float, T.contiguous, T.clone, T.type_as}
-_DROPOUT = {F.dropout, torch.dropout, T.dropout if hasattr(T, "dropout") else None}
+_DROPOUT = {F.dropout, torch.dropout}
 
 
 def _is_weight(t: Any) -> bool:
@@ -312,6 +312,14 @@ class _Frame:
         return hit[1]
 
 
+def _owner(stack: "list[_Frame]", t: Any) -> "_Frame | None":
+    """The innermost frame on the stack that tagged tensor ``t`` (None: not a tracked tensor)."""
+    for frame in reversed(stack):
+        if frame.tags and frame.chain_of(t) is not None:
+            return frame
+    return None
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, sim: "OpSimulation", local: Any) -> None:
         super().__init__()
@@ -323,7 +331,7 @@ class _Mode(TorchFunctionMode):
         stack = self.local.stack
         if not stack:
             return func(*args, **kwargs)
-        return self.sim._dispatch(stack[-1], func, args, kwargs)
+        return self.sim._dispatch(stack, func, args, kwargs)
 
 
 _SITE = "_lowbit_op_site"  # module attribute: (OpSimulation, module name); deep copies carry it along
@@ -475,13 +483,15 @@ class OpSimulation:
             self._count(self.escaped, frame.name, op)
 
     # -------------------------------------------------------------- dispatch
-    def _dispatch(self, frame: _Frame, func: Any, args: "tuple[Any, ...]", kwargs: "dict[str, Any]") -> Any:
+    def _dispatch(self, stack: "list[_Frame]", func: Any, args: "tuple[Any, ...]", kwargs: "dict[str, Any]") -> Any:
+        frame = stack[-1]
         if func in _PRODUCTS:
-            return self._product(frame, func, args, kwargs)
-        if frame.tags:
-            hit = next((i for i, a in enumerate(args) if frame.chain_of(a) is not None), None)
-            if hit is not None:
-                return self._chain_step(frame, func, args, kwargs, hit)
+            return self._product(stack, func, args, kwargs)
+        if any(f.tags for f in stack):  # a step of a possible attention (also in a child: nn.Dropout, nn.Softmax)
+            for i, a in enumerate(args):
+                owner = _owner(stack, a)
+                if owner is not None:
+                    return self._chain_step(owner, frame, func, args, kwargs, i)
         if func is _SDPA:
             return self._sdpa(frame, args, kwargs)
         if func in _LAYER_OPS:
@@ -500,7 +510,8 @@ class OpSimulation:
             self._count(self.fp32_ops, frame.name, _COUNTED[func])
         return func(*args, **kwargs)
 
-    def _product(self, frame: _Frame, func: Any, args: "tuple[Any, ...]", kwargs: "dict[str, Any]") -> Any:
+    def _product(self, stack: "list[_Frame]", func: Any, args: "tuple[Any, ...]", kwargs: "dict[str, Any]") -> Any:
+        frame = stack[-1]
         name = _PRODUCTS[func]
         ops = _operands(func, args, kwargs)
         if ops is None or not all(isinstance(t, torch.Tensor) for t in ops):
@@ -512,12 +523,12 @@ class OpSimulation:
             return func(*args, **kwargs)
         plan = frame.plan
         attention = plan.attention if plan is not None else None
-        if attention is not None and func in _ATTN_PRODUCTS:
-            probs = frame.chain_of(a)
-            if probs is not None and probs.probs:  # P · V of a recognised attention
-                probs.resolved = True
-                y = func(a, _r(attention.get("v"), b))
-                return _finish(y, attention.get("output"), plan.grad)
+        owner = _owner(stack, a) if func in _ATTN_PRODUCTS else None
+        probs = owner.chain_of(a) if owner is not None else None
+        if owner is not None and owner.plan is not None and owner.plan.attention is not None and probs.probs:
+            probs.resolved = True  # P · V of a recognised attention
+            y = func(a, _r(owner.plan.attention.get("v"), b))
+            return _finish(y, owner.plan.attention.get("output"), owner.plan.grad)
         matmul = plan.matmul if plan is not None else None
         if matmul is not None:
             y = _call_product(func, args, kwargs, _r(matmul.get("a"), a), _r(matmul.get("b"), b))
@@ -532,8 +543,9 @@ class OpSimulation:
             self._count(self.fp32_ops, frame.name, name)
         return y
 
-    def _chain_step(self, frame: _Frame, func: Any, args: "tuple[Any, ...]", kwargs: "dict[str, Any]",
-                    pos: int) -> Any:
+    def _chain_step(self, frame: _Frame, current: _Frame, func: Any, args: "tuple[Any, ...]",
+                    kwargs: "dict[str, Any]", pos: int) -> Any:
+        """An op on a tracked tensor of ``frame`` (the module that made the product), run in ``current``."""
         chain = frame.chain_of(args[pos])
         assert chain is not None
         y = None
@@ -555,7 +567,7 @@ class OpSimulation:
             frame.chains.append(nxt)
             chain.resolved = True  # its count moves to the extended chain
             return y
-        return self._dispatch_untagged(frame, func, args, kwargs)
+        return self._dispatch_untagged(current, func, args, kwargs)
 
     def _dispatch_untagged(self, frame: _Frame, func: Any, args: "tuple[Any, ...]", kwargs: "dict[str, Any]") -> Any:
         if func in _COUNTED:

@@ -41,3 +41,4 @@ def test_eager_and_sdpa_gpt2_agree_with_every_attention_role():
     torch.testing.assert_close(outs["sdpa"][:, 2:], outs["eager"][:, 2:], rtol=0, atol=2e-5)
     torch.testing.assert_close(outs["sdpa"][0], outs["eager"][0], rtol=0, atol=2e-5)
     assert (outs["eager"][0] - fp32["eager"][0]).abs().max() > 1e-3
+

@@ -195,6 +195,23 @@ class TestAttentionInModels:
         assert torch.equal(model.inner(a, b), torch.matmul(a, b).relu())
         assert lb.quantization_report(model.inner).fp32_ops == {"<model>": {"matmul": 1}}
 
+    def test_softmax_and_dropout_in_child_modules_continue_the_pattern(self):
+        class ChildSteps(nn.Module):  # GPT-2 style: nn.Dropout (and here nn.Softmax) submodules
+            def __init__(self):
+                super().__init__()
+                self.soft, self.drop = nn.Softmax(dim=-1), nn.Dropout(0.3)
+
+            def forward(self, q, k, v):
+                return self.drop(self.soft(q @ k.transpose(-1, -2) * 8 ** -0.5)) @ v
+
+        q, k, v = _qkv()
+        model = lb.quantize_(ChildSteps().train(), {"attention": {"probs": "e4m3fn", "v": "e4m3fn",
+                                                                  "output": "posit8_es2"}})
+        torch.manual_seed(7)
+        got = model(q, k, v)
+        _close(got, ref_attention(q, k, v, fp="e4m3fn", fv="e4m3fn", fo="posit8_es2", dropout=0.3, seed=7))
+        assert lb.quantization_report(model).fp32_ops == {}
+
     def test_layers_and_exclude_patterns_select_the_attention(self):
         torch.manual_seed(0)
         model = nn.ModuleDict({"a": SdpaBlock(), "b": SdpaBlock()})
