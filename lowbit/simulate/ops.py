@@ -24,8 +24,9 @@ incoming gradient to ``grad`` (straight through), as for layers.
 
 Eager attention (transformers' ``eager`` BERT / GPT-2: ``s = matmul(q, kᵀ)``, scaled by ``*`` or
 ``/``, masked by ``+`` / ``where`` / ``masked_fill``, then ``softmax`` over the last axis,
-optional dropout, ``matmul(p, v)``) is recognised inside one module's forward: the product of two
-activations is remembered with its operands; when the softmax of that chain arrives, the scores
+optional dropout, ``matmul(p, v)``) is recognised inside one module's forward (steps run by its
+child modules, e.g. ``nn.Dropout``, included): the product of two activations is remembered with
+its operands; when the softmax of that chain arrives, the scores
 are recomputed from R_q(q), R_k(k) with the same scale and mask steps (R_scores applied before the
 first mask step), and the softmax returns R_probs(p); the next product with those probabilities
 rounds the other operand with R_v and the result with R_output — the semantics above, so a config
@@ -48,8 +49,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections import Counter
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
