@@ -12,6 +12,9 @@ A `Granularity` splits a tensor into *granules*, each of which gets its own scal
   every position on the other axes (the GPTQ/AWQ convention: a ``[out, in]`` weight with groups
   of 128 along ``in`` has ``[out, in/128]`` scales). Statistics have x's shape with ``axis``
   shrunk to the number of groups; `Granularity.expand` repeats them to x's shape.
+* ``"token"``: one granule per row over the last dimension (every position on the other axes:
+  a token's features), the usual dynamic LLM activation recipe. Statistics have x's shape with
+  the last axis shrunk to 1 (``axis`` is ignored).
 
 Statistics (`granule_amax`, `granule_min`, `granule_max`) are taken over the *finite* values of
 each granule; a granule without any finite value gives 0.
@@ -66,15 +69,16 @@ __all__ = [
     "expand_to",
 ]
 
-GRANULARITY_KINDS = ("tensor", "channel", "group")
+GRANULARITY_KINDS = ("tensor", "channel", "group", "token")
 
 
 @dataclasses.dataclass(frozen=True)
 class Granularity:
     """How a tensor is split into granules that share a scale (see the module docstring).
 
-    ``kind``: ``"tensor"``, ``"channel"`` or ``"group"``; ``axis``: the channel / group axis (any
-    int, negative counts from the end; ignored for ``"tensor"``); ``group_size``: the number of
+    ``kind``: ``"tensor"``, ``"channel"``, ``"group"`` or ``"token"``; ``axis``: the channel / group
+    axis (any int, negative counts from the end; ignored for ``"tensor"`` and ``"token"``, whose
+    rows always run over the last axis); ``group_size``: the number of
     contiguous elements per group along ``axis`` (``"group"`` only).
 
     >>> Granularity.channel(1)
@@ -116,6 +120,15 @@ class Granularity:
         """Contiguous groups of ``group_size`` elements along ``axis``."""
         return cls("group", axis, group_size)
 
+    @classmethod
+    def token(cls) -> "Granularity":
+        """One granule per row over the last dimension (per token of an activation).
+
+        >>> Granularity.token().stat_shape((2, 5, 8))
+        torch.Size([2, 5, 1])
+        """
+        return cls("token")
+
     def to_dict(self) -> "dict[str, Any]":
         """JSON-able form; `from_dict` reads it back."""
         return {"kind": self.kind, "axis": self.axis, "group_size": self.group_size}
@@ -142,6 +155,9 @@ class Granularity:
         shape = torch.Size(shape)
         if self.kind == "tensor":
             return torch.Size([])
+        if self.kind == "token":
+            self._axis(len(shape))
+            return shape[:-1] + (1,)
         self._axis(len(shape))
         return torch.Size(granule_grid(shape, self.axis, self.group_size if self.kind == "group" else None))
 
@@ -159,6 +175,11 @@ class Granularity:
         fn = getattr(torch, op)
         if self.kind == "tensor":
             return fn(x) if x.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
+        if self.kind == "token":
+            self._axis(x.dim())
+            if x.shape[-1] == 0:
+                return torch.zeros(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)
+            return fn(x, dim=-1, keepdim=True)
         if self.kind == "channel":
             a = self._axis(x.dim())
             dims = [i for i in range(x.dim()) if i != a]
@@ -194,6 +215,9 @@ class Granularity:
         """``x`` as a ``[granules, elements]`` view/copy; granule i is element i of the flattened `stat_shape`."""
         if self.kind == "tensor":
             return x.reshape(1, -1)
+        if self.kind == "token":
+            self._axis(x.dim())
+            return x.reshape(-1, x.shape[-1])
         if self.kind == "channel":
             a = self._axis(x.dim())
             return x.movedim(a, 0).reshape(x.shape[a], -1)
@@ -202,15 +226,16 @@ class Granularity:
         return grouped.movedim(a + 1, -1).reshape(-1, self.group_size)
 
     def __str__(self) -> str:
-        if self.kind == "tensor":
-            return "tensor"
+        if self.kind in ("tensor", "token"):
+            return self.kind
         if self.kind == "channel":
             return f"channel(axis={self.axis})"
         return f"group({self.group_size}, axis={self.axis})"
 
 
 def as_granularity(value: "Granularity | str | Mapping[str, Any] | None") -> Granularity:
-    """A `Granularity` from itself, None (per tensor), ``"tensor"``, ``"channel"`` (axis 0) or a dict.
+    """A `Granularity` from itself, None (per tensor), ``"tensor"``, ``"channel"`` (axis 0), ``"token"``
+    (rows over the last axis) or a dict.
 
     >>> as_granularity("channel")
     Granularity(kind='channel', axis=0, group_size=None)

@@ -44,7 +44,8 @@ from lowbit.errors import LowbitWarning
 from lowbit.quant.observers import CalibrationError, MinMaxObserver, Observer
 from lowbit.simulate.registry import layer_types
 
-__all__ = ["CALIBRATION_ROLES", "CALIBRATED_LAYERS", "Calibration", "calibration", "calibrate"]
+__all__ = ["CALIBRATION_ROLES", "CALIBRATED_LAYERS", "Calibration", "calibration", "calibrate", "call_model",
+           "select_output"]
 
 CALIBRATION_ROLES = ("input", "output", "weight")
 #: layer types calibrated by default (simulated lowbit layers subclass these): the registry's
@@ -224,16 +225,74 @@ def calibration(
     return Calibration(model, roles, observer, layers, filter_fn, layer_observer=layer_observer)
 
 
-def _run_batch(model: nn.Module, batch: Any) -> None:
+def call_model(model: nn.Module, batch: Any, forward: "Callable[[nn.Module, Any], Any] | None" = None,
+               what: str = "batch") -> Any:
+    """Run one batch the way calibration and the sensitivity scan do, and return the model's output.
+
+    ``forward(model, batch)`` when given; else a dict batch (a tokenizer's ``BatchEncoding`` too)
+    is passed as keyword inputs, ``model(**batch)``; a tuple/list as a DataLoader's ``(x, y)``,
+    ``model(batch[0])``; a tensor ``model(batch)``. Anything else raises TypeError (``what`` names
+    the batch in the message).
+
+    >>> lin = torch.nn.Linear(2, 1)
+    >>> call_model(lin, {"input": torch.ones(1, 2)}).shape, call_model(lin, (torch.ones(3, 2), None)).shape
+    (torch.Size([1, 1]), torch.Size([3, 1]))
+    """
+    if forward is not None:
+        if not callable(forward):
+            raise TypeError(f"forward must be a callable forward(model, batch), got {type(forward).__name__}")
+        return forward(model, batch)
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return model(batch[0])
     if isinstance(batch, torch.Tensor):
-        model(batch)
-    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        model(batch[0])
-    elif isinstance(batch, Mapping):
-        model(**batch)
+        return model(batch)
+    raise TypeError(f"{what} must be a tensor, a (inputs, ...) tuple/list or a dict of keyword inputs; "
+                    f"got {type(batch).__name__} (pass forward=... for other shapes)")
+
+
+def select_output(output: Any, output_key: "str | int | Callable[[Any], Any] | None" = None) -> torch.Tensor:
+    """The tensor a metric compares, from a model's output.
+
+    ``output_key``: None (the output itself when it is a tensor, else the first tensor of a
+    dict / ``ModelOutput`` — ``logits``, ``last_hidden_state`` — or of a tuple), a key or
+    attribute name, an index, or a callable ``output -> tensor``.
+
+    >>> select_output({"loss": None, "logits": torch.ones(1)}).tolist(), select_output((torch.zeros(1),), 0).tolist()
+    ([1.0], [0.0])
+    """
+    if callable(output_key):
+        y = output_key(output)
+    elif output_key is None:
+        y = output
+        if isinstance(output, Mapping):
+            y = next((v for v in output.values() if isinstance(v, torch.Tensor)), None)
+        elif isinstance(output, (tuple, list)):
+            y = next((v for v in output if isinstance(v, torch.Tensor)), None)
+    elif isinstance(output_key, str):
+        if isinstance(output, Mapping) and output_key in output:
+            y = output[output_key]
+        elif not isinstance(output, Mapping) and hasattr(output, output_key):
+            y = getattr(output, output_key)
+        else:
+            keys = list(output) if isinstance(output, Mapping) else []
+            raise KeyError(f"output_key={output_key!r} is not in the model's output "
+                           f"({type(output).__name__}{'; keys: ' + ', '.join(map(str, keys)) if keys else ''})")
+    elif isinstance(output_key, int) and not isinstance(output_key, bool) and isinstance(output, (tuple, list)):
+        y = output[output_key]
     else:
-        raise TypeError(f"calibration batch must be a tensor, a (inputs, ...) tuple/list or a dict of "
-                        f"keyword inputs; got {type(batch).__name__} (pass forward=... for other shapes)")
+        raise TypeError(f"output_key={output_key!r}; allowed: None, a key / attribute name, an index into a "
+                        f"tuple output, or a callable output -> tensor")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"the model's output gives no tensor to compare ({type(output).__name__}"
+                        f"{'' if output_key is None else f', output_key={output_key!r}'}); pass output_key= "
+                        f"(a key such as 'logits', or a callable output -> tensor)")
+    return y
+
+
+def _run_batch(model: nn.Module, batch: Any) -> None:
+    call_model(model, batch, what="calibration batch")
 
 
 def calibrate(

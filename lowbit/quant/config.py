@@ -29,7 +29,7 @@ from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
 from lowbit.quant.granularity import Granularity, as_granularity
 
 __all__ = ["pattern_matches", "module_matches", "ROLES", "SCALINGS", "STATIC_ROLES", "RoleConfig", "LayerConfig",
-           "QuantConfig", "as_config", "CONFIG_VERSION"]
+           "QuantConfig", "as_config", "CONFIG_VERSION", "OP_KEYS", "OpRoles"]
 
 
 def pattern_matches(pattern: str, name: str, classes: Iterable[str]) -> bool:
@@ -65,7 +65,9 @@ SCALINGS = ("histogram", "amax", "absmax", "static")
 #: roles that can take a calibrated ``range`` (activations; weights use "absmax" per granule)
 STATIC_ROLES = ("input", "output")
 CONFIG_VERSION = 1
-_LAYER_KEYS = ROLES + ("accumulate", "accumulate_every")
+#: op-level keys (see `OpRoles`): attention inside the layer's forward, activation x activation products
+OP_KEYS = {"attention": ("q", "k", "v", "scores", "probs", "output"), "matmul": ("a", "b", "output")}
+_LAYER_KEYS = ROLES + ("accumulate", "accumulate_every") + tuple(OP_KEYS)
 _TOP_KEYS = _LAYER_KEYS + ("exclude", "layers", "seed", "version", "rounding")
 #: normalization layers (the registry entries with config_key "norm") take roles only from their own key, opt-in:
 #: ``{"norm": {"weight": ..., "input": ...}}``; the plain roles never touch them
@@ -164,6 +166,13 @@ class RoleConfig:
             granularity = None if value.get("granularity") is None else as_granularity(value["granularity"])
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
+        if granularity is not None and granularity.kind == "token":  # per-token scales are dynamic absmax
+            if scaling not in (None, "absmax"):
+                raise _fail(where, f"granularity 'token' is one dynamic absmax scale per row; "
+                            f"scaling={scaling!r} is not allowed with it (use None or 'absmax')")
+            if fmt.data_dependent:
+                raise _fail(where, f"granularity 'token' needs a scalar element format, not {fmt}")
+            scaling = "absmax"
         fitted = isinstance(fmt, LearnedFormat)  # fits its levels per tensor, channel or group
         if granularity is not None and granularity.kind != "tensor" and scaling != "absmax" and not (
                 fitted and scaling is None):
@@ -207,6 +216,9 @@ class LayerConfig:
     grad: "RoleConfig | None" = None
     accumulate: "NumberFormat | None" = None
     accumulate_every: "int | None" = None
+    # op-level simulation (lowbit.simulate.ops): not layer roles, so is_identity ignores them
+    attention: "OpRoles | None" = None
+    matmul: "OpRoles | None" = None
 
     @property
     def is_identity(self) -> bool:
@@ -216,6 +228,9 @@ class LayerConfig:
         d: dict[str, Any] = {r: (None if getattr(self, r) is None else getattr(self, r).to_dict()) for r in ROLES}
         d["accumulate"] = None if self.accumulate is None else str(self.accumulate)
         d["accumulate_every"] = self.accumulate_every
+        for key in OP_KEYS:
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key).to_dict()
         return d
 
     @classmethod
@@ -233,6 +248,10 @@ class LayerConfig:
         for role in ROLES:
             if role in value:
                 fields[role] = RoleConfig.parse(value[role], f"{where}[{role!r}]", rounding)
+                if fields[role] is not None and fields[role].granularity is not None and \
+                        fields[role].granularity.kind == "token" and role in ("weight", "bias"):
+                    raise _fail(f"{where}[{role!r}]", "granularity 'token' (per row of an activation) applies to "
+                                "activation roles (input, output, attention, matmul); weights take 'channel' or a group")
                 if fields[role] is not None and fields[role].scaling == "static" and role not in STATIC_ROLES:
                     raise _fail(f"{where}[{role!r}]", f"scaling='static' applies to the roles "
                                 f"{', '.join(STATIC_ROLES)} (activations seen by calibration), not {role!r}; "
@@ -245,6 +264,9 @@ class LayerConfig:
                 raise type(err)(f"{where}['accumulate']: {err}") from None
         if "accumulate_every" in value:
             fields["accumulate_every"] = value["accumulate_every"]
+        for key in OP_KEYS:
+            if key in value:
+                fields[key] = OpRoles.parse(key, value[key], f"{where}[{key!r}]", fields.get(key), rounding)
         every = fields.get("accumulate_every")
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise _fail(where, f"accumulate_every={every!r}; allowed: None or an int >= 1")
@@ -342,3 +364,58 @@ def as_config(config: Any) -> QuantConfig:
     if isinstance(config, Mapping):
         return QuantConfig.from_dict(config)
     raise TypeError(f"config must be a QuantConfig, a dict of roles or a format spec, got {type(config).__name__}")
+
+
+# ---------------------------------------------------------------------- op-level roles
+@dataclasses.dataclass(frozen=True)
+class OpRoles:
+    """Role configs of one op kind (a key of `OP_KEYS`): ``"attention"`` (q, k, v, scores, probs,
+    output) or ``"matmul"`` (a, b, output); a role left out (or None) stays in full precision.
+
+    In a ``layers`` entry, a dict is merged role by role into the default's (``{"probs": None}``
+    turns only the probabilities off); None turns the whole op kind off.
+
+    >>> op = OpRoles.parse("attention", {"q": "e4m3fn", "probs": "posit8_es2"}, "config['attention']")
+    >>> sorted(op.to_dict()), str(op.get("probs").format), op.get("k") is None
+    (['probs', 'q'], 'posit8_es2', True)
+    """
+
+    kind: str
+    roles: "tuple[tuple[str, RoleConfig], ...]" = ()
+
+    def get(self, role: str) -> "RoleConfig | None":
+        """The config of ``role`` (None: full precision)."""
+        return dict(self.roles).get(role)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.roles
+
+    def to_dict(self) -> "dict[str, Any]":
+        return {r: rc.to_dict() for r, rc in self.roles}
+
+    @classmethod
+    def parse(cls, kind: str, value: Any, where: str, base: "OpRoles | None" = None,
+              rounding: str = "nearest_even") -> "OpRoles | None":
+        """From a dict of roles (merged into ``base``), an OpRoles, or None (off)."""
+        if value is None or isinstance(value, OpRoles):
+            return value
+        allowed = OP_KEYS[kind]
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{where} must be a dict of roles ({', '.join(allowed)}) or None, "
+                            f"got {type(value).__name__}")
+        unknown = set(value) - set(allowed)
+        if unknown:
+            raise _fail(where, f"unknown role(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+        roles = dict(base.roles) if base is not None else {}
+        for role in allowed:
+            if role in value:
+                rc = RoleConfig.parse(value[role], f"{where}[{role!r}]", rounding)
+                if rc is not None and rc.scaling == "static":
+                    raise _fail(f"{where}[{role!r}]", "scaling='static' is not available for op roles; "
+                                "use a format alone, a power-of-two scaling, or granularity 'token'")
+                if rc is None:
+                    roles.pop(role, None)
+                else:
+                    roles[role] = rc
+        return cls(kind, tuple((r, roles[r]) for r in allowed if r in roles))

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import IntegerFormat, NumberFormat
-from lowbit.quant.calibration import Calibration, check_max_batches, run_calibration
+from lowbit.quant.calibration import CALIBRATED_LAYERS, Calibration, check_max_batches, run_calibration
 from lowbit.quant.config import STATIC_ROLES, LayerConfig, QuantConfig, as_config
 from lowbit.quant.observers import (
     OBSERVERS,
@@ -52,6 +52,7 @@ from lowbit.quant.observers import (
     PercentileObserver,
 )
 from lowbit.quant.quantize import resolve_layers
+from lowbit.simulate.layers import INAPPLICABLE_ROLES
 
 __all__ = ["calibrate_config", "observer_for", "AffineRangeObserver"]
 
@@ -166,7 +167,9 @@ def calibrate_config(
     rules per role. ``data``: batches as in `lowbit.calibrate` (tensors, ``(x, y)`` tuples or
     keyword dicts; ``forward(model, batch)`` overrides); ``max_batches`` stops early. Roles that
     already carry a range keep it unless ``recalibrate``. The model is not changed (its training
-    flag is restored). A static layer that never ran raises `CalibrationError` naming it.
+    flag is restored). A static layer that never ran raises `CalibrationError` naming it. A static
+    role that does not apply to its layer (an ``nn.Embedding``'s input is indices, which
+    `quantize_` skips) is set to None for that layer in the result instead of being calibrated.
     """
     cfg = as_config(config)
     check_max_batches(max_batches)
@@ -180,27 +183,40 @@ def calibrate_config(
         factories = {r: f for r in STATIC_ROLES}
     resolved = resolve_layers(model, cfg)
     todo: dict[str, dict[str, NumberFormat]] = {}
-    for name, (_, _, layer) in resolved.layers.items():
-        roles = {r: fmt for r, fmt in _static_roles(layer).items()
-                 if recalibrate or getattr(layer, r).range is None}
+    inapplicable: dict[str, tuple[str, ...]] = {}  # e.g. an Embedding's input (indices): no range, role dropped
+    for name, (module, _, layer) in resolved.layers.items():
+        skip = next((r for b, r in INAPPLICABLE_ROLES.items() if isinstance(module, b)), ())
+        static = _static_roles(layer)
+        if any(r in skip for r in static):
+            inapplicable[name] = tuple(r for r in static if r in skip)
+        roles = {r: fmt for r, fmt in static.items()
+                 if r not in skip and (recalibrate or getattr(layer, r).range is None)}
         if roles:
             todo[name] = roles
-    if not todo:
+    if not todo and not inapplicable:
         return cfg
     wanted = tuple(r for r in STATIC_ROLES if any(r in roles for roles in todo.values()))
     def layer_observer(name: str, role: str) -> "Observer | None":  # format-aware, only where needed
         fmt = todo[name].get(role)
         return None if fmt is None else factories[role](fmt)
 
-    cal = Calibration(model, wanted, filter_fn=lambda n, m: n in todo, layer_observer=layer_observer)
+    layers = list(cfg.layers)
+    for name, roles in inapplicable.items():
+        if name in todo:
+            continue  # written below, with its calibrated roles
+        layer = resolved.layers[name][2]
+        layers.append((glob.escape(name), dataclasses.replace(layer, **{r: None for r in roles})))
+    if not todo:
+        return dataclasses.replace(cfg, layers=tuple(layers))
+    cal = Calibration(model, wanted, layers=CALIBRATED_LAYERS + (nn.Embedding,), filter_fn=lambda n, m: n in todo,
+                      layer_observer=layer_observer)
     run_calibration(model, cal, data, max_batches, forward)
     missing = [f"{n}.{r}" for n, roles in todo.items() for r in roles if r not in cal.ranges.get(n, {})]
     if missing:
         raise CalibrationError(f"calibration saw no finite data for {', '.join(missing[:10])}"
                                f"{' …' if len(missing) > 10 else ''}; feed batches that run through these layers")
-    layers = list(cfg.layers)
     for name, roles in todo.items():
-        layer = resolved.layers[name][2]
+        layer = dataclasses.replace(resolved.layers[name][2], **{r: None for r in inapplicable.get(name, ())})
         updates = {}
         for role in roles:
             lo, hi = cal.ranges[name][role]

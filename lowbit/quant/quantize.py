@@ -54,6 +54,10 @@ class QuantizationReport:
     excluded: "list[str]" = dataclasses.field(default_factory=list)
     unsupported: "dict[str, str]" = dataclasses.field(default_factory=dict)  # name -> class name
     escaped: "dict[str, tuple[str, ...]]" = dataclasses.field(default_factory=dict)
+    # op-level (lowbit.quant.opsim): ops that ran in full precision since quantize_, {module: {op: count}};
+    # products with a weight matrix outside simulated layers are also listed apart
+    fp32_ops: "dict[str, dict[str, int]]" = dataclasses.field(default_factory=dict)
+    escaped_weight_ops: "dict[str, dict[str, int]]" = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         escaped = f", roles escaped in {len(self.escaped)}" if self.escaped else ""
@@ -61,6 +65,8 @@ class QuantizationReport:
                  f"unsupported {len(self.unsupported)}{escaped}"]
         lines += [f"  unsupported: {n} ({c})" for n, c in self.unsupported.items()]
         lines += [f"  escaped: {n} ({', '.join(r)}: not applied)" for n, r in self.escaped.items()]
+        lines += [f"  full precision ops: {n}: " + ", ".join(f"{op}×{c}" for op, c in ops.items())
+                  for n, ops in self.fp32_ops.items()]
         return "\n".join(lines)
 
 
@@ -119,6 +125,8 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
     _report_unsupported(model, report, on_unsupported)
     model.lowbit_report = report  # type: ignore[assignment]
     model.lowbit_config = cfg  # type: ignore[assignment]
+    from lowbit.quant.opsim import install_op_simulation
+    install_op_simulation(model, cfg)
     return model
 
 
@@ -298,6 +306,8 @@ def dequantize_(model: nn.Module) -> nn.Module:
             del module._forward_pre_hooks[key]
         if "_lowbit_use_nested_tensor" in module.__dict__:
             module.use_nested_tensor = module.__dict__.pop("_lowbit_use_nested_tensor")
+    from lowbit.quant.opsim import remove_op_simulation
+    remove_op_simulation(model)
     for attr in ("lowbit_report", "lowbit_config"):
         model.__dict__.pop(attr, None)
     return model
@@ -361,5 +371,7 @@ def quantization_report(model: nn.Module) -> QuantizationReport:
     report = getattr(model, "lowbit_report", None)
     if report is None:
         raise ValueError("model has not been quantized with lowbit.quantize_")
+    from lowbit.quant.opsim import warn_escaped_ops
+    warn_escaped_ops(report)
     return report
 

@@ -248,7 +248,7 @@ def _candidate_lists(layers: "dict[str, nn.Module]", candidates: Any) -> "dict[s
 
 # ------------------------------------------------------------------ evaluation
 def _batches(data: Any) -> "list[Any]":
-    if isinstance(data, torch.Tensor):
+    if isinstance(data, (torch.Tensor, Mapping)):  # one batch (a dict: keyword inputs)
         return [data]
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise TypeError("data must be a tensor of inputs or an iterable of batches (a tensor, or a tuple/list "
@@ -256,12 +256,11 @@ def _batches(data: Any) -> "list[Any]":
     return list(data)
 
 
-def _forward(model: nn.Module, batch: Any) -> torch.Tensor:
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    y = model(x)
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"metric='sqnr'/'kl' need a model that returns a tensor, got {type(y).__name__}")
-    return y.detach().to(torch.float64)
+def _forward(model: nn.Module, batch: Any, forward: Any = None, output_key: Any = None) -> torch.Tensor:
+    """The compared output of one batch (`lowbit.quant.calibration.call_model`, `select_output`)."""
+    from lowbit.quant.calibration import call_model, select_output
+
+    return select_output(call_model(model, batch, forward), output_key).detach().to(torch.float64)
 
 
 @contextlib.contextmanager
@@ -285,8 +284,9 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 class _Evaluator:
     """Evaluates the (possibly simulated) model with a callable metric or against float outputs."""
 
-    def __init__(self, model: nn.Module, metric: Any, data: Any):
+    def __init__(self, model: nn.Module, metric: Any, data: Any, forward: Any = None, output_key: Any = None):
         self.model = model
+        self.forward, self.output_key = forward, output_key
         if isinstance(metric, str):
             if metric not in METRICS:
                 raise ValueError(f"metric={metric!r}; allowed: a callable metric(model) -> float (higher is "
@@ -299,12 +299,12 @@ class _Evaluator:
             if not self.batches:
                 raise ValueError("data= holds no batch")
             with _eval_mode(model):
-                self.reference = [_forward(model, b) for b in self.batches]
+                self.reference = [_forward(model, b, forward, output_key) for b in self.batches]
             self.baseline = math.inf if metric == "sqnr" else 0.0
         elif callable(metric):
-            if data is not None:
-                raise ValueError("data= is used with metric='sqnr' or 'kl' only; a callable metric(model) "
-                                 "brings its own data")
+            if data is not None or forward is not None or output_key is not None:
+                raise ValueError("data=, forward= and output_key= are used with metric='sqnr' or 'kl' only; "
+                                 "a callable metric(model) brings its own data")
             self.kind, self.higher_is_better = "metric", True
             self.name = getattr(metric, "__name__", type(metric).__name__)
             self.metric = metric
@@ -329,7 +329,7 @@ class _Evaluator:
             value = self._call()
             return value, self.baseline - value
         with _eval_mode(self.model):
-            outputs = [_forward(self.model, b) for b in self.batches]
+            outputs = [_forward(self.model, b, self.forward, self.output_key) for b in self.batches]
         if self.kind == "sqnr":
             signal = sum(float((r * r).sum()) for r in self.reference)
             noise = sum(float(((o - r) ** 2).sum()) for o, r in zip(outputs, self.reference))
@@ -400,18 +400,20 @@ def _single_layer_config(name: str, weight: Any) -> "dict[str, Any]":
     return {"weight": weight} if name == "" else {"layers": {layer_pattern(name): {"weight": weight}}}
 
 
-def measure_config(model: nn.Module, config: Any, metric: Any, *, data: Any = None) -> float:
+def measure_config(model: nn.Module, config: Any, metric: Any, *, data: Any = None, forward: Any = None,
+                   output_key: Any = None) -> float:
     """The metric of ``model`` with ``config`` simulated (`quantize_`), then the model is restored.
 
     ``metric``: a callable ``metric(model) -> float`` or ``"sqnr"`` / ``"kl"`` with ``data``
-    (compared with the float model's outputs, see the module docstring).
+    (compared with the float model's outputs, see the module docstring); ``forward`` and
+    ``output_key`` as in `sensitivity_scan`.
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     >>> measure_config(model, {"weight": "fp32"}, "sqnr", data=torch.ones(2, 4))
     inf
     """
     _check_float_model(model)
-    evaluator = _Evaluator(model, metric, data)
+    evaluator = _Evaluator(model, metric, data, forward, output_key)
     return evaluator.measure(config)[0]
 
 
@@ -596,7 +598,7 @@ def _weight_error(model: nn.Module, name: str, weight: torch.Tensor, cand: Candi
 
 
 def sensitivity_scan(model: nn.Module, candidates: Any, metric: Any, *, layers: "Sequence[str] | None" = None,
-                     data: Any = None) -> SensitivityReport:
+                     data: Any = None, forward: Any = None, output_key: Any = None) -> SensitivityReport:
     """Quantize one layer's weight at a time to each candidate format and measure the metric.
 
     ``candidates``: a list of weight formats for every layer — spec strings (``"posit5_es1"``),
@@ -606,6 +608,10 @@ def sensitivity_scan(model: nn.Module, candidates: Any, metric: Any, *, layers: 
     ``metric``: a callable ``metric(model) -> float``, higher is better (e.g. accuracy on
     calibration data), or ``"sqnr"`` / ``"kl"`` with ``data`` (see the module docstring).
     ``layers``: names or fnmatch patterns of the layers to scan (default: every quantizable one).
+    ``forward(model, batch)`` runs one batch of ``data`` (default: ``model(**batch)`` for a dict
+    batch, ``model(batch[0])`` for a tuple/list, else ``model(batch)`` — the same rule as
+    `lowbit.calibrate_config`); ``output_key`` picks the compared tensor from a dict / ModelOutput
+    / tuple output (a key, an index or a callable; default: the first tensor, e.g. ``logits``).
 
     The model must be a float model (not already quantized); it is restored exactly (classes,
     parameters, buffers, training flags), also when the metric raises. The metric should not
@@ -636,7 +642,7 @@ def sensitivity_scan(model: nn.Module, candidates: Any, metric: Any, *, layers: 
 
     entries: list[SensitivityEntry] = []
     with _training_flags_kept(model):
-        evaluator = _Evaluator(model, metric, data)
+        evaluator = _Evaluator(model, metric, data, forward, output_key)
         for name, cands in per_layer.items():
             weight = all_layers[name].weight
             for cand in cands:
