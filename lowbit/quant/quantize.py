@@ -58,6 +58,7 @@ class QuantizationReport:
     # products with a weight matrix outside simulated layers are also listed apart
     fp32_ops: "dict[str, dict[str, int]]" = dataclasses.field(default_factory=dict)
     escaped_weight_ops: "dict[str, dict[str, int]]" = dataclasses.field(default_factory=dict)
+    ops_traced: bool = False  # whether fp32_ops / escaped_weight_ops were counted (see quantization_report)
 
     def __str__(self) -> str:
         escaped = f", roles escaped in {len(self.escaped)}" if self.escaped else ""
@@ -126,7 +127,8 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
     model.lowbit_report = report  # type: ignore[assignment]
     model.lowbit_config = cfg  # type: ignore[assignment]
     from lowbit.quant.opsim import install_op_simulation
-    install_op_simulation(model, cfg)
+
+    install_op_simulation(model, cfg, only_if_configured=True)
     return model
 
 
@@ -367,7 +369,12 @@ def _tensor_roles(module: QuantLayerMixin) -> "dict[str, RoleQuantizer]":
 
 
 def quantization_report(model: nn.Module) -> QuantizationReport:
-    """The report of the last `quantize_` on ``model``."""
+    """The report of the last `quantize_` on ``model``.
+
+    ``fp32_ops`` / ``escaped_weight_ops`` count the ops that ran in full precision: live when the
+    config has ``attention`` / ``matmul`` roles (the op mode is on then), else counted inside
+    ``with lowbit.quant.opsim.trace_ops(model): ...`` (``ops_traced`` says whether either ran).
+    """
     report = getattr(model, "lowbit_report", None)
     if report is None:
         raise ValueError("model has not been quantized with lowbit.quantize_")

@@ -17,6 +17,7 @@ from torch import nn
 
 import lowbit as lb
 from lowbit.errors import LowbitWarning
+from lowbit.quant.opsim import trace_ops
 from lowbit.simulate.ops import OpPlan, OpSimulation, scaled_dot_product_attention
 
 FORMATS = ["e4m3fn", "posit8_es2"]
@@ -297,7 +298,9 @@ class TestMultiheadAttention:
         m = nn.Sequential(nn.MultiheadAttention(8, 2))
         lb.quantize_(m, {"weight": "int8"}, on_unsupported="ignore")
         x = torch.randn(3, 1, 8)
-        m[0](x, x, x)
+        assert not lb.quantization_report(m).ops_traced  # no op roles: quantize_ leaves the op mode off
+        with trace_ops(m):
+            m[0](x, x, x)
         assert lb.quantization_report(m).fp32_ops["0"] == {"multi_head_attention_forward": 1}
 
 
@@ -331,7 +334,7 @@ class TestMatmul:
     def test_escaped_weight_product_warns_once(self):
         model = Products()
         lb.quantize_(model, {"weight": "int8"}, on_unsupported="ignore")
-        with torch.no_grad():
+        with trace_ops(model), torch.no_grad():
             model(torch.randn(2, 4, 4), torch.randn(2, 4, 4))
         with pytest.warns(LowbitWarning, match="weight matrix ran in full precision.*<model> \\(matmul×1\\)"):
             lb.quantization_report(model)
@@ -342,8 +345,9 @@ class TestMatmul:
     def test_simulated_layers_own_products_are_not_reported(self):
         model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Softmax(-1))
         lb.quantize_(model, {"weight": "int8"})
-        model(torch.randn(2, 4))
-        model(torch.randn(2, 4))
+        with trace_ops(model):
+            model(torch.randn(2, 4))
+            model(torch.randn(2, 4))
         assert lb.quantization_report(model).fp32_ops == {"1": {"layer_norm": 2}, "2": {"softmax": 2}}
         assert "full precision ops: 1: layer_norm×2" in str(lb.quantization_report(model))
 
