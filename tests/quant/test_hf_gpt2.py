@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import lowbit as lb
-from lowbit.errors import LowbitWarning
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2Model  # noqa: E402
