@@ -65,6 +65,8 @@ SCALINGS = ("histogram", "amax", "absmax", "static")
 #: roles that can take a calibrated ``range`` (activations; weights use "absmax" per granule)
 STATIC_ROLES = ("input", "output")
 CONFIG_VERSION = 1
+#: ``accumulate`` value for exact accumulation (a Kulisch accumulator, rounded once)
+QUIRE = "quire"
 #: op-level keys (see `OpRoles`): attention inside the layer's forward, activation x activation products
 OP_KEYS = {"attention": ("q", "k", "v", "scores", "probs", "output"), "matmul": ("a", "b", "output")}
 _LAYER_KEYS = ROLES + ("accumulate", "accumulate_every") + tuple(OP_KEYS)
@@ -206,7 +208,9 @@ class LayerConfig:
     """Formats for one layer's tensor roles (None = full precision) and its accumulation.
 
     ``accumulate``: a format the running sum of products is rounded to every
-    ``accumulate_every`` products (None: FP32 accumulation, torch's own).
+    ``accumulate_every`` products (None: FP32 accumulation, torch's own), or ``"quire"``: the
+    exact sum of the exact products and the bias, rounded once (to the ``output`` role's format
+    when it is a plain nearest-even format, else to the layer's dtype) — `lowbit.exact_matmul`.
     """
 
     weight: "RoleConfig | None" = None
@@ -214,7 +218,7 @@ class LayerConfig:
     input: "RoleConfig | None" = None
     output: "RoleConfig | None" = None
     grad: "RoleConfig | None" = None
-    accumulate: "NumberFormat | None" = None
+    accumulate: "NumberFormat | str | None" = None  # a format, "quire" or None
     accumulate_every: "int | None" = None
     # op-level simulation (lowbit.simulate.ops): not layer roles, so is_identity ignores them
     attention: "OpRoles | None" = None
@@ -259,7 +263,7 @@ class LayerConfig:
         if "accumulate" in value:
             acc = value["accumulate"]
             try:
-                fields["accumulate"] = None if acc is None else parse_format(acc)
+                fields["accumulate"] = None if acc is None else QUIRE if acc == QUIRE else parse_format(acc)
             except ValueError as err:
                 raise type(err)(f"{where}['accumulate']: {err}") from None
         if "accumulate_every" in value:
@@ -272,6 +276,8 @@ class LayerConfig:
             raise _fail(where, f"accumulate_every={every!r}; allowed: None or an int >= 1")
         if every is not None and fields.get("accumulate") is None:
             raise _fail(where, "accumulate_every needs an 'accumulate' format")
+        if every is not None and fields.get("accumulate") == QUIRE:
+            raise _fail(where, "accumulate_every does not apply to accumulate='quire' (it sums exactly, rounds once)")
         return cls(**fields)
 
 

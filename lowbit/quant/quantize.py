@@ -24,7 +24,7 @@ from torch import nn
 from lowbit.errors import LowbitWarning
 from lowbit.quant.observers import CalibrationError
 from lowbit.formats import NumberFormat
-from lowbit.quant.config import ROLES, LayerConfig, RoleConfig, as_config, module_matches
+from lowbit.quant.config import QUIRE, ROLES, LayerConfig, RoleConfig, as_config, module_matches
 from lowbit.quant.granularity import Granularity
 from lowbit.simulate.layers import QuantLayerMixin, RoleQuantizer
 from lowbit.simulate.registry import (
@@ -280,7 +280,12 @@ def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed:
     module.lowbit_layer_config = layer  # type: ignore[assignment]
     module._lowbit_weight_cache = None  # type: ignore[assignment]
     acc = None
-    if layer.accumulate is not None:
+    if layer.accumulate == QUIRE:
+        if not entry.quire:
+            raise ValueError(f"layer {name!r} ({float_cls.__name__}): accumulate='quire' is supported for "
+                             + ", ".join(e.name for e in entries() if e.quire))
+        acc = (QUIRE, None)
+    elif layer.accumulate is not None:
         acc = (layer.accumulate, layer.accumulate_every or _reduction_length(module))
     module.lowbit_accumulate = acc  # type: ignore[assignment]
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.formats import LearnedFormat, NumberFormat
+from lowbit.simulate.exact import exact_conv1d, exact_conv2d, exact_conv_transpose2d, exact_linear
 from lowbit.simulate.fake_quant import fake_quantize
 from lowbit.simulate.scaling import ScaleTracker
 
@@ -365,13 +366,29 @@ def _accumulate_chunks(products: "list[Callable[[], torch.Tensor]]", fmt: Number
     return acc
 
 
+def _quire_format(layer: Any) -> "NumberFormat | None":
+    """What ``accumulate="quire"`` rounds to: the output role's format when the role is a plain
+    nearest-even format (its own quantization is then the identity), else None (the dtype)."""
+    out = layer.lowbit_roles.get("output")
+    if (out is None or out.tracker is not None or out.absmax or out.static is not None or out.per_channel_fit
+            or out.rounding != "nearest_even"):
+        return None
+    return out.format
+
+
+def _is_quire(layer: Any) -> bool:
+    return layer.lowbit_accumulate is not None and layer.lowbit_accumulate[0] == "quire"
+
+
 class QuantLinear(QuantLayerMixin, nn.Linear):
     """Simulated ``nn.Linear``; ``accumulate_every`` counts products along in_features."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
         w, b = self._lowbit_weight(), self._lowbit_bias()
-        if self.lowbit_accumulate is None:
+        if _is_quire(self):
+            y = exact_linear(x, w, b, _quire_format(self))
+        elif self.lowbit_accumulate is None:
             y = F.linear(x, w, b)
         else:
             fmt, k = self.lowbit_accumulate
@@ -388,11 +405,25 @@ class _QuantConvNd(QuantLayerMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
         w, b = self._lowbit_weight(), self._lowbit_bias()  # type: ignore[attr-defined]
-        if self.lowbit_accumulate is None:
+        if _is_quire(self):
+            y = self._quire(x, w, b)
+        elif self.lowbit_accumulate is None:
             y = self._conv_forward(x, w, b)  # type: ignore[attr-defined]
         else:
             y = self._chunked(x, w, b)
         return self._lowbit_finish(y)
+
+    def _quire(self, x: torch.Tensor, w: torch.Tensor, b: "torch.Tensor | None") -> torch.Tensor:
+        padding: Any = self.padding  # type: ignore[attr-defined]
+        if self.padding_mode != "zeros":  # type: ignore[attr-defined]
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)  # type: ignore[attr-defined]
+            padding = 0
+        conv = exact_conv1d if w.dim() == 3 else exact_conv2d
+        if w.dim() == 3 and not isinstance(padding, str):
+            padding = padding[0]
+        args = (self.stride, padding, self.dilation) if w.dim() == 4 else (  # type: ignore[attr-defined]
+            self.stride[0], padding, self.dilation[0])  # type: ignore[attr-defined]
+        return conv(x, w, b, *args, self.groups, _quire_format(self))  # type: ignore[attr-defined]
 
     def _chunked(self, x: torch.Tensor, w: torch.Tensor, b: "torch.Tensor | None") -> torch.Tensor:
         fmt, k = self.lowbit_accumulate  # type: ignore[misc]
@@ -418,7 +449,7 @@ class QuantConv2d(_QuantConvNd, nn.Conv2d):
 
 
 class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
-    """Simulated ``nn.ConvTranspose2d`` (FP32 accumulation only)."""
+    """Simulated ``nn.ConvTranspose2d`` (FP32 accumulation, or the quire)."""
 
     def forward(self, x: torch.Tensor, output_size: "list[int] | None" = None) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
@@ -426,7 +457,11 @@ class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
         num_spatial_dims = 2
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, num_spatial_dims, self.dilation)
-        y = F.conv_transpose2d(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation)
+        if _is_quire(self):
+            y = exact_conv_transpose2d(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation,
+                                       _quire_format(self))
+        else:
+            y = F.conv_transpose2d(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation)
         return self._lowbit_finish(y)
 
 

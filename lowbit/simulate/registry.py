@@ -53,7 +53,7 @@ class LayerEntry:
     ``tensors``: ``{attribute: role}`` of the tensors quantized where they are read.
     ``roles``: the roles that apply (others in a config are skipped for this layer).
     ``channel_axis``: the axis ``"channel"`` granularity (axis 0 in a config) means for its weights.
-    ``chunked``: ``accumulate_every`` applies. ``qat``: `prepare_qat` handles it.
+    ``chunked``: ``accumulate_every`` applies. ``quire``: ``accumulate="quire"`` applies. ``qat``: `prepare_qat` handles it.
     ``calibrated``: its input / output are single tensors an observer can watch.
     ``escaped``: ``{child name: roles}`` of child layers whose forward the layer never calls (it
     reads their weights directly), so those roles cannot run. ``packed``: the packed class.
@@ -67,6 +67,7 @@ class LayerEntry:
     roles: "tuple[str, ...]" = _ALL_ROLES
     channel_axis: int = 0
     chunked: bool = False
+    quire: bool = False
     qat: bool = False
     calibrated: bool = True
     escaped: "Mapping[str, tuple[str, ...]]" = dataclasses.field(default_factory=dict)
@@ -177,13 +178,13 @@ def layer_types(*, role: "str | None" = None, chunked: "bool | None" = None, qat
 
 
 _WB = {"weight": "weight", "bias": "bias"}
-register(LayerEntry(nn.Linear, L.QuantLinear, _WB, chunked=True, qat=True))
-register(LayerEntry(nn.Conv1d, L.QuantConv1d, _WB, chunked=True, qat=True))
-register(LayerEntry(nn.Conv2d, L.QuantConv2d, _WB, chunked=True, qat=True))
+register(LayerEntry(nn.Linear, L.QuantLinear, _WB, chunked=True, quire=True, qat=True))
+register(LayerEntry(nn.Conv1d, L.QuantConv1d, _WB, chunked=True, quire=True, qat=True))
+register(LayerEntry(nn.Conv2d, L.QuantConv2d, _WB, chunked=True, quire=True, qat=True))
 register(LayerEntry(nn.Conv3d, L.QuantConv3d, _WB, qat=True))
 register(LayerEntry(nn.ConvTranspose1d, L.QuantConvTranspose1d, _WB))
 # ConvTranspose weights are [in, out / groups, ...]: "channel" keeps meaning axis 0 (as stored)
-register(LayerEntry(nn.ConvTranspose2d, L.QuantConvTranspose2d, _WB))
+register(LayerEntry(nn.ConvTranspose2d, L.QuantConvTranspose2d, _WB, quire=True))
 register(LayerEntry(nn.ConvTranspose3d, L.QuantConvTranspose3d, _WB))
 register(LayerEntry(nn.Embedding, L.QuantEmbedding, {"weight": "weight"}, roles=("weight", "output", "grad"),
                     calibrated=False))
