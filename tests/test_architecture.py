@@ -18,7 +18,7 @@ PACKAGE = Path(lowbit.__file__).resolve().parent
 
 #: rank of each top-level part of the package; imports must go to a strictly lower rank
 RANK = {
-    "errors": 0, "reference": 0,  # the bottom: exceptions, and the exact pure-Python oracle
+    "errors": 0, "reference": 0, "_process": 0,  # the bottom: exceptions, and the exact pure-Python oracle
     "formats": 1,
     "kernels": 2,
     "schemes": 3,

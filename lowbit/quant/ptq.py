@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import IntegerFormat, NumberFormat
-from lowbit.quant.calibration import CALIBRATED_LAYERS, Calibration, check_max_batches, run_calibration
+from lowbit.quant.calibration import Calibration, check_max_batches, run_calibration
 from lowbit.quant.config import STATIC_ROLES, LayerConfig, QuantConfig, as_config
 from lowbit.quant.observers import (
     OBSERVERS,
@@ -53,6 +53,7 @@ from lowbit.quant.observers import (
 )
 from lowbit.quant.quantize import resolve_layers
 from lowbit.simulate.layers import INAPPLICABLE_ROLES
+from lowbit.simulate.registry import layer_types
 
 __all__ = ["calibrate_config", "observer_for", "AffineRangeObserver"]
 
@@ -208,7 +209,9 @@ def calibrate_config(
         layers.append((glob.escape(name), dataclasses.replace(layer, **{r: None for r in roles})))
     if not todo:
         return dataclasses.replace(cfg, layers=tuple(layers))
-    cal = Calibration(model, wanted, layers=CALIBRATED_LAYERS + (nn.Embedding,), filter_fn=lambda n, m: n in todo,
+    # layers whose input is not a tensor to watch (an Embedding's indices) still have an output to calibrate
+    outputs_only = tuple(c for c in layer_types(role="output") if c not in layer_types(role="input"))
+    cal = Calibration(model, wanted, layers=layer_types(calibrated=True) + outputs_only, filter_fn=lambda n, m: n in todo,
                       layer_observer=layer_observer)
     run_calibration(model, cal, data, max_batches, forward)
     missing = [f"{n}.{r}" for n, roles in todo.items() for r in roles if r not in cal.ranges.get(n, {})]
