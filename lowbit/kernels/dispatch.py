@@ -9,7 +9,6 @@ runs the torch reference.
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Any, Callable
 
 import torch
@@ -20,27 +19,49 @@ from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import ROUNDING_MODES, Rounding, draw_seed
-from lowbit.kernels import resolve_backend
+from lowbit.kernels import get_backend, resolve_backend, runtime
 
 _TABLE_BITS = 16
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-_launch_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=1)
 def _numba() -> Any:
-    import numba
-
-    from lowbit.kernels import numba_cpu
-
-    return numba, numba_cpu
+    return runtime.modules()
 
 
-def _limits(dtype: torch.dtype) -> tuple[bool, float, float]:
-    """(is float32, max finite, smallest subnormal) of a kernel output dtype."""
+_HALF = (torch.float16, torch.bfloat16)  # read and written as int16 bit patterns
+_IN_KIND = {torch.float32: 0, torch.float64: 0, torch.float16: 1, torch.bfloat16: 2}  # numba_cpu.IN_*
+_OUT_KIND = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}  # numba_cpu.OUT_*
+
+
+def _limits(dtype: torch.dtype) -> tuple[float, float]:
+    """(max finite, smallest subnormal) of a float32 / float64 output (unused for 16-bit outputs)."""
     if dtype == torch.float32:
-        return True, float(torch.finfo(torch.float32).max), 2.0**-149
-    return False, float(torch.finfo(torch.float64).max), 5e-324
+        return float(torch.finfo(torch.float32).max), 2.0**-149
+    return float(torch.finfo(torch.float64).max), 5e-324
+
+
+def _array(t: torch.Tensor) -> Any:
+    """The numpy view of a contiguous tensor the kernels read or write (16-bit floats as int16 bits)."""
+    t = t.detach().reshape(-1)
+    return (t.view(torch.int16) if t.dtype in _HALF else t).numpy()
+
+
+def _falls_back(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return None (run the reference) when a kernel cannot compile here, unless numba was asked for."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except runtime.KernelUnavailable:
+            asked = args[-1] if isinstance(args[-1], str) else get_backend()
+            if asked == "numba":
+                raise
+            runtime.warn_reference_fallback()
+            return None
+
+    return wrapper
 
 
 @functools.lru_cache(maxsize=256)
@@ -64,33 +85,14 @@ def _params(fmt: ScalarFormat) -> "tuple[str, tuple[Any, ...]] | None":
 
 @functools.lru_cache(maxsize=256)
 def _value_table(fmt: ScalarFormat, dtype: torch.dtype) -> Any:
-    """Every code's value already cast to ``dtype`` (numpy), for formats of ≤ 16 bits."""
-    return round_float64_to(fmt._table, dtype).numpy()
-
-
-_needs_lock: "bool | None" = None  # known after the first launch
-_SERIAL_BELOW = 1 << 15  # elements; smaller launches run on the calling thread
+    """Every code's value already cast to ``dtype`` (numpy; 16-bit floats as int16 bit patterns),
+    for formats of ≤ 16 bits."""
+    return _array(round_float64_to(fmt._table, dtype))
 
 
 def _run(kernel: Callable[..., Any], *args: Any) -> Any:
-    """Launch a parallel kernel with torch's thread count.
-
-    numba's omp and tbb threading layers run kernels from several Python threads at once; its
-    fallback "workqueue" layer does not, so launches are serialised when that is the layer.
-    """
-    global _needs_lock
-    numba, _ = _numba()
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    size = max((getattr(a, "size", 0) for a in args), default=0)
-    if size < _SERIAL_BELOW:  # waking worker threads costs more than the work itself
-        threads = 1
-    numba.set_num_threads(threads)
-    if _needs_lock is False:
-        return kernel(*args)
-    with _launch_lock:
-        result = kernel(*args)
-        _needs_lock = numba.threading_layer() == "workqueue"
-    return result
+    """Launch a parallel kernel (`lowbit.kernels.runtime.launch`: thread count, layer, cache)."""
+    return runtime.launch(kernel, *args)
 
 
 def _applies(fmt: ScalarFormat, x: torch.Tensor, backend: "str | None") -> bool:
@@ -98,17 +100,41 @@ def _applies(fmt: ScalarFormat, x: torch.Tensor, backend: "str | None") -> bool:
 
 
 def _flat_input(x: torch.Tensor) -> torch.Tensor:
-    """A contiguous float32/float64 view of x (float16/bfloat16 convert exactly to float32)."""
-    x = x.detach()
-    if x.dtype not in _KERNEL_DTYPES:
-        x = x.to(torch.float32)
-    return x.contiguous().reshape(-1)
+    """x flat and contiguous, in its own dtype (16-bit floats are read as bit patterns)."""
+    return x.detach().contiguous().reshape(-1)
 
 
 def _seed(mode: Rounding, generator: "torch.Generator | None") -> int:
     return draw_seed(generator) if mode is Rounding.STOCHASTIC else 0
 
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the bytes a and b span (first to last element) intersect."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        start = t.data_ptr()
+        extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+        low = start - sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if stride < 0)
+        return low, low + (extent + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _writes_in_place(out: torch.Tensor, flat: torch.Tensor) -> bool:
+    """Whether the kernel may write straight into ``out`` while it reads ``flat``: out is
+    contiguous and either is exactly the memory flat is read from or does not overlap it
+    (a partial overlap, e.g. ``quantize(b[:-1], out=b[1:])``, would read values already written)."""
+    if not out.is_contiguous():
+        return False
+    if out.data_ptr() == flat.data_ptr() and out.numel() == flat.numel():
+        return True
+    return not _shares_memory(out, flat)
+
+
+@_falls_back
 def encode(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
            backend: "str | None") -> "torch.Tensor | None":
     if not _applies(fmt, x, backend):
@@ -119,58 +145,113 @@ def encode(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "torch
     out = torch.empty(flat.shape, dtype=fmt.code_dtype)
     m = ROUNDING_MODES.index(mode.value)
     seed = _seed(mode, generator)
-    xs, os = flat.numpy(), out.numpy()
+    xs, os = _array(flat), out.numpy()
+    kind = _IN_KIND[x.dtype]
     if family == "posit":
-        _run(k.posit_encode(m), xs, os, *p, seed)
+        _run(k.posit_encode(m, kind), xs, os, *p, seed)
     elif family == "minifloat":
-        _run(k.minifloat_encode(m), xs, os, *p, seed)
+        _run(k.minifloat_encode(m, kind), xs, os, *p, seed)
     else:
-        _run(k.grid_encode(m), xs, os, *p, seed)
+        _run(k.grid_encode(m, kind), xs, os, *p, seed)
     return out.reshape(x.shape)
 
 
+@_falls_back
 def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
              out: "torch.Tensor | None", backend: "str | None") -> "torch.Tensor | None":
+    """Every input dtype is read in place and every output written directly in x's dtype, so the
+    only extra memory is the output (and a contiguous copy of a strided input)."""
     if not _applies(fmt, x, backend):
         return None
     family, p = _params(fmt)  # type: ignore[misc]
     _, k = _numba()
     flat = _flat_input(x)
-    direct = x.dtype in _KERNEL_DTYPES
-    kernel_dtype = x.dtype if direct else torch.float64
-    if direct and out is not None and out.is_contiguous():
+    if out is not None and _writes_in_place(out, flat):
         result = out
     else:
-        result = torch.empty(x.shape, dtype=kernel_dtype)
-    rs = result.reshape(-1).numpy()
-    xs = flat.numpy()
+        result = torch.empty(x.shape, dtype=x.dtype)
     m = ROUNDING_MODES.index(mode.value)
-    seed = _seed(mode, generator)
-    is32, fmax, tiny = _limits(kernel_dtype)
-    if family == "posit":
-        if fmt.bits <= _TABLE_BITS:
-            _run(k.posit_quantize_table(m), xs, rs, *p, seed, _value_table(fmt, kernel_dtype))
-        else:
-            _run(k.posit_quantize(m, is32), xs, rs, *p, seed, fmax, tiny)
-    elif family == "minifloat":
-        e, mb, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code, signed_nan = p
-        _run(k.minifloat_quantize(m, is32), xs, rs, mb, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, seed,
-             fmax, tiny)
+    big = mode is not Rounding.STOCHASTIC and flat.numel() >= _TABLES_FROM
+    table32 = _float32_table(fmt, m) if big and x.dtype == torch.float32 else None
+    if big and x.dtype in _HALF:
+        _run(k.table_lookup16, _array(flat), _half_table(fmt, m, x.dtype), _array(result))
+    elif table32 is not None:
+        _run(k.table_lookup32, flat.view(torch.int32).numpy(), table32, _array(result))
     else:
-        fs, bound, kmin, kmax, _ = p
-        _run(k.grid_quantize(m, is32), xs, rs, fs, bound, kmin, kmax, seed, fmax, tiny)
-    if not direct:
-        result = round_float64_to(result, x.dtype)
+        _quantize_into(fmt, family, p, m, _seed(mode, generator), _array(flat), _array(result), x.dtype)
     if out is None:
         return result
     if result is not out:
-        out.copy_(result)
+        with torch.no_grad():
+            out.copy_(result)
     return out
 
 
+def _quantize_into(fmt: ScalarFormat, family: str, p: "tuple[Any, ...]", m: int, seed: int, xs: Any, rs: Any,
+                   dtype: torch.dtype) -> None:
+    """Run the quantize kernel of ``fmt`` on the arrays of a ``dtype`` tensor (see `_array`)."""
+    _, k = _numba()
+    ink, outk = _IN_KIND[dtype], _OUT_KIND[dtype]
+    fmax, tiny = _limits(dtype)
+    if family == "posit":
+        if fmt.bits <= _TABLE_BITS:
+            _run(k.posit_quantize_table(m, ink), xs, rs, *p, seed, _value_table(fmt, dtype))
+        else:
+            _run(k.posit_quantize(m, ink, outk), xs, rs, *p, seed, fmax, tiny)
+    elif family == "minifloat":
+        e, mb, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code, signed_nan = p
+        _run(k.minifloat_quantize(m, ink, outk), xs, rs, mb, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz,
+             seed, fmax, tiny)
+    else:
+        fs, bound, kmin, kmax, _ = p
+        _run(k.grid_quantize(m, ink, outk), xs, rs, fs, bound, kmin, kmax, seed, fmax, tiny)
+
+
+_TABLES_FROM = 1 << 16  # inputs of at least this many elements may use a lookup table (deterministic modes)
+
+
+@functools.lru_cache(maxsize=64)
+def _half_table(fmt: ScalarFormat, m: int, dtype: torch.dtype) -> Any:
+    """quantize of every float16 / bfloat16 bit pattern in rounding mode ``m`` (deterministic modes),
+    computed once by the element kernel: a 16-bit input then costs one table lookup per element."""
+    family, p = _params(fmt)  # type: ignore[misc]
+    patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
+    patterns = torch.cat([patterns[1 << 15:], patterns[: 1 << 15]])  # table[i] is the value of pattern i (mod 2^16)
+    table = torch.empty(1 << 16, dtype=dtype)
+    _quantize_into(fmt, family, p, m, 0, patterns.numpy(), _array(table), dtype)
+    return _array(table)
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_table(fmt: ScalarFormat, m: int) -> Any:
+    """For a format whose every rounding boundary (values, midpoints) has at most 7 fraction bits
+    and lies in float32's range: quantize of float32 inputs by their top 16 bits, as pairs
+    (value at the bucket's first float, value inside the bucket); None for any other format.
+
+    The bucket of top bits b holds the float32 patterns b·2^16 … b·2^16 + 0xFFFF. quantize is
+    monotonic, so it is constant inside the bucket when the values just after its first
+    pattern, in its middle and at its last pattern are equal; that is checked for every bucket
+    (by the element kernel itself), else the table is not used.
+    """
+    if fmt.bits > 8:
+        return None
+    family, p = _params(fmt)  # type: ignore[misc]
+    top = torch.arange(1 << 16, dtype=torch.int64) << 16
+    probes = torch.stack([top, top | 1, top | 0x8000, top | 0xFFFF])  # (4, 65536)
+    probes = torch.where(probes >= 1 << 31, probes - (1 << 32), probes).to(torch.int32)
+    values = torch.empty(probes.shape, dtype=torch.float32)
+    _quantize_into(fmt, family, p, m, 0, probes.view(torch.float32).reshape(-1).numpy(), _array(values),
+                   torch.float32)
+    bits = values.view(torch.int32)
+    if not (torch.equal(bits[1], bits[2]) and torch.equal(bits[2], bits[3])):
+        return None
+    return values[:3:2].T.contiguous().reshape(-1).numpy()  # [start value, inside value] per bucket
+
+
+@_falls_back
 def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
            backend: "str | None") -> "torch.Tensor | None":
-    """Table-lookup decode for formats of ≤ 16 bits.
+    """Table-lookup decode for formats of ≤ 16 bits (straight into ``dtype``, 16-bit floats too).
 
     Returns None (so the reference runs and raises its precise error) if any code is invalid.
     """
@@ -179,7 +260,7 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
         return None
     if fmt.bits > _TABLE_BITS and isinstance(fmt, Posit):
         return _posit_decode(fmt, codes, dtype)
-    if fmt.bits > _TABLE_BITS or dtype not in _KERNEL_DTYPES:
+    if fmt.bits > _TABLE_BITS:
         return None
     _, k = _numba()
     table = _value_table(fmt, dtype)
@@ -187,7 +268,7 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
     if flat.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         flat = flat.to(torch.int64)
     out = torch.empty(flat.shape, dtype=dtype)
-    bad = _run(k.table_decode, flat.numpy(), table, _unused_code(fmt), out.numpy())
+    bad = _run(k.table_decode, flat.numpy(), table, _unused_code(fmt), _array(out))
     if bad:
         return None
     return out.reshape(codes.shape)
@@ -200,19 +281,21 @@ def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch
     if flat.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         return None  # the reference says what is wrong with the codes
     flat = flat.to(torch.int64)
-    direct = dtype == torch.float64  # narrower dtypes: round_float64_to, the reference's own rounding
-    out = torch.empty(flat.shape, dtype=dtype if direct else torch.float64)
-    bad = _run(k.posit_decode, flat.numpy(), fmt.n, fmt.es, fmt.scale, out.numpy())
+    out = torch.empty(flat.shape, dtype=dtype)
+    fmax, tiny = _limits(dtype)
+    bit_tricks = (fmt.n - 2) * (1 << fmt.es) + abs(fmt.scale) + fmt.n <= 1000
+    bad = _run(k.posit_decode(_OUT_KIND[dtype]), flat.numpy(), fmt.n, fmt.es, fmt.scale, _array(out), fmax, tiny,
+               bit_tricks)
     if bad:
         return None
-    values = out if direct else round_float64_to(out, dtype)
-    return values.reshape(codes.shape)
+    return out.reshape(codes.shape)
 
 
 def _unused_code(fmt: ScalarFormat) -> int:
     return 1 << (fmt.bits - 1) if getattr(fmt, "narrow", False) else -1
 
 
+@_falls_back
 def codebook_bounds(xs: torch.Tensor, k: int, max_iterations: int) -> "torch.Tensor | None":
     """k-means cluster bounds (G, k + 1) of each sorted float64 row of ``xs`` (G, b), exactly as
     `lowbit.formats.learned.Codebook._fit` finds them row by row; None where numba does not run."""

@@ -5,8 +5,12 @@ time in float64/int64 registers, so results are bit-identical (tests check every
 ≤16-bit format, all ties, random values and every rounding mode). Stochastic rounding uses the
 same counter-based stream as the reference (`lowbit.formats.rounding.uniform_stream`).
 
-Kernels are built per (rounding mode, output precision) by small factories, so that the mode is
-a compile-time constant: the branches of the other modes vanish and LLVM vectorises the loop
+float16 / bfloat16 tensors are read and written as int16 bit patterns (`_load`, `_store`): no
+float64 copy of a 16-bit tensor is made. Lookup kernels (`table_lookup16`, `table_lookup32`) serve
+large inputs in deterministic modes from tables the element kernels compute (see `dispatch`).
+
+Kernels are built per (rounding mode, input kind, output kind) by small factories, so that the
+mode is a compile-time constant: the branches of the other modes vanish and LLVM vectorises the loop
 body (a runtime mode switch costs 3–5× here). Nothing compiles at import; each kernel compiles on
 first use (about a second) and is cached on disk (numba keys the cache on the closure values).
 """
@@ -25,6 +29,10 @@ _MANT52 = (1 << 52) - 1
 
 # rounding mode numbers: the order of lowbit.formats.rounding.ROUNDING_MODES
 NEAREST_EVEN, NEAREST_AWAY, TOWARD_ZERO, FLOOR, CEIL, STOCHASTIC = range(6)
+# input kinds: float32/float64 arrays, or int16 bit patterns of float16 / bfloat16
+IN_NATIVE, IN_F16, IN_BF16 = range(3)
+# output kinds: float64, float32, or int16 bit patterns of float16 / bfloat16
+OUT_F64, OUT_F32, OUT_F16, OUT_BF16 = range(4)
 
 
 # ------------------------------------------------------------------------------ scalar helpers
@@ -98,6 +106,65 @@ def _cast(v, out32, fmax, tiny):
         r = float64(np.float32(c))
         return math.copysign(tiny, v) if (r == 0.0 and v != 0.0) else r
     return v
+
+
+# ------------------------------------------------------------------------------ 16-bit inputs and outputs
+# float16 / bfloat16 tensors are read and written as their int16 bit patterns (numba has no
+# bfloat16), converted exactly to float64 on load and rounded once, to nearest even, on store.
+@njit(inline="always", cache=True)
+def _load(x, i, in_kind):
+    """Element i of x as float64: x itself (float32/64) or float16 / bfloat16 bit patterns."""
+    if in_kind == IN_NATIVE:
+        return float64(x[i])
+    h = int64(x[i]) & 0xFFFF
+    sign = -1.0 if (h >> 15) == 1 else 1.0
+    if in_kind == IN_BF16:
+        return float64(np.uint32(h << 16).view(np.float32))
+    e = (h >> 10) & 31
+    m = h & 1023
+    if e == 31:
+        return math.copysign(_INF if m == 0 else np.nan, sign)
+    mag = float64(m) * 5.9604644775390625e-08 if e == 0 else float64(1024 + m) * _pow2(e - 25)  # 2^-24
+    return math.copysign(mag, sign)
+
+
+@njit(inline="always", cache=True)
+def _half_bits(v, out_kind):
+    """float64 v rounded once (nearest even, saturating, nonzero stays nonzero; NaN -> the
+    canonical quiet NaN) to float16 / bfloat16, as signed int16 bits (formats._float64.round_float64_to)."""
+    if out_kind == OUT_F16:
+        man, emin, bias, fmax, inf_bits, nan_bits = 10, -14, 15, 65504.0, 0x7C00, 0x7E00
+    else:
+        man, emin, bias, fmax, inf_bits, nan_bits = 7, -126, 127, 3.3895313892515355e38, 0x7F80, 0x7FC0
+    a = abs(v)
+    if v != v:
+        mag = int64(nan_bits)
+    elif a == _INF:
+        mag = int64(inf_bits)
+    elif a == 0.0:
+        mag = int64(0)
+    else:
+        a = min(a, fmax)
+        q = max(_exponent(a), emin) - man
+        r = max(np.rint(a * _pow2(-q)), 1.0)  # a nonzero value never rounds to 0: the smallest subnormal
+        value = r * _pow2(q)
+        ev = _exponent(value)
+        if ev < emin:
+            mag = int64(r)
+        else:
+            mag = ((ev + bias) << man) | (int64(value * _pow2(man - ev)) - (int64(1) << man))
+    bits = mag | (int64(0x8000) if (_signbit(v) and v == v) else int64(0))
+    return np.int16(bits - 65536 if bits >= 32768 else bits)
+
+
+@njit(inline="always", cache=True)
+def _store(v, out_kind, fmax, tiny):
+    """float64 v as an element of the output array (float64, float32, or 16-bit patterns)."""
+    if out_kind == OUT_F64:
+        return v
+    if out_kind == OUT_F32:
+        return _cast(v, True, fmax, tiny)
+    return _half_bits(v, out_kind)
 
 
 # ------------------------------------------------------------------------------ posit
@@ -254,63 +321,64 @@ def _grid_k(v, frac_scale, bound, k_min, k_max, mode, u):
 # One compiled kernel per (family, operation, rounding mode[, float32 output]); the mode and the
 # output precision are closure constants, so numba specialises (and caches) each separately.
 @functools.lru_cache(maxsize=None)
-def posit_encode(mode: int) -> Callable[..., Any]:
+def posit_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, n, es, scale, seed):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = _posit_encode(float64(x[i]), n, es, scale, mode, u)
+            out[i] = _posit_encode(_load(x, i, in_kind), n, es, scale, mode, u)
 
     return kernel
 
 
 @functools.lru_cache(maxsize=None)
-def posit_quantize(mode: int, out32: bool) -> Callable[..., Any]:
+def posit_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, n, es, scale, seed, fmax, tiny):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            code = _posit_encode(float64(x[i]), n, es, scale, mode, u)
-            out[i] = _cast(_posit_decode(code, n, es, scale), out32, fmax, tiny)
+            code = _posit_encode(_load(x, i, in_kind), n, es, scale, mode, u)
+            out[i] = _store(_posit_decode(code, n, es, scale), out_kind, fmax, tiny)
 
     return kernel
 
 
 @functools.lru_cache(maxsize=None)
-def posit_quantize_table(mode: int) -> Callable[..., Any]:
-    """Posit quantize for n ≤ 16: the value comes from a table already cast to out's dtype."""
+def posit_quantize_table(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
+    """Posit quantize for n ≤ 16: the value comes from a table already cast to out's dtype
+    (for float16 / bfloat16 outputs: a table of their bit patterns)."""
 
     @njit(parallel=True, cache=True)
     def kernel(x, out, n, es, scale, seed, table):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = table[_posit_encode(float64(x[i]), n, es, scale, mode, u)]
+            out[i] = table[_posit_encode(_load(x, i, in_kind), n, es, scale, mode, u)]
 
     return kernel
 
 
 @functools.lru_cache(maxsize=None)
-def minifloat_quantize(mode: int, out32: bool) -> Callable[..., Any]:
+def minifloat_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan, fnu, fnuz, seed, fmax,
                tiny):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            r = _mf_value(float64(x[i]), man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan, fnu,
-                          fnuz, mode, u)
-            out[i] = _cast(r, out32, fmax, tiny)
+            r = _mf_value(_load(x, i, in_kind), man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan,
+                          fnu, fnuz, mode, u)
+            out[i] = _store(r, out_kind, fmax, tiny)
 
     return kernel
 
 
 @functools.lru_cache(maxsize=None)
-def minifloat_encode(mode: int) -> Callable[..., Any]:
+def minifloat_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, exp_bits, man_bits, bias, emin, maxv, minpos, signed, subnormals, sat, has_inf, has_nan,
                fnu, fnuz, nan_code, signed_nan, seed):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            v = float64(x[i])
+            v = _load(x, i, in_kind)
             r = _mf_value(v, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan, fnu, fnuz, mode, u)
             out[i] = _mf_code(v, r, exp_bits, man_bits, bias, emin, signed, subnormals, nan_code, signed_nan)
 
@@ -318,30 +386,46 @@ def minifloat_encode(mode: int) -> Callable[..., Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def grid_quantize(mode: int, out32: bool) -> Callable[..., Any]:
+def grid_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, frac_scale, bound, k_min, k_max, seed, fmax, tiny):
         step = 1.0 / frac_scale
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            k = _grid_k(float64(x[i]), frac_scale, bound, k_min, k_max, mode, u)
-            out[i] = _cast(float64(k) * step, out32, fmax, tiny)
+            k = _grid_k(_load(x, i, in_kind), frac_scale, bound, k_min, k_max, mode, u)
+            out[i] = _store(float64(k) * step, out_kind, fmax, tiny)
 
     return kernel
 
 
 @functools.lru_cache(maxsize=None)
-def grid_encode(mode: int) -> Callable[..., Any]:
+def grid_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, frac_scale, bound, k_min, k_max, word_mask, seed):
         for i in prange(x.size):
             u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = _grid_k(float64(x[i]), frac_scale, bound, k_min, k_max, mode, u) & word_mask
+            out[i] = _grid_k(_load(x, i, in_kind), frac_scale, bound, k_min, k_max, mode, u) & word_mask
 
     return kernel
 
 
 # ------------------------------------------------------------------------------ decode
+@njit(parallel=True, cache=True)
+def table_lookup32(x, table, out):
+    """float32 inputs (int32 bit patterns) by their top 16 bits: table[2b] for the bucket's first
+    pattern, table[2b + 1] for the others (dispatch._float32_table says when that is exact)."""
+    for i in prange(x.size):
+        b = int64(x[i]) & 0xFFFFFFFF
+        out[i] = table[((b >> 16) << 1) | (1 if (b & 0xFFFF) != 0 else 0)]
+
+
+@njit(parallel=True, cache=True)
+def table_lookup16(x, table, out):
+    """out[i] = table[x[i] mod 2^16]: 16-bit inputs (int16 bit patterns) through a full table."""
+    for i in prange(x.size):
+        out[i] = table[int64(x[i]) & 0xFFFF]
+
+
 @njit(parallel=True, cache=True)
 def table_decode(codes, table, unused_code, out):
     """out[i] = table[codes[i]]; returns how many codes were outside the table or unused."""
@@ -355,46 +439,58 @@ def table_decode(codes, table, unused_code, out):
     return bad
 
 
-@njit(parallel=True, cache=True)
-def posit_decode(codes, n, es, scale, out):
-    """out[i] = the value of posit<n, es> code codes[i], times 2^scale, computed exactly in float64
-    (a posit of at most 32 bits has at most 29 fraction bits); NaR -> NaN. Returns how many codes
-    were outside [0, 2^n)."""
-    bad = 0
-    mask = (int64(1) << n) - 1
-    nar = int64(1) << (n - 1)
-    for i in prange(codes.size):
-        c = int64(codes[i])
-        invalid = (c < 0) | (c > mask)
-        bad += 1 if invalid else 0
-        c = c & mask
-        if c == 0:
-            out[i] = 0.0
-        elif c == nar:
-            out[i] = np.nan
-        else:
-            neg = c >= nar
-            if neg:
-                c = (-c) & mask  # two's complement magnitude
-            pos = n - 2  # the bit after the sign
-            first = (c >> pos) & 1
-            run = 0
-            while pos >= 0 and ((c >> pos) & 1) == first:
-                run += 1
-                pos -= 1
-            regime = run - 1 if first == 1 else -run
-            pos -= 1  # the regime's terminating bit (absent when the run reaches the end)
-            e = 0
-            for _ in range(es):  # exponent bits cut off by the end of the word count as 0
-                e <<= 1
-                if pos >= 0:
-                    e |= (c >> pos) & 1
-                    pos -= 1
-            fbits = pos + 1 if pos >= 0 else 0
-            frac = c & ((int64(1) << fbits) - 1)
-            v = math.ldexp(float64((int64(1) << fbits) + frac), regime * (1 << es) + e + scale - fbits)
-            out[i] = -v if neg else v
-    return bad
+@njit(inline="always", cache=True)
+def _posit_code_value(c, n, es, scale, nar, mask):
+    """The exact float64 value of posit code c in [0, 2^n), times 2^scale (NaR -> NaN), read field
+    by field (a posit of at most 32 bits has at most 29 fraction bits: exact in float64)."""
+    if c == 0:
+        return 0.0
+    if c == nar:
+        return np.nan
+    neg = c >= nar
+    if neg:
+        c = (-c) & mask  # two's complement magnitude
+    pos = n - 2  # the bit after the sign
+    first = (c >> pos) & 1
+    run = 0
+    while pos >= 0 and ((c >> pos) & 1) == first:
+        run += 1
+        pos -= 1
+    regime = run - 1 if first == 1 else -run
+    pos -= 1  # the regime's terminating bit (absent when the run reaches the end)
+    e = 0
+    for _ in range(es):  # exponent bits cut off by the end of the word count as 0
+        e <<= 1
+        if pos >= 0:
+            e |= (c >> pos) & 1
+            pos -= 1
+    fbits = pos + 1 if pos >= 0 else 0
+    frac = c & ((int64(1) << fbits) - 1)
+    v = math.ldexp(float64((int64(1) << fbits) + frac), regime * (1 << es) + e + scale - fbits)
+    return -v if neg else v
+
+
+@functools.lru_cache(maxsize=None)
+def posit_decode(out_kind: int) -> Callable[..., Any]:
+    """out[i] = the value of posit<n, es> code codes[i] (`_posit_code_value`), rounded once to the
+    output (`_store`: float64, float32 or 16-bit patterns). The kernel returns how many codes were
+    outside [0, 2^n)."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(codes, n, es, scale, out, fmax, tiny, bit_tricks):
+        bad = 0
+        mask = (int64(1) << n) - 1
+        nar = int64(1) << (n - 1)
+        for i in prange(codes.size):
+            c = int64(codes[i])
+            bad += 1 if ((c < 0) | (c > mask)) else 0
+            c = c & mask
+            # bit_tricks: every value's exponent is within 2^±1022, so the branch-free decode applies
+            v = _posit_decode(c, n, es, scale) if bit_tricks else _posit_code_value(c, n, es, scale, nar, mask)
+            out[i] = _store(v, out_kind, fmax, tiny)
+        return bad
+
+    return kernel
 
 
 # ------------------------------------------------------------------------------ codebook k-means
