@@ -56,3 +56,4 @@ test: install-test data
 bench: install
 	$(PIP) install --quiet --no-warn-conflicts -e ".[bench]"
 	$(PYTHON) benchmarks/bench_formats.py --out benchmarks/results
+	$(PYTHON) benchmarks/bench_quire.py --out benchmarks/results
