@@ -57,9 +57,18 @@ def main() -> None:
     args = parser.parse_args()
     x = torch.randn(args.rows, args.cols, generator=torch.Generator().manual_seed(0))
     print(f"weight {tuple(x.shape)} float32, torch threads {torch.get_num_threads()}")
+    y = torch.empty_like(x)
+    copy_ms = best_ms(lambda: torch.add(x, 0, out=y), args.repeats)
+    print(f"memory pass torch.add(x, 0, out=y) {copy_ms:8.1f} ms")
+    linear = torch.nn.Linear(args.cols, args.rows)
+    one = torch.randn(1, args.cols)
+    with torch.no_grad():
+        fp32_ms = best_ms(lambda: linear(one), args.repeats)
+    print(f"FP32 Linear forward, batch 1 {fp32_ms:8.3f} ms")
     for spec in ("nvfp4", "nvfp4_1l", "mxfp4_e2m1fn"):
         fmt = lb.parse_format(spec)
-        line = f"{spec:13s} quantize {best_ms(lambda f=fmt: f.quantize(x), args.repeats):8.1f} ms"
+        q_ms = best_ms(lambda f=fmt: f.quantize(x), args.repeats)
+        line = f"{spec:13s} quantize {q_ms:8.1f} ms ({q_ms / copy_ms:.1f}x the memory pass)"
         ref = torchao_reference(spec == "nvfp4") if spec.startswith("nvfp4") else None
         if ref is not None:
             same = torch.equal(fmt.quantize(x), ref(x))
@@ -70,9 +79,9 @@ def main() -> None:
             line += f" | checkpoint {os.path.getsize(path) / x.numel():.6f} B/weight"
         model = torch.nn.Sequential(torch.nn.Linear(args.cols, args.rows))
         packed = lb.pack_(copy.deepcopy(model), spec)
-        batch = torch.randn(8, args.cols)
         with torch.no_grad():
-            line += f" | packed Linear forward {best_ms(lambda p=packed, b=batch: p(b), args.repeats):7.1f} ms"
+            f_ms = best_ms(lambda p=packed: p(one), args.repeats)
+        line += f" | packed Linear forward, batch 1 {f_ms:7.3f} ms ({f_ms / fp32_ms:.2f}x FP32)"
         print(line)
 
 

@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import math
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,17 @@ BFP_BITS = (2, 16)
 # below every element format's smallest rounding point, so every rounding mode (stochastic with
 # its 53-bit uniforms included) decides the same for them, and float64 never underflows.
 _TINY = -1000
+
+
+# The numba fast paths of block formats are installed from above (`lowbit.kernels.blocks`), so this
+# layer imports nothing of them; its functions return None where they do not apply.
+_block_accelerator: Any = None
+
+
+def install_block_accelerator(accelerator: Any) -> None:
+    """Register the module whose block-format fast paths are tried before the torch reference."""
+    global _block_accelerator
+    _block_accelerator = accelerator
 
 
 class BlockFormat(NumberFormat):

@@ -52,7 +52,8 @@ import torch.nn.functional as F
 
 from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor
-from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat
+from lowbit.formats import block as _block
+from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, _check_out
 from lowbit.formats.block import MAX_BLOCK_SIZE, _AlongAxis, _rows, _unpack
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.minifloat import Minifloat
@@ -259,6 +260,10 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
             return _AlongAxis.encode_tensor(self, x, rounding, generator)  # type: ignore[no-any-return]
         self._axis_for(x.dim())
         mode = check_rounding(rounding, generator)
+        acc = _block._block_accelerator
+        fast = None if acc is None else acc.scaled_block_encode(self, x, mode, generator)
+        if fast is not None:
+            return fast  # type: ignore[no-any-return]
         wide = x.dtype == torch.float64
         rows = _rows(x.detach())
         rows = rows if wide else rows.to(torch.float32)
@@ -267,19 +272,30 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
         bad = ~torch.isfinite(amax)  # NaN propagates through amax; ±inf stays inf
         has_bad = bool(bad.any())
         if has_bad:
-            if self._scale_nan_code() is None:
-                raise ValueError(
-                    f"x holds NaN or ±inf, which {self} cannot hold: its scale format {self.scale} has no NaN"
-                )
             xb = xb.masked_fill(bad.unsqueeze(-1), 0.0)
             amax = amax.masked_fill(bad, 0.0)
-        if wide:
+        scale_codes, reciprocal, params = self._block_scales(amax, bad if has_bad else None)
+        y = xb * reciprocal.to(xb.dtype).unsqueeze(-1)
+        y = torch.clamp(y, -self.element_max, self.element_max)
+        codes = self.element.encode(self._unblocked(y, rows.shape[-1]), mode, generator)
+        return EncodedTensor(self, codes.reshape(x.shape), params)
+
+    def _block_scales(
+        self, amax: torch.Tensor, bad: "torch.Tensor | None"
+    ) -> "tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]":
+        """Steps 1-2 of the rule on the blocks' amax (NaN/±inf blocks already 0 in ``amax`` and
+        True in ``bad``, or None when there are none): (scale codes, float32 reciprocals, params).
+
+        Shared by the reference and the numba path, so both compute the scales alike."""
+        if bad is not None:
+            self._check_nonfinite_allowed()
+        if amax.dtype == torch.float64:
             amax = amax.clamp(max=_FP32_MAX).to(torch.float32)
         block_scale = amax / self.element_max  # float32, as torchao
         params: dict[str, torch.Tensor] = {}
         if self.tensor_scale:
             total = amax.amax() if amax.numel() else amax.new_zeros(())
-            g = torch.clamp(total / self.tensor_scale_divisor, min=self.tensor_scale_floor)
+            g = self._tensor_scale_of(total)
             scale_codes = self.scale.encode(torch.clamp(block_scale / g, min=self.scale_floor, max=self.scale_max))
             s = self.scale.decode(scale_codes, torch.float32)
             reciprocal = (1.0 / g) / s
@@ -288,13 +304,47 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
             scale_codes = self.scale.encode(torch.clamp(block_scale, min=self.scale_floor, max=self.scale_max))
             s = self.scale.decode(scale_codes, torch.float32)
             reciprocal = 1.0 / s
-        y = xb * reciprocal.to(xb.dtype).unsqueeze(-1)
-        y = torch.clamp(y, -self.element_max, self.element_max)
-        codes = self.element.encode(self._unblocked(y, rows.shape[-1]), mode, generator)
-        if has_bad:
+        if bad is not None:
             scale_codes = scale_codes.masked_fill(bad, self._scale_nan_code())  # type: ignore[arg-type]
         params["scale_codes"] = scale_codes
-        return EncodedTensor(self, codes.reshape(x.shape), params)
+        return scale_codes, reciprocal, params
+
+    def _check_nonfinite_allowed(self) -> None:
+        if self._scale_nan_code() is None:
+            raise ValueError(
+                f"x holds NaN or ±inf, which {self} cannot hold: its scale format {self.scale} has no NaN"
+            )
+
+    def _tensor_scale_of(self, total: torch.Tensor) -> torch.Tensor:
+        """g = max(amax_tensor / (M · E), g_min) from the float32 0-d tensor amax."""
+        return torch.clamp(total / self.tensor_scale_divisor, min=self.tensor_scale_floor)
+
+    def _block_factors(self, scale_codes: torch.Tensor, tensor_scale: "torch.Tensor | None") -> torch.Tensor:
+        """float32 ``s`` (or ``g · s``) of every block: what its elements are multiplied by to decode."""
+        s = self.scale.decode(scale_codes, torch.float32)  # validates the codes
+        return s if tensor_scale is None else tensor_scale.to(s.device) * s
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        rounding: "str | Rounding" = "nearest_even",
+        generator: "torch.Generator | None" = None,
+        out: "torch.Tensor | None" = None,
+    ) -> torch.Tensor:
+        """``decode_tensor(encode_tensor(x, rounding, generator), x.dtype)``, fused on the CPU (numba).
+
+        >>> import torch, lowbit as lb
+        >>> lb.parse_format("nvfp4_1l").quantize(torch.tensor([0.3, -1.0, 5.0, 0.0])).tolist()
+        [0.40625, -0.8125, 4.875, 0.0]
+        """
+        x = check_float_tensor(x)
+        mode = check_rounding(rounding, generator)
+        if out is not None:
+            _check_out(out, x)
+        fast = _fast_quantize(self, x, mode, generator, out)
+        if fast is not None:
+            return fast
+        return super().quantize(x, mode, generator, out)
 
     def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Values ``element · s`` (or ``element · (g · s)``) in float32, cast to ``dtype``."""
@@ -312,13 +362,13 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
                 f"params['scale_codes'] must be an integer tensor of {self.scale} codes, shape {want} for codes of "
                 f"shape {tuple(codes.shape)} (one per block of {self.block_size} along the last axis); got {got}"
             )
-        s = self.scale.decode(scale_codes, torch.float32)  # validates the codes
+        g = None
         if self.tensor_scale:
             g = rest[0]
             if (not isinstance(g, torch.Tensor) or g.dtype != torch.float32 or g.dim() != 0
                     or not bool(torch.isfinite(g) & (g > 0))):
                 raise ValueError(f"params['tensor_scale'] must be a positive finite float32 0-d tensor; got {g!r}")
-            s = g.to(s.device) * s
+        s = self._block_factors(scale_codes, g)
         rows = _rows(codes)
         elements = self.element.decode(self._blocked(rows), torch.float32)  # validates the codes
         values = self._unblocked(elements * s.unsqueeze(-1), rows.shape[-1])
@@ -327,6 +377,12 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
     def storage_params(self, params: "Mapping[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
         """Stored as they are: one scale code per block (1 byte for 8-bit scales), the float32 tensor scale."""
         return dict(params)
+
+
+def _fast_quantize(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
+                   out: "torch.Tensor | None") -> "torch.Tensor | None":
+    acc = _block._block_accelerator
+    return None if acc is None else acc.scaled_block_quantize(fmt, x, mode, generator, out)  # type: ignore[no-any-return]
 
 
 def _signed(fmt: ScalarFormat) -> bool:

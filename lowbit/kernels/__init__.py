@@ -92,9 +92,11 @@ def resolve_backend(backend: "str | None", device_type: str) -> str:
 
 def _install() -> None:
     from lowbit.formats.base import install_accelerator
-    from lowbit.kernels import dispatch
+    from lowbit.formats.block import install_block_accelerator
+    from lowbit.kernels import blocks, dispatch
 
     install_accelerator(dispatch)
+    install_block_accelerator(blocks)
 
 
 _install()

@@ -70,6 +70,7 @@ from torch import nn
 from lowbit.formats._float64 import FLOAT_DTYPES, check_float_dtype, round_float64_to
 from lowbit.formats.base import MAX_TABLE_BITS, EncodedTensor, NumberFormat, ScalarFormat
 from lowbit.formats.block import BlockFormat
+from lowbit.formats.scaled_block import ScaledBlockFormat
 from lowbit.formats.granules import from_granule_rows, to_granule_rows
 from lowbit.formats.learned import LearnedFormat
 from lowbit.formats.spec import parse_format
@@ -275,8 +276,8 @@ class PackedLayerMixin(nn.Module):
         out = _staging(n, value_dtype) if staging and value_dtype == dtype else None
         if table.grid is not None:  # levels fitted per channel / group, without numba
             values = _granule_decode(data, fmt.bits, table, tuple(self._packed_shape))
-        elif isinstance(fmt, BlockFormat):
-            values = _decode_block(self, table, value_dtype)
+        elif isinstance(fmt, (BlockFormat, ScaledBlockFormat)):
+            values = _decode_block(self, table, value_dtype, out)
             if values is None:  # exponents outside the table: the reference decoder says why
                 return self.packed_weight.decode(dtype)
         else:
@@ -522,6 +523,8 @@ def _code_table(fmt: NumberFormat, params: Mapping[str, torch.Tensor], dtype: to
     """Every code's value in ``dtype`` (NaN for unused codes), or None for formats without a table."""
     if isinstance(fmt, ScalarFormat):
         return _value_table(fmt, dtype) if fmt.bits <= MAX_TABLE_BITS else None
+    if isinstance(fmt, ScaledBlockFormat):  # element values (float32-exact); products are float32
+        return _value_table(fmt.element, torch.float32) if fmt.element.bits <= MAX_TABLE_BITS else None
     if isinstance(fmt, BlockFormat):
         element = fmt.element_format
         if element.bits > MAX_TABLE_BITS:
@@ -601,7 +604,8 @@ def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, .
 
     fmt = layer._packed_format
     data = layer._buffers[_DATA]
-    if isinstance(fmt, BlockFormat) or data.device.type != "cpu" or resolve_backend(None, "cpu") != "numba":
+    if isinstance(fmt, (BlockFormat, ScaledBlockFormat)) or data.device.type != "cpu" \
+            or resolve_backend(None, "cpu") != "numba":
         return None
     shape = layer._packed_shape
     scale = layer._buffers.get(_SCALE)
@@ -825,35 +829,79 @@ def _pow2_table(dtype: torch.dtype) -> torch.Tensor:
     return table.to(dtype)
 
 
-def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype) -> "torch.Tensor | None":
-    """Block formats: element value × 2^s per block, rounded once to ``dtype`` (as decode_tensor)."""
+def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype,
+                  out: "torch.Tensor | None" = None) -> "torch.Tensor | None":
+    """Block formats: element value × the block's factor (2^s for MX / E8M0 scales; the decoded
+    scale, times the tensor scale, for float scales), as decode_tensor rounds it to ``dtype``.
+
+    float32 products go through `_block_products` (one numba pass into ``out``, the staging
+    buffer, when given). None where the reference decoder must run (blocks along another axis,
+    scales it would reject: it then says why)."""
     fmt = layer._packed_format
-    assert isinstance(fmt, BlockFormat)
     shape = layer._packed_shape
-    stored = {p: layer._buffers[_PARAM + p] for p in layer._packed_params}
-    s = fmt.params_from_storage(stored)["scale_exponent"].to(torch.int64)
-    if getattr(fmt, "axis", -1) != -1 and fmt._moves(len(shape)):  # type: ignore[attr-defined]
+    if getattr(fmt, "axis", -1) != -1 and fmt._moves(len(shape)):  # type: ignore[union-attr]
         return None  # blocks along another axis than the last: the reference decoder
+    stored = {p: layer._buffers[_PARAM + p] for p in layer._packed_params}
+    data = layer._buffers[_DATA]
+    if isinstance(fmt, ScaledBlockFormat):
+        params = fmt.params_from_storage(stored)
+        g = params.get("tensor_scale") if fmt.tensor_scale else None
+        codes = params.get("scale_codes")
+        if codes is None or (fmt.tensor_scale and (g is None or g.dtype != torch.float32 or g.dim() != 0
+                                                   or not bool(torch.isfinite(g) & (g > 0)))):
+            return None
+        try:
+            factor = fmt._block_factors(codes, g)  # validates the scale codes
+        except (TypeError, ValueError):
+            return None
+        values = _block_products(data, fmt.bits, table, factor, shape, fmt.block_size,
+                                 out if dtype == torch.float32 else None)
+        return values if dtype == torch.float32 else values.to(dtype)
+    assert isinstance(fmt, BlockFormat)
+    s = fmt.params_from_storage(stored)["scale_exponent"].to(torch.int64)
     if fmt.exponent_min < -127 or fmt.exponent_max > 127 or fmt.nan_exponent != 128:
         return None
     if bool((((s < fmt.exponent_min) | (s > fmt.exponent_max)) & (s != fmt.nan_exponent)).any()):
         return None
-    data = layer._buffers[_DATA]
-    n = shape.numel()
-    elements = _lut_decode(data, fmt.bits, table, n)
-    length = shape[-1] if len(shape) else 1
-    rows = elements.reshape(-1, length)
-    k = fmt.block_size
-    nb = -(-length // k)
-    if nb * k != length:
-        rows = F.pad(rows, (0, nb * k - length))
     # float32 products are exact-then-rounded once (elements have few significant bits, 2^s is
     # exact), so they equal float64 products rounded to float32; other dtypes go through float64
     work = table.values.dtype
-    factor = _pow2_table(work).to(data.device)[(s + 127).reshape(-1, nb)]
-    values = (rows.reshape(-1, nb, k) * factor.unsqueeze(-1)).reshape(-1, nb * k)[:, :length]
-    values = values.reshape(shape)
+    factor = _pow2_table(work).to(data.device)[s + 127]
+    values = _block_products(data, fmt.bits, table, factor, shape, fmt.block_size,
+                             out if work == dtype else None)
     return values if work == dtype else round_float64_to(values.to(torch.float64), dtype)
+
+
+def _block_products(data: torch.Tensor, bits: int, table: "_Lut", factor: torch.Tensor, shape: torch.Size, k: int,
+                    out: "torch.Tensor | None") -> torch.Tensor:
+    """``table[code] · factor[block]`` in the table's dtype, shaped ``shape`` (blocks of ``k``
+    along its last axis, the last one shorter), into ``out`` (flat) when given."""
+    from lowbit.kernels import resolve_backend
+
+    n = shape.numel()
+    length = shape[-1] if len(shape) else 1
+    values = table.values
+    if (n and bits <= 8 and values.dtype == torch.float32 and data.device.type == "cpu"
+            and resolve_backend(None, "cpu") == "numba"):
+        result = out if out is not None else torch.empty(n, dtype=torch.float32)
+        _block_kernels().decode_packed_into(data.contiguous().numpy(), bits, values.contiguous().numpy(),
+                                            factor.reshape(-1).contiguous().numpy(), length, k,
+                                            result.numpy())
+        return result.view(shape)
+    elements = _lut_decode(data, bits, table, n)
+    rows = elements.reshape(-1, length)
+    nb = -(-length // k)
+    if nb * k != length:
+        rows = F.pad(rows, (0, nb * k - length))
+    products = (rows.reshape(-1, nb, k) * factor.reshape(-1, nb).unsqueeze(-1)).reshape(-1, nb * k)[:, :length]
+    return products.reshape(shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _block_kernels():  # type: ignore[no-untyped-def]
+    from lowbit.kernels import blocks_numba
+
+    return blocks_numba
 
 
 # ------------------------------------------------------------------------------ pack_ / unpack_
