@@ -183,7 +183,7 @@ def test_a_frozen_scale_serves_the_new_weight_at_the_old_exponent():
     w = q.lowbit_float_tensor("weight")
     with torch.no_grad():
         w.copy_(torch.tensor([[1.0, 2.0, 3.0, 400.0], [0.5, 0.25, 0.125, 0.0]]))
-        q.weight
+        _ = q.weight
         k = q.lowbit_roles["weight"].tracker.exponent
         w.mul_(8.0)  # would need k + 3; the scale is frozen
         assert _identical(q.weight, scaled_format("e4m3fn", k).quantize(w))
@@ -214,6 +214,6 @@ def test_a_histogram_tracker_with_every_refreshes_its_cached_weight_at_the_right
     with torch.no_grad():
         for i in range(6):
             w.copy_(torch.full((1, 4), 2.0 ** (3 * i)))
-            q.weight
+            _ = q.weight
             ks.append(q.lowbit_roles["weight"].tracker.exponent)
     assert ks == [0, 0, 6, 6, 12, 12]
