@@ -17,12 +17,13 @@ def finite_amax_float(x, chunk):
     n = x.size
     parts = (n + chunk - 1) // chunk
     partial = np.zeros(parts, dtype=np.float64)
+    zero, inf = x.dtype.type(0), x.dtype.type(np.inf)
     for c in prange(parts):
-        m = 0.0
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            a = abs(np.float64(x[i]))
-            if a > m and a != np.inf:  # NaN compares false
-                m = a
+        m = zero
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):  # branch-free: the loop vectorizes
+            a = abs(x[i])
+            a = a if a < inf else zero  # inf and NaN (which compares false) count as 0
+            m = max(m, a)
         partial[c] = m
     best = 0.0
     for c in range(parts):
