@@ -107,7 +107,13 @@ class RoleQuantizer:
 
     def quantize_as(self, x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
         """``x`` quantized to ``fmt`` (this role's format at some scale) with this role's rounding,
-        straight-through; the scale tracker is not consulted."""
+        straight-through; the scale tracker is not consulted.
+
+        >>> from lowbit.formats import parse_format
+        >>> q = RoleQuantizer(parse_format("e4m3fn"), scaling="amax")
+        >>> q.quantize_as(torch.tensor([900.0, 3.3]), q.tracker.fmt).tolist()  # no scale: 900 overflows
+        [nan, 3.25]
+        """
         return fake_quantize(x, fmt, None, self.rounding, self.generator)
 
     def __repr__(self) -> str:
