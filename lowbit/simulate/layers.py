@@ -16,6 +16,7 @@ Weight-only simulation is exactly ``op(x, fmt.quantize(weight), bias)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -100,9 +101,20 @@ class RoleQuantizer:
             return y if backward is None else _gradient_only(y, backward)
         fmt = self.current_format(x)
         if backward is None:
-            return fake_quantize(x, fmt, None, self.rounding, self.generator)
+            return self.quantize_as(x, fmt)
         return fake_quantize(x, fmt, backward.format, self.rounding, self.generator,
                              backward_rounding=backward.rounding, backward_generator=backward.generator)
+
+    def quantize_as(self, x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+        """``x`` quantized to ``fmt`` (this role's format at some scale) with this role's rounding,
+        straight-through; the scale tracker is not consulted.
+
+        >>> from lowbit.formats import parse_format
+        >>> q = RoleQuantizer(parse_format("e4m3fn"), scaling="amax")
+        >>> q.quantize_as(torch.tensor([900.0, 3.3]), q.tracker.fmt).tolist()  # no scale: 900 overflows
+        [nan, 3.25]
+        """
+        return fake_quantize(x, fmt, None, self.rounding, self.generator)
 
     def __repr__(self) -> str:
         scale = "" if self.tracker is None else f", scaling={self.tracker.rule!r}"
@@ -201,6 +213,18 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.view(as_int), b.view(as_int))
 
 
+@dataclasses.dataclass
+class _CachedWeight:
+    """One inference-cache entry: the float tensor's bits, its quantized value (and that tensor's
+    version), the tracker exponent it was quantized with and the tracker's statistic of it."""
+
+    float_copy: torch.Tensor
+    quantized: torch.Tensor
+    version: int
+    exponent: "int | None" = None
+    statistic: "int | float | None" = None
+
+
 def _version(t: torch.Tensor) -> int:
     """``t._version``; -1 for an inference tensor (which has no version counter)."""
     return -1 if t.is_inference() else t._version
@@ -270,7 +294,7 @@ class QuantLayerMixin:
     lowbit_tensor_roles: "dict[str, RoleQuantizer]"
     lowbit_accumulate: "tuple[NumberFormat, int] | None"
     lowbit_float_class: type
-    _lowbit_weight_cache: "dict[str, tuple[torch.Tensor, torch.Tensor, int]] | None"
+    _lowbit_weight_cache: "dict[str, _CachedWeight] | None"
 
     # -- role helpers ---------------------------------------------------------------------
     def _lowbit_q(self, role: str, t: "torch.Tensor | None") -> "torch.Tensor | None":
@@ -299,23 +323,36 @@ class QuantLayerMixin:
         q = roles.get(name)
         if q is None or raw is None:
             return raw
-        if q.rounding == "stochastic" or q.tracker is not None or (torch.is_grad_enabled() and raw.requires_grad):
+        if q.rounding == "stochastic" or (torch.is_grad_enabled() and raw.requires_grad):
             return q(raw)
-        # inference: reuse the quantized tensor while the float one holds the same bits. The check
+        # inference: reuse the quantized tensor while the float one holds the same bits (and, for
+        # a scale tracker, the exponent in force is the one it was quantized with). The check
         # compares bit patterns with a stored copy: writes through .data, numpy views or under
         # inference_mode change no version counter, so only the values themselves are a safe key
         cache = self.__dict__.get("_lowbit_weight_cache")
         hit = None if cache is None else cache.get(name)
-        if hit is not None and _version(hit[1]) == hit[2] and _same_bits(raw, hit[0]):
-            return hit[1]  # (an in-place write into the returned tensor bumps its version: not reused)
+        if hit is not None and not (_version(hit.quantized) == hit.version and _same_bits(raw, hit.float_copy)):
+            hit = None  # (an in-place write into the returned tensor bumps its version: not reused)
+        tracker, exponent = q.tracker, None
+        statistic = None if hit is None else hit.statistic
+        if tracker is not None:  # the tracker counts this read as a call, exactly as q(raw) would
+            if statistic is None and tracker.needs_statistic():
+                statistic = tracker.statistic(raw)  # on a hit: of the cached bits, kept for later refreshes
+                if hit is not None:
+                    hit.statistic = statistic
+            exponent = tracker.advance(statistic)
+            if hit is not None and hit.exponent == exponent:
+                return hit.quantized
+        elif hit is not None:
+            return hit.quantized
         outside = torch.is_inference_mode_enabled() and not raw.is_inference()
         with torch.inference_mode(False) if outside else contextlib.nullcontext(), torch.no_grad():
             # a cache filled under inference_mode must still serve forwards that autograd records
-            ref = raw.detach().clone()
-            qw = q(raw.detach())
+            ref = raw.detach().clone() if hit is None else hit.float_copy
+            qw = q(raw.detach()) if tracker is None else q.quantize_as(raw.detach(), tracker.format())
         if cache is None:
             cache = self.__dict__["_lowbit_weight_cache"] = {}
-        cache[name] = (ref, qw, _version(qw))
+        cache[name] = _CachedWeight(ref, qw, _version(qw), exponent, statistic)
         return qw
 
     def _lowbit_weight(self) -> torch.Tensor:

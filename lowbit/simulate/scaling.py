@@ -107,6 +107,15 @@ class ScaleTracker:
 
     ``update(x)`` is called on every quantization; it recomputes k on the first call and then
     every ``every`` calls (None: never again); ``"amax"`` keeps the last ``history`` amaxes.
+
+    A call reads ``x`` only when its statistic can still matter (`needs_statistic`): never for a
+    fixed int, only on the first call when ``every`` is None (the scale is then frozen), and for
+    ``"amax"`` with ``every`` only the calls within ``history`` calls of the next refresh. The
+    exponents are the same as if every call were measured.
+
+    >>> t = ScaleTracker(parse_format("e4m3fn"), "amax")
+    >>> t.update(torch.tensor([100.0, -800.0])), t.frozen, t.needs_statistic()
+    (1, True, False)
     """
 
     def __init__(self, fmt: NumberFormat, rule: "str | int", every: "int | None" = None, history: int = 16):
@@ -117,23 +126,60 @@ class ScaleTracker:
         self.calls = 0
         self.exponent: int = rule if isinstance(rule, int) else 0
         self._amax: deque[float] = deque(maxlen=history)
+        self._formats: dict[int, NumberFormat] = {}
 
-    def update(self, x: torch.Tensor) -> int:
-        """Observe ``x``; return the exponent to quantize it with."""
+    @property
+    def frozen(self) -> bool:
+        """Whether the exponent can no longer change (a fixed int, or ``every=None`` after the first call)."""
+        return isinstance(self.rule, int) or (self.every is None and self.calls > 0)
+
+    def needs_statistic(self) -> bool:
+        """Whether the next `update` reads its tensor (else `advance` (None) gives the same result)."""
+        if isinstance(self.rule, int):
+            return False
+        if self.calls == 0:
+            return True
+        if self.every is None:
+            return False
+        to_refresh = -self.calls % self.every  # calls until the next refresh (0: this one)
+        if self.rule == "histogram":
+            return to_refresh == 0
+        return to_refresh < (self._amax.maxlen or 0)  # this amax is inside that refresh's window
+
+    def statistic(self, x: torch.Tensor) -> "int | float":
+        """What the rule measures of ``x``: its histogram exponent, or its largest finite |x|."""
+        if self.rule == "histogram":
+            return histogram_exponent(x, self.fmt)
+        from lowbit.kernels.amax import finite_amax
+
+        return finite_amax(x)
+
+    def advance(self, statistic: "int | float | None") -> int:
+        """Count one call whose tensor had ``statistic`` (None when `needs_statistic` was False);
+        return the exponent to quantize it with."""
         if isinstance(self.rule, int):
             return self.rule
         if self.rule == "amax":
-            finite = x.detach()[torch.isfinite(x.detach())]
-            self._amax.append(float(finite.abs().max()) if finite.numel() else 0.0)
+            # an amax no refresh will see is kept as a placeholder: the window still counts calls
+            self._amax.append(0.0 if statistic is None else float(statistic))
         refresh = self.calls == 0 or (self.every is not None and self.calls % self.every == 0)
         self.calls += 1
         if refresh:
+            if statistic is None:
+                raise ValueError(f"call {self.calls} of a {self.rule!r} tracker refreshes its scale: it needs the statistic")
             if self.rule == "histogram":
-                self.exponent = histogram_exponent(x, self.fmt)
+                self.exponent = int(statistic)
             else:
                 self.exponent = amax_exponent(max(self._amax), self.fmt)
         return self.exponent
 
+    def update(self, x: torch.Tensor) -> int:
+        """Observe ``x``; return the exponent to quantize it with."""
+        return self.advance(self.statistic(x) if self.needs_statistic() else None)
+
     def format(self) -> NumberFormat:
         """The format with the current scale applied."""
-        return scaled_format(self.fmt, self.exponent)
+        fmt = self._formats.get(self.exponent)
+        if fmt is None:
+            fmt = self._formats[self.exponent] = scaled_format(self.fmt, self.exponent)
+        return fmt
