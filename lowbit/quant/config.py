@@ -1,7 +1,7 @@
 """Typed, validated, JSON-round-trippable configs for `lowbit.quantize_`.
 
 A `QuantConfig` holds a default `LayerConfig` (a `RoleConfig` per tensor role), per-layer
-overrides keyed by a name pattern, and exclusions. The plain dict of CONTRACT.md converts to it:
+overrides keyed by a name pattern, and exclusions. The plain dict form converts to it:
 
 >>> cfg = QuantConfig.from_dict({"weight": "posit8_es2", "grad": "e5m2", "exclude": ["fc_out"]})
 >>> str(cfg.default.weight.format), cfg.default.input is None, cfg.exclude
@@ -301,7 +301,7 @@ class QuantConfig:
     # ------------------------------------------------------------------ conversions
     @classmethod
     def from_dict(cls, d: "Mapping[str, Any]") -> "QuantConfig":
-        """The typed form of the plain dict of CONTRACT.md (plus ``layers``, ``seed``, ``rounding``)."""
+        """The typed form of the plain config dict (plus ``layers``, ``seed``, ``rounding``)."""
         if not isinstance(d, Mapping):
             raise TypeError(f"config must be a dict or a QuantConfig, got {type(d).__name__}")
         unknown = set(d) - set(_TOP_KEYS)

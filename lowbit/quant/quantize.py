@@ -89,7 +89,7 @@ def _own_params(module: nn.Module) -> bool:
 def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") -> nn.Module:
     """Simulate ``config``'s formats in ``model``'s supported layers, in place; returns ``model``.
 
-    ``config``: a `QuantConfig`, its plain-dict form (CONTRACT.md) or a spec string (weights only).
+    ``config``: a `QuantConfig`, its plain-dict form or a spec string (weights only).
     Supported layers: the entries of `lowbit.simulate.registry`. Other leaf modules with
     parameters are reported (``model.lowbit_report``) and, for ``on_unsupported="warn"``, named
     in a `LowbitWarning` when any holds a matrix (≥ 2-d) weight; ``"raise"`` raises instead.
