@@ -66,10 +66,42 @@ def format_centre(fmt: "str | NumberFormat") -> int:
     raise ValueError(f"power-of-two scaling applies to posit and minifloat formats, not {fmt} ({fmt.family})")
 
 
-def _log2_exponents(x: torch.Tensor) -> torch.Tensor:
-    a = x.detach().abs().reshape(-1).to(torch.float64)
-    a = a[(a > 0) & torch.isfinite(a)]
-    return torch.floor(torch.log2(a)).to(torch.int64)
+def _log2_histogram(x: torch.Tensor) -> "tuple[int, torch.Tensor] | None":
+    """(lo, counts): counts[i] = how many nonzero finite values of ``x`` have ⌊log2|v|⌋ = lo + i;
+    None when there is none. float32 normals are binned by their exponent field in one pass (the
+    field is ⌊log2|v|⌋ + 127 exactly); subnormals and other dtypes go through frexp (exact too)."""
+    x = x.detach().reshape(-1)
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        field = (x.contiguous().view(torch.int32) >> 23) & 0xFF
+        counts = torch.bincount(field, minlength=256)
+        normal = counts[1:255]
+        parts = [] if int(counts[0]) == 0 else [x[(field == 0) & (x != 0)]]
+        if not parts or parts[0].numel() == 0:
+            nz = torch.nonzero(normal)
+            if nz.numel() == 0:
+                return None
+            first, last = int(nz[0]), int(nz[-1])
+            return first + 1 - 127, normal[first:last + 1]
+        sub = _frexp_exponents(parts[0])  # float32 subnormals: exponents -149..-127
+        lo = int(sub.min())
+        counts_all = torch.zeros(254 - 127 - lo + 1, dtype=torch.int64)
+        counts_all.index_add_(0, sub - lo, torch.ones_like(sub))
+        counts_all[1 - 127 - lo:] += normal
+        nz = torch.nonzero(counts_all)
+        return lo, counts_all[: int(nz[-1]) + 1]
+    a = x[(x != 0) & torch.isfinite(x)]
+    if a.numel() == 0:
+        return None
+    e = _frexp_exponents(a)
+    lo = int(e.min())
+    return lo, torch.bincount(e - lo)
+
+
+def _frexp_exponents(a: torch.Tensor) -> torch.Tensor:
+    """⌊log2|v|⌋ of nonzero finite values, exactly (frexp's mantissa is in [0.5, 1))."""
+    if a.dtype not in (torch.float32, torch.float64):
+        a = a.to(torch.float32)  # float16 / bfloat16 values are float32-exact
+    return torch.frexp(a).exponent.to(torch.int64) - 1
 
 
 def histogram_exponent(x: torch.Tensor, fmt: "str | NumberFormat") -> int:
@@ -78,11 +110,10 @@ def histogram_exponent(x: torch.Tensor, fmt: "str | NumberFormat") -> int:
     Ties between bins go to the larger exponent (fewer values saturate). A tensor with no
     nonzero finite value gives 0.
     """
-    e = _log2_exponents(x)
-    if e.numel() == 0:
+    hist = _log2_histogram(x)
+    if hist is None:
         return 0
-    lo = int(e.min())
-    counts = torch.bincount(e - lo)
+    lo, counts = hist
     top = int(counts.max())
     mode = lo + int(torch.nonzero(counts == top).max())
     centre = mode + 0.5  # the bin [2^mode, 2^(mode+1)) is centred at 2^(mode + 1/2) in log2
