@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from lowbit.formats.base import EncodedTensor
-from lowbit.formats.block import _rows
+from lowbit.formats.block import BlockFormat, _rows
 from lowbit.formats.rounding import ROUNDING_MODES, Rounding
 from lowbit.formats.scaled_block import ScaledBlockFormat
 from lowbit.kernels import resolve_backend
 from lowbit.kernels.dispatch import _params, _run, _seed
 
-__all__ = ["scaled_block_encode", "scaled_block_quantize"]
+__all__ = ["scaled_block_encode", "scaled_block_quantize", "pow2_block_encode", "pow2_block_quantize"]
 
 _FP32_MAX = float(np.finfo(np.float32).max)
 
@@ -116,3 +116,78 @@ def scaled_block_quantize(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Roundin
         return result
     out.copy_(result)
     return out
+
+
+# ---------------------------------------------------------------- power-of-two scales (MX, BFP)
+def _pow2_applies(fmt: object, x: torch.Tensor) -> bool:
+    """float32 input only: x · 2^(shift − s) and element · 2^(s − shift) are then exact in float64
+    and the values are rounded once to float32, as the reference's float64 arithmetic does."""
+    return (isinstance(fmt, BlockFormat) and not isinstance(fmt, ScaledBlockFormat) and x.dtype == torch.float32
+            and x.numel() > 0 and resolve_backend(None, x.device.type) == "numba"
+            and _params(fmt._encoder) is not None)
+
+
+def _pow2_blocks(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
+                 codes: bool, values: "torch.Tensor | None") -> "tuple[torch.Tensor | None, torch.Tensor]":
+    """Element codes (if ``codes``; shaped as x) and the int16 scale exponents (shape
+    ``fmt.scale_shape``) of float32 ``x`` (blocks along its last axis), values into ``values``."""
+    kern = _kernels()
+    rows = _rows(x.detach())
+    flat = rows.contiguous().reshape(-1).numpy()
+    n, k = rows.shape[-1], fmt.block_size
+    count = flat.size // n * fmt.num_blocks(n)
+    amax = np.empty(count, dtype=np.float32)
+    bad = np.empty(count, dtype=np.bool_)
+    _run(kern.block_amax, flat, n, k, amax, bad)
+    exponents = torch.empty(count, dtype=torch.int16)
+    code_out = torch.empty(rows.shape, dtype=fmt._encoder.code_dtype) if codes else None
+    family, p = _params(fmt._encoder)  # type: ignore[misc]
+    kernel = kern.pow2_element_kernel(family, ROUNDING_MODES.index(mode.value), codes, values is not None)
+    _run(kernel, flat, n, k, amax, bad, fmt.emax, fmt.zero_block_exponent, fmt.exponent_min, fmt.exponent_max,
+         fmt.nan_exponent, fmt._encode_shift, _seed(mode, generator), p, np.zeros(1, dtype=np.float64),
+         code_out.reshape(-1).numpy() if code_out is not None else np.zeros(1, dtype=np.int64),
+         exponents.numpy(), values.numpy() if values is not None else np.zeros(1, dtype=np.float32))
+    return code_out, exponents.reshape(fmt.scale_shape(x.shape))
+
+
+def pow2_block_encode(fmt: BlockFormat, x: torch.Tensor, mode: Rounding,
+                      generator: "torch.Generator | None") -> "EncodedTensor | None":
+    """``fmt.encode_tensor(x)`` of a power-of-two block format, blocks along x's last axis
+    (the caller moves the axis); None where the fast path does not apply."""
+    if not _pow2_applies(fmt, x):
+        return None
+    codes, exponents = _pow2_blocks(fmt, x, mode, generator, True, None)
+    codes = codes.reshape(x.shape)  # type: ignore[union-attr]
+    return EncodedTensor(fmt, codes, {"scale_exponent": exponents})
+
+
+def pow2_block_quantize(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
+                        out: "torch.Tensor | None") -> "torch.Tensor | None":
+    """``fmt.quantize(x, out=out)`` in one fused pass after the amax pass; None where it does not apply."""
+    if not _pow2_applies(fmt, x):
+        return None
+    moves = getattr(fmt, "_moves", None)
+    if moves is not None and moves(x.dim()):
+        a = fmt._axis_for(x.dim())  # type: ignore[attr-defined]
+        moved = pow2_block_quantize(fmt._last_axis_twin(), x.movedim(a, -1), mode, generator, None)  # type: ignore[attr-defined]
+        result = moved.movedim(-1, a).contiguous()  # type: ignore[union-attr]
+    else:
+        direct = out is not None and out.is_contiguous() and not _overlaps(out, x)
+        values = out.reshape(-1) if direct else torch.empty(x.numel(), dtype=torch.float32)  # type: ignore[union-attr]
+        _pow2_blocks(fmt, x, mode, generator, False, values)
+        if direct:
+            return out
+        result = values.reshape(x.shape)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
+def _overlaps(out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether writing ``out`` could change ``x`` before the kernel reads it (in place on exactly
+    x's memory is fine: each block is read whole (its amax pass) before any of it is written)."""
+    from lowbit.kernels.dispatch import _shares_memory
+
+    same = out.data_ptr() == x.data_ptr() and out.numel() == x.numel() and x.is_contiguous()
+    return not same and _shares_memory(out, x)

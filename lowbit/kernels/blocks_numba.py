@@ -22,6 +22,7 @@ Nothing compiles at import; kernels compile on first use and are cached on disk.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -38,7 +39,7 @@ from lowbit.kernels.numba_cpu import (
     _uniform,
 )
 
-__all__ = ["block_amax", "element_kernel", "decode_packed_into"]
+__all__ = ["block_amax", "element_kernel", "pow2_element_kernel", "decode_packed_into"]
 
 _FP32_MAX = float(np.finfo(np.float32).max)
 
@@ -197,3 +198,73 @@ def decode_packed_into(data, bits, table, factor, n, k, out):  # type: ignore[no
                     word = int64(data[at]) | ((int64(data[at + 1]) << 8) if at < last else 0)
                     c = (word >> (bit & 7)) & mask
                 out[p] = table[c] * f
+
+
+@functools.lru_cache(maxsize=None)
+def pow2_element_kernel(family: str, mode: int, store_codes: bool, store_values: bool) -> Callable[..., Any]:
+    """The fused kernel of power-of-two block formats (MX, BFP, ``block<k>_<el>_scale_e8m0fnu``)
+    for float32 input: per block ``s = ⌊log2 amax⌋ − emax`` (``zero_s`` for a zero block),
+    clamped to [s_min, s_max]; elements ``x · 2^(shift − s)`` (exact in float64) rounded by the
+    encoder (element family ``family``, rounding ``mode``), their values ``v · 2^(s − shift)``
+    rounded once to float32; a block holding NaN or ±inf has s = ``nan_s``, codes of 0 and NaN
+    values. Signature ``kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed,
+    params, table, codes, exponents, values)``."""
+    if family == "minifloat":
+
+        @njit(inline="always")
+        def code_of(v, p, u):  # type: ignore[no-untyped-def]
+            (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
+             signed_nan) = p
+            r = _mf_value(v, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mode, u)
+            return _mf_code(v, r, exp_bits, man_bits, bias, emin, signed, sub, nan_code, signed_nan), r
+
+    elif family == "posit":
+
+        @njit(inline="always")
+        def code_of(v, p, u):  # type: ignore[no-untyped-def]
+            n, es, scale = p
+            c = _posit_encode(v, n, es, scale, mode, u)
+            return c, _posit_decode(c, n, es, scale)
+
+    elif family == "grid":
+
+        @njit(inline="always")
+        def code_of(v, p, u):  # type: ignore[no-untyped-def]
+            frac_scale, bound, k_min, k_max, word_mask = p
+            q = _grid_k(v, frac_scale, bound, k_min, k_max, mode, u)
+            return q & word_mask, float64(q) / frac_scale
+
+    else:
+        raise ValueError(f"family={family!r}; allowed: minifloat, posit, grid")
+
+    @njit(parallel=True)
+    def kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed, params, table,  # type: ignore[no-untyped-def]
+               codes, exponents, values):
+        nb = (n + k - 1) // k
+        for b in prange(amax.size):
+            row = b // nb
+            j = b - row * nb
+            start = row * n + j * k
+            stop = row * n + min((j + 1) * k, n)
+            a = float64(amax[b])
+            if a > 0:
+                s = math.frexp(a)[1] - 1 - emax
+            else:
+                s = zero_s
+            s = min(max(s, s_min), s_max)
+            nan_block = bad[b]
+            if nan_block:
+                s = nan_s
+            exponents[b] = s
+            up = math.ldexp(1.0, shift - s)
+            down = math.ldexp(1.0, s - shift)
+            for i in range(start, stop):
+                v = 0.0 if nan_block else float64(x[i]) * up
+                u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
+                c, r = code_of(v, params, u)
+                if store_codes:
+                    codes[i] = c
+                if store_values:
+                    values[i] = np.float32(np.nan) if nan_block else np.float32(r * down)
+
+    return kernel
