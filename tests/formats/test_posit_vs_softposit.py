@@ -8,6 +8,7 @@ must reproduce bit for bit. SoftPosit decodes NaR to ±inf; lowbit decodes it to
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -59,8 +60,21 @@ def sp_encode_all(n: int, es: int, xs: np.ndarray) -> np.ndarray:
     return np.fromiter((sp_encode(n, es, float(v)) for v in xs), dtype=np.int64, count=len(xs))
 
 
+@functools.lru_cache(maxsize=None)
 def sp_decode_all(n: int, es: int) -> np.ndarray:
-    return np.array([sp_decode(n, es, c) for c in range(1 << n)], dtype=np.float64)
+    """SoftPosit's value of every code 0 .. 2**n - 1 (computed once per format, read-only)."""
+    table = np.array([sp_decode(n, es, c) for c in range(1 << n)], dtype=np.float64)
+    table.flags.writeable = False
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def sp_encode_every_finite(n: int, es: int, dtype: torch.dtype) -> np.ndarray:
+    """SoftPosit's code of every finite float16 or bfloat16 (in `_all_finite` order), computed once
+    per (format, dtype) and shared by the tests that sweep them (read-only)."""
+    codes = sp_encode_all(n, es, _all_finite(dtype).to(torch.float64).numpy())
+    codes.flags.writeable = False
+    return codes
 
 
 # (n, es) pairs SoftPosit implements whose code tables are small enough to sweep exhaustively
@@ -152,7 +166,7 @@ def _all_finite(dtype: torch.dtype) -> torch.Tensor:
 def test_every_float16_and_bfloat16_input_encodes_like_softposit_of_its_exact_value(dtype, n, es):
     x = _all_finite(dtype)
     exact = x.to(torch.float64).numpy()  # float16/bfloat16 -> float64 is exact
-    assert_codes_equal(_fmt(n, es).encode(x), sp_encode_all(n, es, exact), exact)
+    assert_codes_equal(_fmt(n, es).encode(x), sp_encode_every_finite(n, es, dtype), exact)
 
 
 @pytest.mark.parametrize("n,es", [(8, 0), (16, 1), (32, 2)], ids=lambda v: str(v))
@@ -166,7 +180,7 @@ def test_posit16_quantize_of_every_float16_equals_softposit_value_rounded_once_t
     # quantize returns the posit value rounded (nearest even, once) to the input dtype, saturating
     # at float16's max instead of overflowing: 65504 -> posit 65536 -> float16 65504, not inf.
     x = _all_finite(torch.float16)
-    values = np.array([sp_decode(16, 1, sp_encode(16, 1, float(v))) for v in x.to(torch.float64).numpy()])
+    values = sp_decode_all(16, 1)[sp_encode_every_finite(16, 1, torch.float16)]  # SoftPosit encode, then decode
     with np.errstate(all="ignore"):
         expected = np.clip(values, -65504.0, 65504.0).astype(np.float16)  # numpy rounds once
     assert_floats_identical(lb.parse_format("posit16_es1").quantize(x), torch.from_numpy(expected), x)
@@ -185,7 +199,7 @@ def test_posit16_quantize_float16_max_saturates_to_float16_max_not_inf():
 def test_posit16_quantize_of_every_bfloat16_equals_softposit_value_rounded_once_to_the_input_dtype(dtype):
     ml_dtypes = pytest.importorskip("ml_dtypes")
     x = _all_finite(torch.bfloat16).to(dtype)
-    values = np.array([sp_decode(16, 1, sp_encode(16, 1, float(v))) for v in x.to(torch.float64).numpy()])
+    values = sp_decode_all(16, 1)[sp_encode_every_finite(16, 1, torch.bfloat16)]  # SoftPosit encode, then decode
     v32 = values.astype(np.float32)  # exact: a posit16 value has at most 13 significant bits
     assert np.array_equal(v32.astype(np.float64), values)
     if dtype == torch.bfloat16:  # ml_dtypes rounds float32 -> bfloat16 once
