@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable
+from typing import Any, Callable
 
 from lowbit.errors import FormatSpecError
 from lowbit.formats.base import NumberFormat, ScalarFormat
@@ -27,7 +27,7 @@ from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.scaled_block import NVFP4, NVFP4_1L, ScaledBlockFormat
 
-__all__ = ["parse_format", "block_format", "VALID_FORMS", "PRESETS", "ALIASES"]
+__all__ = ["parse_format", "as_format", "block_format", "VALID_FORMS", "PRESETS", "ALIASES"]
 
 VALID_FORMS = (
     "posit<n>_es<es>[_s<k>]  (2 <= n <= 32, 0 <= es <= 5; e.g. posit8_es2, posit6_es1_s-4)",
@@ -235,6 +235,29 @@ def parse_format(spec: "str | NumberFormat") -> NumberFormat:
                 forms = "\n  ".join(VALID_FORMS)
                 raise FormatSpecError(f"bad format spec {spec!r}: {err}\nValid forms:\n  {forms}") from None
     raise FormatSpecError(_unknown_message(spec, text))
+
+
+def as_format(spec: Any, argument: str, *, optional: bool = False) -> "NumberFormat | None":
+    """``spec`` (a spec string or a NumberFormat; None when ``optional``) as a NumberFormat, for an
+    API argument named ``argument``: every error names the argument and what it allows.
+
+    >>> str(as_format("fp8_e4m3fn", "forward")), as_format(None, "backward", optional=True)
+    ('e4m3fn', None)
+    >>> as_format(8, "grad", optional=True)
+    Traceback (most recent call last):
+    ...
+    TypeError: grad must be a format spec string (e.g. 'posit8_es2'), a NumberFormat or None, got int
+    """
+    if spec is None and optional:
+        return None
+    if not isinstance(spec, (str, NumberFormat)):
+        allowed = ("a format spec string (e.g. 'posit8_es2'), a NumberFormat or None" if optional
+                   else "a format spec string (e.g. 'posit8_es2') or a NumberFormat")
+        raise TypeError(f"{argument} must be {allowed}, got {type(spec).__name__}")
+    try:
+        return parse_format(spec)
+    except FormatSpecError as err:
+        raise FormatSpecError(f"{argument}: {err}") from None
 
 
 def _check_characters(spec: str, text: str) -> None:

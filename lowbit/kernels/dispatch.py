@@ -22,7 +22,6 @@ from lowbit.formats.rounding import ROUNDING_MODES, Rounding, draw_seed
 from lowbit.kernels import get_backend, resolve_backend, runtime
 
 _TABLE_BITS = 16
-_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _numba() -> Any:

@@ -45,7 +45,8 @@ from typing import Any
 
 import torch
 
-from lowbit.formats import Minifloat, NumberFormat, Posit, parse_format
+from lowbit.formats import Minifloat, NumberFormat, Posit
+from lowbit.formats.spec import as_format
 from lowbit.optim.lowprec import LowPrecisionOptimizer
 from lowbit.simulate.scaling import format_centre
 
@@ -59,11 +60,9 @@ def _positive(value: Any, name: str) -> float:
 
 
 def _check_format(spec: Any) -> "NumberFormat | None":
-    if spec is None:
+    fmt = as_format(spec, "check_format", optional=True)
+    if fmt is None:
         return None
-    if not isinstance(spec, (str, NumberFormat)):
-        raise TypeError(f"check_format must be a format spec string, a NumberFormat or None, got {type(spec).__name__}")
-    fmt = parse_format(spec)
     limit = getattr(fmt, "max", None)
     if not isinstance(limit, float) or not math.isfinite(limit):
         raise ValueError(f"check_format={str(fmt)!r} has no finite max; allowed: scalar formats (posit, minifloat, "
@@ -284,9 +283,7 @@ class PositHistogramLossScaler(LossScaler):
         check_format: "str | NumberFormat | None" = None,
     ) -> None:
         super().__init__(init_scale, check_format=check_format)
-        if not isinstance(fmt, (str, NumberFormat)):
-            raise TypeError(f"fmt must be a format spec string or a NumberFormat, got {type(fmt).__name__}")
-        self.format = parse_format(fmt)
+        self.format = as_format(fmt, "fmt")
         for name, value in (("every", every), ("bin_width", bin_width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -41,8 +41,9 @@ from typing import Any
 
 import torch
 
-from lowbit.formats import NumberFormat, parse_format
+from lowbit.formats import NumberFormat
 from lowbit.formats.rounding import Rounding, check_rounding
+from lowbit.formats.spec import as_format
 
 __all__ = ["LowPrecisionOptimizer", "COUNTER_STATE_NAMES"]
 
@@ -50,14 +51,6 @@ __all__ = ["LowPrecisionOptimizer", "COUNTER_STATE_NAMES"]
 COUNTER_STATE_NAMES = frozenset({"step"})
 
 FormatLike = "str | NumberFormat | None"
-
-
-def _format(spec: Any, name: str) -> "NumberFormat | None":
-    if spec is None:
-        return None
-    if isinstance(spec, (str, NumberFormat)):
-        return parse_format(spec)
-    raise TypeError(f"{name} must be a format spec string, a NumberFormat or None, got {type(spec).__name__}")
 
 
 def _rounding(value: Any, name: str, generator: "torch.Generator | None") -> str:
@@ -113,8 +106,8 @@ class LowPrecisionOptimizer(torch.optim.Optimizer):
         if not isinstance(master_weights, bool):
             raise TypeError(f"master_weights must be a bool, got {type(master_weights).__name__}")
         self.optimizer = optimizer
-        self.grad_format = _format(grad, "grad")
-        self.weight_format = _format(weight, "weight")
+        self.grad_format = as_format(grad, "grad", optional=True)
+        self.weight_format = as_format(weight, "weight", optional=True)
         self.state_formats: "dict[str, NumberFormat | None] | None" = None
         self.state_format: "NumberFormat | None" = None
         if isinstance(state, Mapping):
@@ -124,9 +117,9 @@ class LowPrecisionOptimizer(torch.optim.Optimizer):
                     raise TypeError(f"state dict keys must be state names (str), got {key!r}")
                 if key in COUNTER_STATE_NAMES:
                     raise ValueError(f"state[{key!r}]: step counters are never quantized; remove {key!r} from state")
-                self.state_formats[key] = _format(spec, f"state[{key!r}]")
+                self.state_formats[key] = as_format(spec, f"state[{key!r}]", optional=True)
         else:
-            self.state_format = _format(state, "state")
+            self.state_format = as_format(state, "state", optional=True)
         self.grad_rounding = _rounding(grad_rounding, "grad_rounding", generator)
         self.weight_rounding = _rounding(weight_rounding, "weight_rounding", generator)
         self.state_rounding = _rounding(state_rounding, "state_rounding", generator)

@@ -86,8 +86,6 @@ __all__ = ["METHODS", "PlanLayer", "Plan", "allocate", "uniform_plan", "pareto_f
 
 #: Allocation methods.
 METHODS = ("knapsack", "greedy")
-#: Where a plan layer's format comes from.
-SOURCES = ("allocated", "keep_full", "unscanned")
 
 
 # ------------------------------------------------------------------ the plan

@@ -57,8 +57,6 @@ from lowbit.simulate.registry import layer_types
 
 __all__ = ["calibrate_config", "observer_for", "AffineRangeObserver"]
 
-ObserverSpec = "str | Callable[[NumberFormat], Observer]"
-
 
 class AffineRangeObserver(Observer):
     """A symmetric rule made fit for an asymmetric (zero-point) range: the inner observer's (−t, t),

@@ -123,22 +123,6 @@ class MinifloatParams:
         return (1 << self.bits) - 1  # fnu
 
 
-_NAMED = {
-    "e4m3fn": (4, 3, None, "fn"),
-    "e4m3": (4, 3, None, "ieee"),
-    "e4m3fnuz": (4, 3, None, "fnuz"),
-    "e4m3b11fnuz": (4, 3, 11, "fnuz"),
-    "e5m2": (5, 2, None, "ieee"),
-    "e5m2fnuz": (5, 2, None, "fnuz"),
-    "e3m4": (3, 4, None, "ieee"),
-    "e3m2fn": (3, 2, None, "fn"),
-    "e2m3fn": (2, 3, None, "fn"),
-    "e2m1fn": (2, 1, None, "fn"),
-    "e8m0fnu": (8, 0, None, "fnu"),
-    "e5m10": (5, 10, None, "ieee"),
-    "e8m7": (8, 7, None, "ieee"),
-    "e8m23": (8, 23, None, "ieee"),
-}
 _ALIASES = {"fp16": "e5m10", "bf16": "e8m7", "fp32": "e8m23"}
 _GENERIC = re.compile(r"e(\d+)m(\d+)(?:b(-?\d+))?(fnuz|fnu|fn)?(_sat)?")
 

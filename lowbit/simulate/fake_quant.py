@@ -7,41 +7,55 @@ one is given — QPyTorch's ``Quantizer(forward_number, backward_number)`` for a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from lowbit.formats import NumberFormat, parse_format
+from lowbit.formats import NumberFormat
 from lowbit.formats.rounding import Rounding, check_rounding
+from lowbit.formats.spec import as_format
 
-__all__ = ["fake_quantize", "Quantizer", "FormatLike"]
+__all__ = ["fake_quantize", "Quantizer", "FormatLike", "straight_through"]
 
 FormatLike = "str | NumberFormat | None"
 
 
-def _format(spec: Any, name: str) -> "NumberFormat | None":
-    if spec is None:
-        return None
-    if isinstance(spec, (str, NumberFormat)):
-        return parse_format(spec)
-    raise TypeError(f"{name} must be a format spec string, a NumberFormat or None, got {type(spec).__name__}")
-
-
-class _STEQuantize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, fwd: "NumberFormat | None", bwd: "NumberFormat | None",
-                rounding: str, generator: "torch.Generator | None", bwd_rounding: str,
-                bwd_generator: "torch.Generator | None") -> torch.Tensor:
-        ctx.bwd, ctx.bwd_rounding, ctx.bwd_generator = bwd, bwd_rounding, bwd_generator
-        if fwd is None:
-            return x.clone()
-        return fwd.quantize(x, rounding, generator)
+class _StraightThrough(torch.autograd.Function):
+    """Forward ``forward(x)``; backward the incoming gradient, through ``backward`` when given (the
+    rounding's derivative is taken as 1). lowbit's one straight-through estimator."""
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        if ctx.bwd is not None:
-            grad = ctx.bwd.quantize(grad.contiguous(), ctx.bwd_rounding, ctx.bwd_generator)
-        return grad, None, None, None, None, None, None
+    def forward(ctx: Any, x: torch.Tensor, forward_fn: Callable[[torch.Tensor], torch.Tensor],
+                backward_fn: "Callable[[torch.Tensor], torch.Tensor] | None") -> torch.Tensor:
+        ctx.backward_fn = backward_fn
+        return forward_fn(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> "tuple[torch.Tensor, None, None]":
+        if ctx.backward_fn is not None:
+            grad = ctx.backward_fn(grad)
+        return grad, None, None
+
+
+def straight_through(
+    x: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    backward: "Callable[[torch.Tensor], torch.Tensor] | None" = None,
+) -> torch.Tensor:
+    """``forward(x)`` with a straight-through gradient: the gradient reaching ``x`` is the incoming
+    one, passed through ``backward`` when given (e.g. a rounding of the gradient), else unchanged.
+
+    Every fake quantization in `lowbit.simulate` (and so in ``quantize_``) goes through it.
+
+    >>> import torch
+    >>> x = torch.tensor([0.3, 3.3], requires_grad=True)
+    >>> y = straight_through(x, torch.round, backward=lambda g: 2 * g)
+    >>> y.detach().tolist()
+    [0.0, 3.0]
+    >>> y.sum().backward(); x.grad.tolist()
+    [2.0, 2.0]
+    """
+    return _StraightThrough.apply(x, forward, backward)
 
 
 def fake_quantize(
@@ -68,14 +82,21 @@ def fake_quantize(
     >>> x.grad.tolist()  # 0.1 rounded to e5m2
     [0.09375, 1.0]
     """
-    fwd = _format(forward, "forward")
-    bwd = _format(backward, "backward")
+    fwd = as_format(forward, "forward", optional=True)
+    bwd = as_format(backward, "backward", optional=True)
     mode = check_rounding(rounding, generator).value
     bwd_mode = check_rounding(backward_rounding if backward_rounding is not None else rounding,
                               backward_generator).value
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    return _STEQuantize.apply(x, fwd, bwd, mode, generator, bwd_mode, backward_generator)
+    if fwd is None:
+        forward_fn: Callable[[torch.Tensor], torch.Tensor] = torch.clone
+    else:
+        def forward_fn(t: torch.Tensor) -> torch.Tensor:
+            return fwd.quantize(t, mode, generator)
+    backward_fn = None if bwd is None else (
+        lambda g: bwd.quantize(g.contiguous(), bwd_mode, backward_generator))
+    return straight_through(x, forward_fn, backward_fn)
 
 
 class Quantizer(torch.nn.Module):
@@ -97,8 +118,8 @@ class Quantizer(torch.nn.Module):
         backward_generator: "torch.Generator | None" = None,
     ) -> None:
         super().__init__()
-        self.forward_format = _format(forward, "forward")
-        self.backward_format = _format(backward, "backward")
+        self.forward_format = as_format(forward, "forward", optional=True)
+        self.backward_format = as_format(backward, "backward", optional=True)
         self.rounding = check_rounding(rounding, generator).value
         self.backward_rounding = check_rounding(
             backward_rounding if backward_rounding is not None else rounding, backward_generator).value

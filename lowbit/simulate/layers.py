@@ -25,7 +25,7 @@ from torch import nn
 
 from lowbit.formats import LearnedFormat, NumberFormat
 from lowbit.simulate.exact import exact_conv1d, exact_conv2d, exact_conv_transpose2d, exact_linear
-from lowbit.simulate.fake_quant import fake_quantize
+from lowbit.simulate.fake_quant import fake_quantize, straight_through
 from lowbit.simulate.scaling import ScaleTracker
 
 __all__ = ["RoleQuantizer", "StaticRange", "QuantLayerMixin", "QuantMultiheadAttention", "generic_forward"]
@@ -85,18 +85,18 @@ class RoleQuantizer:
     def __call__(self, x: torch.Tensor, backward: "RoleQuantizer | None" = None) -> torch.Tensor:
         if self.per_channel_fit:
             fmt = self.format
-            y = _STE.apply(x, lambda t: fmt.quantize_channels(t, self.rounding, self.generator,  # type: ignore[attr-defined]
+            y = straight_through(x, lambda t: fmt.quantize_channels(t, self.rounding, self.generator,  # type: ignore[attr-defined]
                                                               **self.fit_granules))
             return y if backward is None else _gradient_only(y, backward)
         if self.static is not None:
             static = self.static
-            y = _STE.apply(x, lambda t: static.quantize(t, self.rounding, self.generator))
+            y = straight_through(x, lambda t: static.quantize(t, self.rounding, self.generator))
             return y if backward is None else _gradient_only(y, backward)
         if self.absmax:
             from lowbit.formats.granularity import quantize_with_scale
 
             s = self.scale(x)
-            y = _STE.apply(x, lambda t: quantize_with_scale(t, self.format, s, None, self.granularity,
+            y = straight_through(x, lambda t: quantize_with_scale(t, self.format, s, None, self.granularity,
                                                            self.rounding, self.generator))
             return y if backward is None else _gradient_only(y, backward)
         fmt = self.current_format(x)
@@ -181,18 +181,6 @@ class StaticRange:
         if self.affine:
             return fake_quantize_affine(x, self._scale(x), self.zero_point, self.qmin, self.qmax, rounding, generator)
         return quantize_clipped(x, self.format, self._scale(x), rounding, generator)
-
-class _STE(torch.autograd.Function):
-    """Forward ``fn(x)``, backward the identity (straight through)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return fn(x.detach())
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> "tuple[torch.Tensor, None]":
-        return grad, None
-
 
 def _gradient_only(x: torch.Tensor, grad: RoleQuantizer) -> torch.Tensor:
     """Identity forward; the incoming gradient is rounded to ``grad``'s format."""

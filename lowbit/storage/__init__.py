@@ -11,7 +11,8 @@
 from lowbit.storage.bitpack import BIT_ORDER, pack_bits, packed_nbytes, unpack_bits
 from lowbit.storage.checkpoint import load, load_packed, save
 from lowbit.storage.inspect import inspect_checkpoint
-from lowbit.storage.modules import (
+from lowbit.storage.pack import memory_footprint, pack_, packed_state_dict, unpack_
+from lowbit.storage.packed_layers import (
     PACKED_CLASSES,
     PackedConv1d,
     PackedConv2d,
@@ -19,10 +20,6 @@ from lowbit.storage.modules import (
     PackedEmbedding,
     PackedLayerMixin,
     PackedLinear,
-    memory_footprint,
-    pack_,
-    packed_state_dict,
-    unpack_,
 )
 from lowbit.storage.packed import PackedTensor
 

@@ -1,6 +1,6 @@
 """numba kernels for packed-weight decoding: unpack n-bit codes and look each one up, in one pass.
 
-The optional fast path of `lowbit.storage.modules` (the torch reference there is
+The optional fast path of `lowbit.storage.decode` (the torch reference there is
 ``unpack_bits`` + ``index_select``). The kernels read the ``lsb_first`` bit stream exactly as
 `lowbit.storage._bitpack_numba.unpack_into` does and write ``table[code]`` straight into the
 output, so no intermediate code tensor is made. Tables and outputs are given as integer views of

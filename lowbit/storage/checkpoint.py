@@ -146,7 +146,7 @@ def load_packed(path: "str | os.PathLike[str]") -> "collections.OrderedDict[str,
 def _resolve(obj: Any, formats: Any) -> "tuple[Mapping[str, Any], dict[str, NumberFormat]]":
     """The state dict to store and ``{name: format}`` for the tensors to pack."""
     if isinstance(obj, torch.nn.Module):
-        from lowbit.storage.modules import packed_state_dict
+        from lowbit.storage.pack import packed_state_dict
 
         state: Mapping[str, Any] = packed_state_dict(obj)
         if formats is None:

@@ -60,7 +60,6 @@ def table_points(
 
 
 _NP_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-_NP_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
 def random_float_patterns(n: int, dtype: torch.dtype, *, seed: int) -> torch.Tensor:

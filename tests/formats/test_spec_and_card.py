@@ -181,3 +181,49 @@ def test_e2m1fn_and_posit4_es0_value_tables_are_the_hand_computed_ones():
     e8m0 = [2.0**k for k in range(-127, 128)]
     assert lb.parse_format("e8m0fnu").values().tolist() == e8m0
     assert torch.equal(lb.parse_format("uint4").values(), torch.arange(16, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- as_format: the one coercion
+def test_as_format_passes_formats_through_and_parses_specs():
+    from lowbit.formats.spec import as_format
+
+    fmt = lb.parse_format("posit8_es2")
+    assert as_format(fmt, "weight") is fmt
+    assert as_format("fp8_e4m3fn", "weight") == lb.parse_format("e4m3fn")
+    assert as_format(None, "weight", optional=True) is None
+
+
+@pytest.mark.parametrize("value", [None, 8, 2.5, b"posit8_es2", ["e4m3fn"]])
+def test_as_format_type_error_names_the_argument_and_the_allowed_values(value):
+    from lowbit.formats.spec import as_format
+
+    if value is None:
+        with pytest.raises(TypeError, match=r"^fmt must be a format spec string \(e\.g\. 'posit8_es2'\) or a "
+                                            r"NumberFormat, got NoneType$"):
+            as_format(value, "fmt")
+        return
+    with pytest.raises(TypeError, match=r"^state\['m'\] must be a format spec string \(e\.g\. 'posit8_es2'\), "
+                                        rf"a NumberFormat or None, got {type(value).__name__}$"):
+        as_format(value, "state['m']", optional=True)
+
+
+def test_as_format_bad_spec_names_the_argument_and_the_valid_forms():
+    from lowbit.formats.spec import as_format
+
+    with pytest.raises(lb.FormatSpecError, match=r"^check_format: unknown format spec 'posit9x'(.|\n)*Valid forms"):
+        as_format("posit9x", "check_format")
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda bad: lb.fake_quantize(torch.ones(2), bad), "forward"),
+    (lambda bad: lb.Quantizer(backward=bad), "backward"),
+    (lambda bad: lb.LowPrecisionOptimizer(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1),
+                                          weight=bad), "weight"),
+    (lambda bad: lb.StaticLossScaler(1.0, check_format=bad), "check_format"),
+    (lambda bad: lb.PositHistogramLossScaler(bad), "fmt"),
+])
+def test_every_format_argument_goes_through_as_format(call, argument):
+    with pytest.raises(TypeError, match=rf"^{argument} must be a format spec string"):
+        call(3)
+    with pytest.raises(lb.FormatSpecError, match=rf"^{argument}: unknown format spec"):
+        call("posit9x")

@@ -94,3 +94,56 @@ def test_bad_arguments_name_the_problem():
         lb.fake_quantize(torch.ones(2), "e4m3fn", backward=8)
     with pytest.raises(TypeError, match="x"):
         lb.fake_quantize(torch.ones(2, dtype=torch.int32), "e4m3fn")
+
+
+# ---------------------------------------------------------------- one straight-through estimator
+def _role_cases():
+    from lowbit.formats.granularity import as_granularity
+    from lowbit.simulate.layers import RoleQuantizer
+
+    fmt = lb.parse_format
+    return {
+        "plain": RoleQuantizer(fmt("posit8_es2")),
+        "amax": RoleQuantizer(fmt("e4m3fn"), scaling="amax"),
+        "absmax_channel": RoleQuantizer(fmt("int4"), scaling="absmax", granularity=as_granularity("channel")),
+        "static": RoleQuantizer(fmt("int8"), scaling="static", range=(-3.0, 5.0)),
+        "fitted_per_channel": RoleQuantizer(fmt("codebook2"), granularity=as_granularity("channel")),
+    }
+
+
+@pytest.mark.parametrize("case", ["plain", "amax", "absmax_channel", "static", "fitted_per_channel"])
+def test_every_role_quantizer_passes_the_gradient_straight_through(case):
+    q = _role_cases()[case]
+    x = _wide(24 * 16, seed=8).reshape(24, 16).requires_grad_()
+    g = _wide(24 * 16, seed=9).reshape(24, 16)
+    y = q(x)
+    assert not torch.equal(y.detach(), x.detach())  # the forward did round
+    y.backward(g)
+    assert torch.equal(x.grad, g)
+
+
+@pytest.mark.parametrize("case", ["plain", "absmax_channel", "static", "fitted_per_channel"])
+def test_the_grad_role_rounds_the_straight_through_gradient(case):
+    from lowbit.simulate.layers import RoleQuantizer
+
+    q = _role_cases()[case]
+    grad = RoleQuantizer(lb.parse_format("e5m2"))
+    x = _wide(24 * 16, seed=10).reshape(24, 16).requires_grad_()
+    g = _wide(24 * 16, seed=11).reshape(24, 16)
+    q(x, backward=grad).backward(g)
+    assert torch.equal(x.grad, lb.parse_format("e5m2").quantize(g))
+
+
+def test_straight_through_applies_forward_and_backward_functions():
+    from lowbit.simulate.fake_quant import straight_through
+
+    x = _wide(seed=12).requires_grad_()
+    g = _wide(seed=13)
+    fmt = lb.parse_format("posit6_es1")
+    y = straight_through(x, fmt.quantize, lambda t: fmt.quantize(t, "toward_zero"))
+    assert torch.equal(y.detach(), fmt.quantize(x.detach()))
+    y.backward(g)
+    assert torch.equal(x.grad, fmt.quantize(g, "toward_zero"))
+    x.grad = None
+    straight_through(x, torch.round).backward(g)
+    assert torch.equal(x.grad, g)

@@ -14,7 +14,7 @@ from lowbit.quant.calibration import CALIBRATED_LAYERS
 from lowbit.quant.qat import QAT_LAYERS
 from lowbit.simulate import registry
 from lowbit.simulate.layers import QuantLayerMixin, generic_forward
-from lowbit.storage.modules import PACKED_CLASSES
+from lowbit.storage.packed_layers import PACKED_CLASSES
 
 PACKAGE = Path(lb.__file__).resolve().parent
 _LAYER = r"(?:Linear|Conv[123]d|ConvTranspose[123]d|Embedding|MultiheadAttention|LayerNorm|RMSNorm|Conv1D)"
