@@ -94,17 +94,17 @@ def quant_config(label: str, mode: str) -> "dict[str, Any]":
 
 def config(quick: bool = False, seed: int = 0) -> "dict[str, Any]":
     """Full: every format, 256 sentences, the LM trained 1200 steps, 64 KiB of validation bytes;
-    quick: 6 formats, 48 sentences, a 100-step LM, 8 KiB of validation bytes."""
+    quick: 6 formats, 32 sentences, a 100-step LM, 4 KiB of validation bytes."""
     return {
         "seed": seed,
         "formats": list(QUICK_FORMATS if quick else FORMATS),
         "modes": list(MODES),
-        "sentences": 48 if quick else 256,
+        "sentences": 32 if quick else 256,
         "max_tokens": 64,
         "minilm_attention": "sdpa",
         "lm": {"steps": 100 if quick else 1200, "batch_size": 16, "d_model": 128, "n_heads": 4, "n_layers": 4,
                "context": 128, "train_bytes": 4_000_000},
-        "val_bytes": 8192 if quick else 65536,
+        "val_bytes": 4096 if quick else 65536,
         "threads": 2,
     }
 
