@@ -265,6 +265,6 @@ def report(rows: "list[dict[str, Any]]", cfg: "dict[str, Any]", ctx: Any) -> str
                          f"{100 * r['logit_argmax_changed']:.2f}% | {r['logit_max_err']:.3g} / "
                          f"{r['logit_mean_err']:.3g} | {cells} |")
         lines.append("")
-    lines.append("The posit GAN's generator is not part of this run (its FP32 generator is not cached; training it "
-                 "takes minutes): see `lowbit run posit-gan`.")
+    lines.append("The posit GAN's generator is not part of this experiment (training its FP32 generator takes "
+                 "minutes): `lowbit run posit-gan` deploys it with FP32 accumulation.")
     return "\n".join(lines) + "\n"
