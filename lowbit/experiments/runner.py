@@ -68,6 +68,7 @@ EXPERIMENTS: "dict[str, str]" = {
     "training": "lowbit.experiments.lowprec_training",
     "posit-gan": "lowbit.experiments.posit_gan",
     "transformers": "lowbit.experiments.transformer_formats",
+    "accumulation": "lowbit.experiments.accumulation",
 }
 FLAGSHIP = "weight-formats"
 EXPERIMENTS_INSTALL = "pip install 'lowbit[experiments]'"

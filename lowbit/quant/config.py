@@ -69,7 +69,9 @@ CONFIG_VERSION = 1
 QUIRE = "quire"
 #: op-level keys (see `OpRoles`): attention inside the layer's forward, activation x activation products
 OP_KEYS = {"attention": ("q", "k", "v", "scores", "probs", "output"), "matmul": ("a", "b", "output")}
-_LAYER_KEYS = ROLES + ("accumulate", "accumulate_every") + tuple(OP_KEYS)
+#: ``accumulate_backward`` values: how a quire layer's backward accumulates its gradient matmuls
+ACCUMULATE_BACKWARDS = ("fp32", QUIRE)
+_LAYER_KEYS = ROLES + ("accumulate", "accumulate_every", "accumulate_backward") + tuple(OP_KEYS)
 _TOP_KEYS = _LAYER_KEYS + ("exclude", "layers", "seed", "version", "rounding")
 #: normalization layers (the registry entries with config_key "norm") take roles only from their own key, opt-in:
 #: ``{"norm": {"weight": ..., "input": ...}}``; the plain roles never touch them
@@ -211,6 +213,9 @@ class LayerConfig:
     ``accumulate_every`` products (None: FP32 accumulation, torch's own), or ``"quire"``: the
     exact sum of the exact products and the bias, rounded once (to the ``output`` role's format
     when it is a plain nearest-even format, else to the layer's dtype) — `lowbit.exact_matmul`.
+    ``accumulate_backward`` (quire layers): ``"fp32"`` (default) — the gradient matmuls in the
+    operands' dtype, as torch does; ``"quire"`` — every element of grad_input / grad_weight /
+    grad_bias one exact sum rounded once to float32 (the operands' dtype).
     """
 
     weight: "RoleConfig | None" = None
@@ -220,6 +225,7 @@ class LayerConfig:
     grad: "RoleConfig | None" = None
     accumulate: "NumberFormat | str | None" = None  # a format, "quire" or None
     accumulate_every: "int | None" = None
+    accumulate_backward: str = "fp32"
     # op-level simulation (lowbit.simulate.ops): not layer roles, so is_identity ignores them
     attention: "OpRoles | None" = None
     matmul: "OpRoles | None" = None
@@ -232,6 +238,8 @@ class LayerConfig:
         d: dict[str, Any] = {r: (None if getattr(self, r) is None else getattr(self, r).to_dict()) for r in ROLES}
         d["accumulate"] = None if self.accumulate is None else str(self.accumulate)
         d["accumulate_every"] = self.accumulate_every
+        if self.accumulate_backward != "fp32":
+            d["accumulate_backward"] = self.accumulate_backward
         for key in OP_KEYS:
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key).to_dict()
@@ -268,6 +276,8 @@ class LayerConfig:
                 raise type(err)(f"{where}['accumulate']: {err}") from None
         if "accumulate_every" in value:
             fields["accumulate_every"] = value["accumulate_every"]
+        if "accumulate_backward" in value:
+            fields["accumulate_backward"] = value["accumulate_backward"]
         for key in OP_KEYS:
             if key in value:
                 fields[key] = OpRoles.parse(key, value[key], f"{where}[{key!r}]", fields.get(key), rounding)
@@ -278,6 +288,12 @@ class LayerConfig:
             raise _fail(where, "accumulate_every needs an 'accumulate' format")
         if every is not None and fields.get("accumulate") == QUIRE:
             raise _fail(where, "accumulate_every does not apply to accumulate='quire' (it sums exactly, rounds once)")
+        backward = fields.get("accumulate_backward", "fp32")
+        if not isinstance(backward, str) or backward not in ACCUMULATE_BACKWARDS:
+            raise _fail(where, f"accumulate_backward={backward!r}; allowed: "
+                        f"{', '.join(repr(b) for b in ACCUMULATE_BACKWARDS)}")
+        if backward == QUIRE and fields.get("accumulate") != QUIRE:
+            raise _fail(where, "accumulate_backward='quire' needs accumulate='quire' (the forward's exact sum)")
         return cls(**fields)
 
 

@@ -284,7 +284,7 @@ def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed:
         if not entry.quire:
             raise ValueError(f"layer {name!r} ({float_cls.__name__}): accumulate='quire' is supported for "
                              + ", ".join(e.name for e in entries() if e.quire))
-        acc = (QUIRE, None)
+        acc = (QUIRE, layer.accumulate_backward)
     elif layer.accumulate is not None:
         acc = (layer.accumulate, layer.accumulate_every or _reduction_length(module))
     module.lowbit_accumulate = acc  # type: ignore[assignment]

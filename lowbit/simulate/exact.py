@@ -6,8 +6,10 @@ if given, else to the result dtype with round-to-nearest-even. The layer forms t
 has (already-quantized input, weight, bias, an output format or None); the bias is added
 exactly before the one rounding. docs/semantics.md, "The quire", states the rules.
 
-Backward (training): straight through the final rounding, with the gradients of an ordinary
-matmul in the operands' dtype (FP32 for FP32 tensors), not with the quire.
+Backward (training): straight through the final rounding; ``backward="fp32"`` (default) computes
+the gradient matmuls as an ordinary matmul in the operands' dtype (FP32 for FP32 tensors),
+``backward="quire"`` computes every gradient element (grad_input, grad_weight, grad_bias) as one
+exact sum rounded once to the operand's dtype.
 
 >>> import torch, lowbit as lb
 >>> a = torch.tensor([3.2e7, 1.0, -1.0, 8e7])
@@ -32,6 +34,8 @@ from lowbit.formats.base import ScalarFormat
 __all__ = ["exact_matmul", "exact_linear", "exact_conv1d", "exact_conv2d", "exact_conv_transpose2d"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: how the backward pass accumulates its gradient matmuls
+BACKWARDS = ("fp32", "quire")
 _DTYPE_FORMATS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -43,6 +47,12 @@ def _check_format(format: "str | NumberFormat | None") -> "ScalarFormat | None":
         raise ValueError(f"format={format!r} cannot round a quire: allowed are scalar element formats"
                          f" (posit, minifloat, fixed point, integer) or None (the result dtype)")
     return fmt
+
+
+def _check_backward(backward: Any) -> str:
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward={backward!r}; allowed: {', '.join(repr(b) for b in BACKWARDS)}")
+    return backward
 
 
 def _check_operand(name: str, x: Any) -> torch.Tensor:
@@ -86,13 +96,17 @@ def _round_quire(a3: torch.Tensor, b3: torch.Tensor, fmt: "ScalarFormat | None",
 class _ExactMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, fmt: "ScalarFormat | None", dtype: torch.dtype,
-                backend: "str | None") -> torch.Tensor:  # type: ignore[override]
+                backend: "str | None", backward: str) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(a, b)
+        ctx.backend, ctx.quire = backend, backward == "quire"
         return _exact_matmul(a, b, fmt, dtype, backend)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
         a, b = ctx.saved_tensors
+        if ctx.quire:
+            ga, gb = _quire_grads(a, b, grad, ctx.needs_input_grad[:2], ctx.backend)
+            return ga, gb, None, None, None, None
         with torch.enable_grad():
             a_ = a.detach().requires_grad_(ctx.needs_input_grad[0])
             b_ = b.detach().requires_grad_(ctx.needs_input_grad[1])
@@ -101,7 +115,44 @@ class _ExactMatmul(torch.autograd.Function):
             grads = iter(torch.autograd.grad(out, wrt, grad.to(out.dtype)))
         ga = next(grads) if ctx.needs_input_grad[0] else None
         gb = next(grads) if ctx.needs_input_grad[1] else None
-        return ga, gb, None, None, None
+        return ga, gb, None, None, None, None
+
+
+def _reduced_product(left: torch.Tensor, right: torch.Tensor, batch: "tuple[int, ...]", shape: torch.Size,
+                     dtype: torch.dtype, backend: "str | None") -> torch.Tensor:
+    """``left @ right`` ([*batch, p, r] × [*batch, r, q]) summed exactly over the batch dims that a
+    tensor of ``shape`` ([*bb, p, q]) broadcasts over, rounded once, reshaped to ``shape``."""
+    nb = len(batch)
+    own = (1,) * (nb - (len(shape) - 2)) + tuple(shape[:-2])
+    reduced = [i for i in range(nb) if own[i] == 1 and batch[i] != 1]
+    kept = [i for i in range(nb) if i not in reduced]
+    sizes = [batch[i] for i in kept]
+    p, r, q = left.shape[-2], left.shape[-1], right.shape[-1]
+    if reduced:  # the reduced batch dims join the contraction axis r
+        left = left.permute(*kept, nb, *reduced, nb + 1).reshape(*sizes, p, -1)
+        right = right.permute(*kept, *reduced, nb, nb + 1).reshape(*sizes, -1, q)
+    out = _exact_matmul(left, right, None, dtype, backend) if left.shape[-1] else left.new_zeros((*sizes, p, q))
+    return out.reshape(shape).to(dtype)
+
+
+def _quire_grads(a: torch.Tensor, b: torch.Tensor, grad: torch.Tensor, needs: "tuple[bool, ...]",
+                 backend: "str | None") -> "tuple[torch.Tensor | None, torch.Tensor | None]":
+    """grad_a = grad · bᵀ and grad_b = aᵀ · grad, each element one exact sum rounded once."""
+    a2 = a.unsqueeze(0) if a.dim() == 1 else a
+    b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+    g = grad.unsqueeze(-1) if b.dim() == 1 else grad
+    g = g.unsqueeze(-2) if a.dim() == 1 else g
+    batch = tuple(torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
+    m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    g = g.to(torch.promote_types(g.dtype, torch.promote_types(a.dtype, b.dtype))).expand(*batch, m, n)
+    ga = gb = None
+    if needs[0]:
+        ga = _reduced_product(g, b2.expand(*batch, k, n).transpose(-1, -2), batch, a2.shape, a.dtype, backend)
+        ga = ga.reshape(a.shape)
+    if needs[1]:
+        gb = _reduced_product(a2.expand(*batch, m, k).transpose(-1, -2), g, batch, b2.shape, b.dtype, backend)
+        gb = gb.reshape(b.shape)
+    return ga, gb
 
 
 def _exact_matmul(a: torch.Tensor, b: torch.Tensor, fmt: "ScalarFormat | None", dtype: torch.dtype,
@@ -128,7 +179,8 @@ def _exact_matmul(a: torch.Tensor, b: torch.Tensor, fmt: "ScalarFormat | None", 
 
 
 def exact_matmul(a: torch.Tensor, b: torch.Tensor, format: "str | NumberFormat | None" = None, *,
-                 dtype: "torch.dtype | None" = None, backend: "str | None" = None) -> torch.Tensor:
+                 dtype: "torch.dtype | None" = None, backend: "str | None" = None,
+                 backward: str = "fp32") -> torch.Tensor:
     """``a @ b`` (torch.matmul shapes and broadcasting) with exact accumulation, rounded once.
 
     The exact sum of the exact products, rounded once to ``format`` if given (posits by the posit
@@ -137,7 +189,9 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor, format: "str | NumberFormat |
     NaN), then the format's own rule (posits: NaR). An empty sum is +0, as is an exact zero.
     ``dtype``: the output dtype (default: the result dtype); format values must fit it exactly.
     ``backend``: ``"numba"`` / ``"reference"`` / ``"auto"`` as in `lowbit.kernels`.
-    Backward: straight through the rounding, the gradients of ``torch.matmul``.
+    Backward: straight through the rounding; ``backward="fp32"``: the gradients of ``torch.matmul``
+    in the operands' dtype; ``backward="quire"``: each gradient element is one exact sum rounded
+    once to its operand's dtype.
 
     >>> import torch, lowbit as lb
     >>> a = torch.tensor([[1.0, 2.0**-24, 2.0**-60]]); b = torch.ones(3, 1)
@@ -149,18 +203,22 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor, format: "str | NumberFormat |
     if a.device != b.device:
         raise ValueError(f"a and b must be on one device, got {a.device} and {b.device}")
     fmt = _check_format(format)
+    _check_backward(backward)
     if dtype is None:
         dtype = torch.result_type(a, b)
     elif dtype not in _FLOAT_DTYPES:
         raise ValueError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        return _ExactMatmul.apply(a, b, fmt, dtype, backend)
+        return _ExactMatmul.apply(a, b, fmt, dtype, backend, backward)
     return _exact_matmul(a, b, fmt, dtype, backend)
 
 
 def exact_linear(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None" = None,
-                 format: "str | NumberFormat | None" = None, *, backend: "str | None" = None) -> torch.Tensor:
+                 format: "str | NumberFormat | None" = None, *, backend: "str | None" = None,
+                 backward: str = "fp32") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with exact accumulation: exact(x·wᵀ + bias) rounded once.
+
+    ``backward``: ``"fp32"`` or ``"quire"``, as in `exact_matmul`.
 
     >>> import torch, lowbit as lb
     >>> lb.simulate.exact.exact_linear(torch.tensor([[1e8, 1.0]]), torch.tensor([[1.0, 1.0]]),
@@ -178,7 +236,7 @@ def exact_linear(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
         x = torch.cat([x, torch.ones_like(x[..., :1])], -1)
         wide = torch.promote_types(weight.dtype, bias.dtype)  # widening is exact; a narrowing cast would round b
         weight = torch.cat([weight.to(wide), bias.to(wide)[:, None]], 1)
-    return exact_matmul(x, weight.t(), format, backend=backend)
+    return exact_matmul(x, weight.t(), format, backend=backend, backward=backward)
 
 
 def _pair(v: "int | Sequence[int]", name: str) -> "tuple[int, int]":
@@ -191,12 +249,15 @@ def _pair(v: "int | Sequence[int]", name: str) -> "tuple[int, int]":
 def exact_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None" = None,
                  stride: "int | Sequence[int]" = 1, padding: "int | Sequence[int] | str" = 0,
                  dilation: "int | Sequence[int]" = 1, groups: int = 1, format: "str | NumberFormat | None" = None,
-                 *, backend: "str | None" = None) -> torch.Tensor:
+                 *, backend: "str | None" = None, backward: str = "fp32") -> torch.Tensor:
     """``F.conv2d`` (zero padding) with exact accumulation, bias included, rounded once.
 
     Built on im2col (strided slices) into one `exact_matmul` per call; ``padding`` may be ints or ``"valid"`` /
-    ``"same"`` (as torch: stride 1 only for "same").
+    ``"same"`` (as torch: stride 1 only for "same"). ``backward="quire"``: grad_weight and grad_bias are
+    the matmul's exact gradients, grad_input an exact transposed convolution of the gradient, each
+    element rounded once.
     """
+    _check_backward(backward)
     _check_operand("x", x)
     _check_operand("weight", weight)
     unbatched = x.dim() == 3
@@ -229,6 +290,10 @@ def exact_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
     ow = (w - dl[1] * (kw - 1) - 1) // st[1] + 1
     if oh <= 0 or ow <= 0:
         raise ValueError(f"exact_conv2d: the (padded) input {h}x{w} is smaller than the kernel's reach")
+    quire_dx = backward == "quire" and torch.is_grad_enabled() and x.requires_grad
+    xp = x
+    if quire_dx:  # im2col's backward would add kh·kw rounded terms: grad_input comes from _ExactConvInputGrad
+        x = x.detach()
     # im2col by strided slices, written once into [groups, C/groups · kh · kw (+ 1 for the bias), N · oh · ow]
     kk, rows = kh * kw, cin_g * kh * kw
     wm = weight.reshape(groups, out_ch // groups, rows)
@@ -246,15 +311,43 @@ def exact_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
         cols[:, rows] = 1.0
         wide = torch.promote_types(wm.dtype, bias.dtype)  # widening is exact; a narrowing cast would round b
         wm = torch.cat([wm.to(wide), bias.to(wide).reshape(groups, -1, 1)], 2)
-    y = exact_matmul(wm, cols, format, backend=backend)  # [G, O/G, N·oh·ow]
+    y = exact_matmul(wm, cols, format, backend=backend, backward=backward)  # [G, O/G, N·oh·ow]
     y = y.reshape(out_ch, n, oh, ow).transpose(0, 1).contiguous()
+    if quire_dx:
+        y = _ExactConvInputGrad.apply(y, xp, weight.detach(), st, dl, groups, backend)
     return y.squeeze(0) if unbatched else y
+
+
+class _ExactConvInputGrad(torch.autograd.Function):
+    """Identity on a convolution's output whose backward adds the exact grad_input of its (padded) input."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: "tuple[int, int]",
+                dilation: "tuple[int, int]", groups: int, backend: "str | None") -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight)
+        ctx.x_shape, ctx.x_dtype, ctx.args = x.shape, x.dtype, (stride, dilation, groups, backend)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        stride, dilation, groups, backend = ctx.args
+        h, w = ctx.x_shape[-2:]
+        oh, ow = grad.shape[-2:]
+        kh, kw = weight.shape[-2:]
+        extra = (h - ((oh - 1) * stride[0] + dilation[0] * (kh - 1) + 1),
+                 w - ((ow - 1) * stride[1] + dilation[1] * (kw - 1) + 1))  # rows / cols no window reached
+        gw = weight.to(torch.promote_types(weight.dtype, grad.dtype))
+        gx = exact_conv_transpose2d(grad.to(gw.dtype), gw, None, stride, 0, extra, groups, dilation, backend=backend)
+        return grad, gx.to(ctx.x_dtype), None, None, None, None, None
 
 
 def exact_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None" = None, stride: int = 1,
                  padding: "int | str" = 0, dilation: int = 1, groups: int = 1,
-                 format: "str | NumberFormat | None" = None, *, backend: "str | None" = None) -> torch.Tensor:
-    """``F.conv1d`` (zero padding) with exact accumulation, bias included, rounded once."""
+                 format: "str | NumberFormat | None" = None, *, backend: "str | None" = None,
+                 backward: str = "fp32") -> torch.Tensor:
+    """``F.conv1d`` (zero padding) with exact accumulation, bias included, rounded once (``backward``: as
+    `exact_conv2d`)."""
     _check_operand("x", x)
     _check_operand("weight", weight)
     if weight.dim() != 3 or x.dim() not in (2, 3):
@@ -262,7 +355,7 @@ def exact_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | No
                          f" and {tuple(weight.shape)}")
     pad: "Any" = padding if isinstance(padding, str) else (0, padding)
     y = exact_conv2d(x.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, stride), pad, (1, dilation), groups,
-                     format, backend=backend)
+                     format, backend=backend, backward=backward)
     return y.squeeze(-2)
 
 
@@ -270,7 +363,7 @@ def exact_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.T
                            stride: "int | Sequence[int]" = 1, padding: "int | Sequence[int]" = 0,
                            output_padding: "int | Sequence[int]" = 0, groups: int = 1,
                            dilation: "int | Sequence[int]" = 1, format: "str | NumberFormat | None" = None,
-                           *, backend: "str | None" = None) -> torch.Tensor:
+                           *, backend: "str | None" = None, backward: str = "fp32") -> torch.Tensor:
     """``F.conv_transpose2d`` with exact accumulation, bias included, rounded once.
 
     The input is spread with stride − 1 zeros, padded by dilation·(k − 1) − padding
@@ -300,5 +393,5 @@ def exact_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: "torch.T
     cin_g = cin // groups
     wt = weight.reshape(groups, cin_g, cout_g, kh, kw).transpose(1, 2).flip(-1, -2)
     wt = wt.reshape(groups * cout_g, cin_g, kh, kw)
-    y = exact_conv2d(x, wt, bias, 1, 0, dl, groups, format, backend=backend)
+    y = exact_conv2d(x, wt, bias, 1, 0, dl, groups, format, backend=backend, backward=backward)
     return y.squeeze(0) if unbatched else y

@@ -405,6 +405,11 @@ def _is_quire(layer: Any) -> bool:
     return layer.lowbit_accumulate is not None and layer.lowbit_accumulate[0] == "quire"
 
 
+def _quire_backward(layer: Any) -> str:
+    """How a quire layer's backward accumulates: ``"fp32"`` or ``"quire"`` (config ``accumulate_backward``)."""
+    return layer.lowbit_accumulate[1] or "fp32"
+
+
 class QuantLinear(QuantLayerMixin, nn.Linear):
     """Simulated ``nn.Linear``; ``accumulate_every`` counts products along in_features."""
 
@@ -412,7 +417,7 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
         x = self._lowbit_q("input", x)
         w, b = self._lowbit_weight(), self._lowbit_bias()
         if _is_quire(self):
-            y = exact_linear(x, w, b, _quire_format(self))
+            y = exact_linear(x, w, b, _quire_format(self), backward=_quire_backward(self))
         elif self.lowbit_accumulate is None:
             y = F.linear(x, w, b)
         else:
@@ -448,7 +453,8 @@ class _QuantConvNd(QuantLayerMixin):
             padding = padding[0]
         args = (self.stride, padding, self.dilation) if w.dim() == 4 else (  # type: ignore[attr-defined]
             self.stride[0], padding, self.dilation[0])  # type: ignore[attr-defined]
-        return conv(x, w, b, *args, self.groups, _quire_format(self))  # type: ignore[attr-defined]
+        return conv(x, w, b, *args, self.groups, _quire_format(self),  # type: ignore[attr-defined]
+                    backward=_quire_backward(self))
 
     def _chunked(self, x: torch.Tensor, w: torch.Tensor, b: "torch.Tensor | None") -> torch.Tensor:
         fmt, k = self.lowbit_accumulate  # type: ignore[misc]
@@ -484,7 +490,7 @@ class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
             x, output_size, self.stride, self.padding, self.kernel_size, num_spatial_dims, self.dilation)
         if _is_quire(self):
             y = exact_conv_transpose2d(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation,
-                                       _quire_format(self))
+                                       _quire_format(self), backward=_quire_backward(self))
         else:
             y = F.conv_transpose2d(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation)
         return self._lowbit_finish(y)

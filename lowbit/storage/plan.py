@@ -51,7 +51,7 @@ __all__ = ["read_state_dict", "read_plan", "plan_formats", "pack_state_dict"]
 
 _CONFIG_KEYS = frozenset(
     {"weight", "bias", "input", "output", "grad", "layers", "exclude", "seed", "version", "rounding",
-     "accumulate", "accumulate_every"}
+     "accumulate", "accumulate_every", "accumulate_backward"}
 )
 
 
