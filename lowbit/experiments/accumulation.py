@@ -41,9 +41,6 @@ TITLE = "Is FP32 accumulation a quire? Exact vs rounded accumulation of posit8 /
 SUMMARY = ("LeNet-5/MNIST and the Fashion-MNIST CNN with posit8, e4m3fn and int8 operands: quire (exact, rounded "
            "once) vs FP32, bf16, fp16 and the operand format as accumulators: top-1, logit error, per-layer differences")
 
-_LAYERS = (nn.Conv2d, nn.Linear)
-
-
 def config(quick: bool = False, seed: int = 0) -> "dict[str, Any]":
     """The run's configuration (JSON-able). ``quick``: MNIST only, the first 500 test images.
 
@@ -113,7 +110,12 @@ def _quantized(model: nn.Module, qcfg: "dict[str, Any]") -> nn.Module:
 
 
 def _layers(model: nn.Module) -> "dict[str, nn.Module]":
-    return {n: m for n, m in model.named_modules() if isinstance(m, _LAYERS)}
+    """The layers whose accumulation the configs change: the registry's chunked ones (each
+    accumulates in the quire too)."""
+    from lowbit.simulate.registry import layer_types
+
+    kinds = layer_types(chunked=True)
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
 
 
 def _products_per_rounding(layer: nn.Module, every: "int | None") -> int:
