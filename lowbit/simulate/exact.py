@@ -127,7 +127,7 @@ def _reduced_product(left: torch.Tensor, right: torch.Tensor, batch: "tuple[int,
     reduced = [i for i in range(nb) if own[i] == 1 and batch[i] != 1]
     kept = [i for i in range(nb) if i not in reduced]
     sizes = [batch[i] for i in kept]
-    p, r, q = left.shape[-2], left.shape[-1], right.shape[-1]
+    p, q = left.shape[-2], right.shape[-1]
     if reduced:  # the reduced batch dims join the contraction axis r
         left = left.permute(*kept, nb, *reduced, nb + 1).reshape(*sizes, p, -1)
         right = right.permute(*kept, *reduced, nb, nb + 1).reshape(*sizes, -1, q)

@@ -13,7 +13,7 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.experiments import runner
-from tests.experiments import fake_experiment
+from tests.experiments import fake_experiment  # noqa: F401  (importable: the runner loads it by name)
 
 
 @pytest.fixture(autouse=True)
