@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 from lowbit.formats import LearnedFormat, NumberFormat, parse_format
 from lowbit.formats.rounding import ROUNDING_MODES, check_rounding
 from lowbit.quant.granularity import Granularity, as_granularity
+from lowbit.schemes import Scheme
 
 __all__ = ["pattern_matches", "module_matches", "ROLES", "SCALINGS", "STATIC_ROLES", "RoleConfig", "LayerConfig",
            "QuantConfig", "as_config", "CONFIG_VERSION", "OP_KEYS", "OpRoles"]
@@ -59,7 +60,7 @@ def module_matches(pattern: str, name: str, module: Any) -> bool:
 #: Tensor roles of a quantized layer: its weight and bias, its input activations, its output,
 #: and the gradient flowing back into its output.
 ROLES = ("weight", "bias", "input", "output", "grad")
-#: Scale rules: per-tensor power-of-two scales (see lowbit.simulate.scaling), per-granule float
+#: Scale rules: per-tensor power-of-two scales (see lowbit.schemes.power_of_two), per-granule float
 #: scales from the tensor itself ("absmax"), or a fixed calibrated range ("static").
 SCALINGS = ("histogram", "amax", "absmax", "static")
 #: roles that can take a calibrated ``range`` (activations; weights use "absmax" per granule)
@@ -119,6 +120,17 @@ class RoleConfig:
     history: int = 16
     granularity: "Granularity | None" = None
     range: "tuple[float, float] | None" = None
+
+    @property
+    def scheme(self) -> "Scheme":
+        """This role's `lowbit.schemes.Scheme`: element format + scale rule + rounding.
+
+        >>> str(RoleConfig.parse({"format": "int4", "scaling": "absmax",
+        ...                       "granularity": {"kind": "group", "axis": -1, "group_size": 128}}, "w").scheme)
+        'int4+absmax_g128'
+        """
+        return Scheme.from_role(self.format, self.rounding, self.scaling, self.every, self.history,
+                                self.granularity, self.range)
 
     def to_dict(self) -> "dict[str, Any]":
         d = {"format": str(self.format), "rounding": self.rounding, "scaling": self.scaling,

@@ -45,7 +45,7 @@ def _seed(seed: "int | None", name: str, role: str) -> "int | None":
 
 
 def _quantizer(rc: RoleConfig, seed: "int | None") -> RoleQuantizer:
-    return RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history, seed, rc.granularity, rc.range)
+    return RoleQuantizer.from_scheme(rc.scheme, seed)
 
 
 def _layer_config(cfg: QuantConfig, name: str, module: nn.Module) -> "LayerConfig | None":

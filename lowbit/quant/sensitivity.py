@@ -46,7 +46,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from lowbit.formats import BlockFormat, NumberFormat, ScaledBlockFormat
+from lowbit.formats import NumberFormat
 from lowbit.quant.config import RoleConfig, module_matches
 from lowbit.quant.quantize import dequantize_, quantize_, tensor_formats
 from lowbit.simulate.layers import QuantLayerMixin
@@ -110,7 +110,7 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     """Exact storage, in bits, of ``weight`` held in ``fmt`` (None: in its own dtype), as `lowbit.save`
     stores it under a weight role with this ``scaling`` and ``granularity``.
 
-    Element codes (``numel · fmt.bits``) plus what the format fits to the tensor: a block format's
+    The one formula is `lowbit.schemes.Scheme.storage_bits` of the role's scheme: element codes (``numel · fmt.bits``) plus what the format fits to the tensor: a block format's
     shared scales (``scale_bits`` per block along the last axis), a codebook's levels, a binary or
     ternary scale (each at the size of the tensor `encode_tensor` returns; per channel or group,
     one set per granule, as `encode_channels` returns them), and ``scaling="absmax"``'s float32 scale
@@ -129,29 +129,11 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    n = weight.numel()
     if fmt is None:
-        return n * weight.element_size() * 8
-    from lowbit.formats import LearnedFormat, parse_format
-    from lowbit.quant.granularity import as_granularity
+        return weight.numel() * weight.element_size() * 8
+    from lowbit.schemes import Scheme
 
-    fmt = parse_format(fmt)
-    gran = None if granularity is None else as_granularity(granularity)
-    bits = n * int(fmt.bits)
-    if isinstance(fmt, BlockFormat):
-        bits += math.prod(fmt.scale_shape(weight.shape)) * int(fmt.scale_bits)
-    elif isinstance(fmt, ScaledBlockFormat):  # block scale codes (+ the FP32 tensor scale of nvfp4)
-        bits += fmt.side_bits(weight.shape)
-    elif isinstance(fmt, LearnedFormat):
-        w = weight.detach()
-        if scaling is None and gran is not None and gran.kind != "tensor":  # fitted per channel / group
-            enc = fmt.encode_channels(w, axis=gran.axis, group_size=gran.group_size if gran.kind == "group" else None)
-        else:
-            enc = fmt.encode_tensor(w)
-        bits += sum(t.numel() * t.element_size() * 8 for t in enc.params.values())
-    if scaling == "absmax":  # a float32 scale per granule (lowbit.save stores them beside the codes)
-        bits += 32 * (1 if gran is None else gran.num_granules(weight.shape))
-    return bits
+    return Scheme.from_role(fmt, scaling=scaling, granularity=granularity).storage_bits(weight)
 
 
 # ------------------------------------------------------------------ candidates

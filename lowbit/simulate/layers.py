@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lowbit.formats import LearnedFormat, NumberFormat
+from lowbit.schemes.power_of_two import ScaleTracker
+from lowbit.schemes.static import StaticRange
 from lowbit.simulate.exact import exact_conv1d, exact_conv2d, exact_conv_transpose2d, exact_linear
 from lowbit.simulate.fake_quant import fake_quantize, straight_through
-from lowbit.simulate.scaling import ScaleTracker
+
+if TYPE_CHECKING:
+    from lowbit.schemes import Scheme
 
 __all__ = ["RoleQuantizer", "StaticRange", "QuantLayerMixin", "QuantMultiheadAttention", "generic_forward"]
 
@@ -58,6 +62,31 @@ class RoleQuantizer:
         self.generator: "torch.Generator | None" = None
         if rounding == "stochastic" and seed is not None:
             self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_scheme(cls, scheme: "Scheme", seed: "int | None" = None) -> "RoleQuantizer":
+        """The role quantizer of a `lowbit.schemes.Scheme` (``seed``: its stochastic generator);
+        its first call quantizes as ``scheme.quantize`` does, bit for bit.
+
+        >>> from lowbit.schemes import Scheme
+        >>> RoleQuantizer.from_scheme(Scheme.parse("int4+absmax_g2"))
+        RoleQuantizer(int4, nearest_even)
+        """
+        from lowbit.schemes import Absmax, BlockScale, Fitted, NoScale, PowerOfTwo, Scheme, Static
+
+        if not isinstance(scheme, Scheme):
+            raise TypeError(f"scheme must be a lowbit.schemes.Scheme, got {type(scheme).__name__}")
+        rule, mode = scheme.scale, scheme.rounding
+        if isinstance(rule, (NoScale, BlockScale)):
+            return cls(scheme.format, mode, seed=seed)
+        if isinstance(rule, PowerOfTwo):
+            return cls(scheme.element, mode, rule.rule, rule.every, rule.history, seed)
+        if isinstance(rule, Absmax):
+            return cls(scheme.element, mode, "absmax", seed=seed, granularity=rule.granularity)
+        if isinstance(rule, Static):
+            return cls(scheme.element, mode, "static", seed=seed, range=(rule.lo, rule.hi))
+        assert isinstance(rule, Fitted)
+        return cls(scheme.element, mode, seed=seed, granularity=rule.granularity)
 
     @property
     def fit_granules(self) -> "dict[str, Any]":
@@ -127,60 +156,6 @@ class RoleQuantizer:
         return f"RoleQuantizer({self.format}, {self.rounding}{scale})"
 
 
-class StaticRange:
-    """A fixed calibrated range (lo, hi) for a scalar format (rules in `lowbit.RoleConfig`).
-
-    Unsigned integer formats: asymmetric affine (scale, zero point); other formats: a symmetric
-    float scale max(|lo|, |hi|) / fmt.max (hi / fmt.max when the format is unsigned).
-
-    >>> from lowbit.formats import parse_format
-    >>> r = StaticRange(parse_format("uint8"), -1.0, 3.0)
-    >>> round(r.scale, 6), r.zero_point
-    (0.015686, 64)
-    >>> StaticRange(parse_format("int8n"), -2.0, 1.0).quantize(torch.tensor([0.5, -3.0])).tolist()
-    [0.5039370059967041, -2.0]
-    """
-
-    def __init__(self, fmt: NumberFormat, lo: float, hi: float) -> None:
-        from lowbit.formats import IntegerFormat
-        from lowbit.formats.affine import affine_qparams, qrange
-
-        self.format, self.lo, self.hi = fmt, float(lo), float(hi)
-        self.affine = isinstance(fmt, IntegerFormat) and not fmt.signed
-        if self.affine:
-            s, z = affine_qparams(torch.tensor(self.lo, dtype=torch.float64), torch.tensor(self.hi, dtype=torch.float64),
-                                  bits=fmt.word_bits, symmetric=False, signed=False)
-            self.scale, self.zero_point = float(s), int(z)
-            self.qmin, self.qmax = qrange(fmt.word_bits, signed=False)
-        else:
-            from lowbit.formats.granularity import format_low
-
-            signed = format_low(fmt) < 0
-            amax = max(-min(self.lo, 0.0), max(self.hi, 0.0)) if signed else max(self.hi, 0.0)
-            self.scale, self.zero_point = amax / float(fmt.max), 0
-        self._scales: "dict[tuple[torch.dtype, torch.device], torch.Tensor]" = {}
-
-    def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        from lowbit.formats.granularity import compute_dtype
-
-        key = (x.dtype, x.device)
-        if key not in self._scales:
-            self._scales[key] = torch.tensor(self.scale, dtype=compute_dtype(x.dtype), device=x.device)
-        return self._scales[key]
-
-    def quantize(self, x: torch.Tensor, rounding: str = "nearest_even",
-                 generator: "torch.Generator | None" = None) -> torch.Tensor:
-        """x̂ for a floating tensor ``x`` (same dtype and shape); values beyond the range saturate.
-
-        Symmetric rule: s · fmt.quantize(clamp(x / s, fmt's lowest, fmt.max)) — the clamp makes
-        formats without saturation (``e4m3fn``: overflow → NaN) clip like integers do.
-        """
-        from lowbit.formats.affine import fake_quantize_affine
-        from lowbit.formats.granularity import quantize_clipped
-
-        if self.affine:
-            return fake_quantize_affine(x, self._scale(x), self.zero_point, self.qmin, self.qmax, rounding, generator)
-        return quantize_clipped(x, self.format, self._scale(x), rounding, generator)
 
 def _gradient_only(x: torch.Tensor, grad: RoleQuantizer) -> torch.Tensor:
     """Identity forward; the incoming gradient is rounded to ``grad``'s format."""

@@ -219,8 +219,7 @@ def _stored(t: torch.Tensor, rc: Any, key: str) -> Any:
         return rc.format
     from lowbit.simulate.layers import RoleQuantizer
 
-    q = RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history, granularity=rc.granularity,
-                      range=rc.range)
+    q = RoleQuantizer.from_scheme(rc.scheme)
     try:
         packed = pack_for_role(q, t)
     except ValueError as err:

@@ -14,7 +14,8 @@ from torch import nn
 
 import lowbit as lb
 from lowbit.kernels import amax as amax_module
-from lowbit.simulate import layers, scaling
+from lowbit.schemes import power_of_two as scaling  # where the scale tracker looks its rules up
+from lowbit.simulate import layers
 from lowbit.simulate.scaling import histogram_exponent, scaled_format
 
 
