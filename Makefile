@@ -57,3 +57,5 @@ bench: install
 	$(PIP) install --quiet --no-warn-conflicts -e ".[bench]"
 	$(PYTHON) benchmarks/bench_formats.py --out benchmarks/results
 	$(PYTHON) benchmarks/bench_quire.py --out benchmarks/results
+	$(PYTHON) benchmarks/bench_training.py --busy 2 --out benchmarks/results
+	$(PYTHON) benchmarks/bench_packed_inference.py --out benchmarks/results

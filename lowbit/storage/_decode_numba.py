@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, uint64
 
 __all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "decode_into", "decode_runs_into", "decode_grid_into",
+           "decode_blocks_into",
            "grid_geometry"]
 
 #: Code widths with a wide table (see the module docstring).
@@ -296,3 +297,57 @@ def decode_grid_into(data, bits, tables, geom, use_wide, scale, row, n, out, out
                 break
             index[d] = 0
             d -= 1
+
+
+@njit(cache=True, nogil=True)
+def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out, out2, outf):  # type: ignore[no-untyped-def]
+    """A block format's whole decode (blocks along the last axis) in one call, float32 only:
+    ``outf[i] = table[code i] · f`` with ``f = factors[c]`` (times ``tensor_scale[0]`` when it has
+    one entry) for the block's scale code ``c``, rows of ``length`` codes, blocks of ``k`` along
+    each row (the last one shorter). ``blocks`` = (scale codes uint8, factors float32[256],
+    valid uint8[256], tensor_scale float32[0 or 1], k). Rows that start on a byte (and on a
+    wide-table chunk) decode row by row, as `decode_into` does, and each block is then scaled while
+    still in cache: one float32 multiply per element, as ``values * factor`` in torch; other shapes
+    decode in chunks of `SCALE_CHUNK` codes. Returns True, writing nothing, when a scale code is
+    not ``valid`` or the tensor scale is not finite and positive (the caller then runs the
+    reference decoder, which says why)."""
+    codes, factors, valid, tensor_scale, k = blocks
+    for c in codes:
+        if not valid[c]:
+            return True
+    scaled = tensor_scale.size > 0
+    g = tensor_scale[0] if scaled else np.float32(1.0)
+    if scaled and not (np.isfinite(g) and g > 0):
+        return True
+    nb = (length + k - 1) // k
+    if length % 4 == 0 and (length * bits) % 8 == 0:  # every row starts on a byte and a wide chunk
+        for r in range(n // length):
+            lo = r * length
+            if use_wide and bits == 4:  # the common case (MX / NV FP4) written out: 1.5x faster
+                src = data[lo // 2: (lo + length) // 2]
+                dst = out2[lo // 2: (lo + length) // 2]
+                for t in range(src.size):
+                    dst[t] = wide[src[t]]
+            else:
+                _decode_range(data, bits, table, wide, use_wide, lo, lo + length, out, out2)
+            row = outf[lo: lo + length]
+            for j in range(nb):
+                f = factors[codes[r * nb + j]]
+                if scaled:
+                    f = g * f
+                _scale_segment(row[j * k: min((j + 1) * k, length)], f)
+        return False
+    for a in range(0, n, SCALE_CHUNK):
+        b = min(n, a + SCALE_CHUNK)
+        _decode_range(data, bits, table, wide, use_wide, a, b, out, out2)
+        i = a
+        while i < b:  # the blocks this chunk overlaps
+            r = i // length
+            j = (i - r * length) // k
+            stop = min(b, r * length + min((j + 1) * k, length))
+            f = factors[codes[r * nb + j]]
+            if scaled:
+                f = g * f
+            _scale_segment(outf[i:stop], f)
+            i = stop
+    return False

@@ -141,14 +141,16 @@ _VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, ...] | None":
     """numpy views (made once) of what `_decode_numba.decode_into` reads, for a scalar or fitted
-    format on the CPU with the numba backend; None otherwise (block formats, other scales)."""
+    format on the CPU with the numba backend (block formats: `_fast_block_args`); None otherwise
+    (other scales)."""
     from lowbit.kernels import resolve_backend
 
     fmt = layer._packed_format
     data = layer._buffers[_DATA]
-    if isinstance(fmt, (BlockFormat, ScaledBlockFormat)) or data.device.type != "cpu" \
-            or resolve_backend(None, "cpu") != "numba":
+    if data.device.type != "cpu" or resolve_backend(None, "cpu") != "numba":
         return None
+    if isinstance(fmt, (BlockFormat, ScaledBlockFormat)):
+        return _fast_block_args(layer, lut, bits)
     shape = layer._packed_shape
     scale = layer._buffers.get(_SCALE)
     row = 0
@@ -166,6 +168,52 @@ def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, .
     table = lut.values.contiguous().view(_VIEW[lut.values.element_size()])
     return (_numba().decode_into, data.contiguous().numpy(), bits, table.numpy(), wide.numpy(), lut.wide is not None,
             scale_np, row)
+
+
+def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, ...] | None":
+    """`_fast_args` of a block format: `_decode_numba.decode_blocks_into` reads the scale codes
+    themselves (uint8, one per block) through a 256-entry factor table made here once, so no
+    per-block factor tensor is held or rebuilt per forward. None where `_decode_block` decides
+    (float32 tables only, blocks along the last axis, E8M0 codes as stored by `lowbit.save`)."""
+    fmt = layer._packed_format
+    shape = layer._packed_shape
+    if lut.values.dtype != torch.float32 or bits > 8 or _SCALE in layer._buffers or not len(shape) \
+            or (getattr(fmt, "axis", -1) != -1 and fmt._moves(len(shape))):  # type: ignore[union-attr]
+        return None
+    stored = {p: layer._buffers[_PARAM + p] for p in layer._packed_params}
+    codes_all = torch.arange(256, dtype=torch.uint8)
+    if isinstance(fmt, ScaledBlockFormat):
+        codes = stored.get("scale_codes")
+        g = stored.get("tensor_scale")
+        if codes is None or codes.dtype != torch.uint8 or fmt.scale.bits != 8 or (
+                fmt.tensor_scale and (g is None or g.dtype != torch.float32 or g.numel() != 1)):
+            return None
+        valid = torch.ones(256, dtype=torch.uint8)
+        try:
+            factors = fmt.scale.decode(codes_all, torch.float32)
+        except (TypeError, ValueError):  # some codes are rejected: find which, once
+            factors = torch.zeros(256, dtype=torch.float32)
+            for c in range(256):
+                try:
+                    factors[c] = fmt.scale.decode(codes_all[c:c + 1], torch.float32)[0]
+                except (TypeError, ValueError):
+                    valid[c] = 0
+        tensor_scale = g.reshape(1) if fmt.tensor_scale else torch.zeros(0, dtype=torch.float32)
+    else:
+        assert isinstance(fmt, BlockFormat)
+        codes = stored.get("scale_e8m0")
+        if codes is None or codes.dtype != torch.uint8 or fmt.exponent_min < -127 or fmt.exponent_max > 127 \
+                or fmt.nan_exponent != 128:
+            return None
+        s = codes_all.to(torch.int64) - 127  # code 255: the NaN scale (2^128 in the table: NaN)
+        valid = (((s >= fmt.exponent_min) & (s <= fmt.exponent_max)) | (s == 128)).to(torch.uint8)
+        factors = _pow2_table(torch.float32)
+        tensor_scale = torch.zeros(0, dtype=torch.float32)
+    wide = lut.wide if lut.wide is not None else torch.zeros(1, dtype=torch.int64)
+    blocks = (codes.contiguous().reshape(-1).numpy(), factors.contiguous().numpy(), valid.numpy(),
+              tensor_scale.contiguous().numpy(), int(fmt.block_size))
+    return (_numba().decode_blocks_into, layer._buffers[_DATA].contiguous().numpy(), bits,
+            lut.values.contiguous().view(torch.int32).numpy(), wide.numpy(), lut.wide is not None, blocks, shape[-1])
 
 
 def _granule_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor], dtype: torch.dtype
@@ -258,8 +306,9 @@ def _staged_plan(layer: "PackedLayerMixin") -> "_StagedPlan | None":
     return plan
 
 
-def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype) -> _StagedPlan:
-    """Decode ``layer`` into this thread's staging buffer, keeping the prepared call for the next forward."""
+def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype) -> "_StagedPlan | None":
+    """Decode ``layer`` into this thread's staging buffer, keeping the prepared call for the next
+    forward; None when the kernel rejects the block scales (`_decode_numba.decode_blocks_into`)."""
     kernel, data, bits, table, wide, use_wide, scale, row = lut.fast  # type: ignore[misc]
     pair = _PAIR.get(torch.empty((), dtype=dtype).element_size()) if use_wide else None
     buf, (ints, pairs, floats) = _staging_views(n, dtype, pair)
@@ -271,12 +320,13 @@ def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype
     if plans is None:
         plans = _STAGING.plans = weakref.WeakKeyDictionary()
     plans[layer] = plan
-    if n:
-        plan.kernel(*plan.args)
+    if n and plan.kernel(*plan.args):
+        return None
     return plan
 
 
-def _fast_decode(fast: "tuple[Any, ...]", n: int, dtype: torch.dtype, staging: bool) -> torch.Tensor:
+def _fast_decode(fast: "tuple[Any, ...]", n: int, dtype: torch.dtype, staging: bool) -> "torch.Tensor | None":
+    """The flat decode of ``n`` codes (None when the kernel rejects the block scales)."""
     kernel, data, bits, table, wide, use_wide, scale, row = fast
     pair = _PAIR.get(torch.empty((), dtype=dtype).element_size()) if use_wide else None
     if staging:
@@ -284,8 +334,8 @@ def _fast_decode(fast: "tuple[Any, ...]", n: int, dtype: torch.dtype, staging: b
     else:
         buf = torch.empty(n, dtype=dtype)
         ints, pairs, floats = _out_views(buf, pair)
-    if n:
-        kernel(data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats)
+    if n and kernel(data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats):
+        return None
     return buf[:n]
 
 

@@ -149,7 +149,8 @@ class PackedLayerMixin(nn.Module):
         if self._packed_decoded is None and not self.cache and not torch.is_grad_enabled():
             plan = _staged_plan(self)
             if plan is not None:  # the steady state: one kernel call, nothing else (see _StagedPlan)
-                plan.kernel(*plan.args)
+                if plan.kernel(*plan.args):  # block scales the kernel rejects: the reference decoder says why
+                    return self.packed_weight.decode(self.compute_dtype)
                 return plan.weight
             if self._buffers[_DATA].device.type == "cpu":
                 return self._decode(staging=True)
@@ -271,8 +272,12 @@ class PackedLayerMixin(nn.Module):
         n = self._packed_shape.numel()
         if table.fast is not None:  # numba on the CPU: one kernel call, views prepared once
             if staging and value_dtype == dtype:
-                return _stage_plan(self, table, n, dtype).weight
-            values = _fast_decode(table.fast, n, value_dtype, staging).view(self._packed_shape)
+                plan = _stage_plan(self, table, n, dtype)
+                return self.packed_weight.decode(dtype) if plan is None else plan.weight
+            flat = _fast_decode(table.fast, n, value_dtype, staging)
+            if flat is None:  # block scales the kernel rejects: the reference decoder says why
+                return self.packed_weight.decode(dtype)
+            values = flat.view(self._packed_shape)
             return values if value_dtype == dtype else values.to(dtype)
         out = _staging(n, value_dtype) if staging and value_dtype == dtype else None
         if table.grid is not None:  # levels fitted per channel / group, without numba
