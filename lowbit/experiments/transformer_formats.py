@@ -22,7 +22,7 @@ Formats: bf16, fp16, posit16_es1; posit8_es2 with a power-of-two scale per tenso
 rule); e4m3fn / e5m2 with a float scale per output channel (weights) and per token
 (activations); MXFP8/6/4 (OCP MX, E8M0 scale per 32); NVFP4 (E4M3 scale per 16 under an FP32
 scale per tensor); int8 per output channel (activations per token); int4 with a scale per group of
-32 / 128 inputs (activations int4 per group along the same axis).
+32 / 128 inputs (activations int4 per group along the same axis; attention operands int4 per token).
 """
 
 from __future__ import annotations
@@ -88,8 +88,21 @@ def quant_config(label: str, mode: str) -> "dict[str, Any]":
     if mode != "weights":
         cfg["input"] = act
     if mode == MODES[2]:
-        cfg["attention"] = {r: act for r in ATTENTION_ROLES}
+        cfg["attention"] = {r: _attention_role(act) for r in ATTENTION_ROLES}
     return cfg
+
+
+def _attention_role(act: "dict[str, Any]") -> "dict[str, Any]":
+    """The activation role for the attention operands: per-group scales become per-token ones (a
+    group need not divide a head's width or the key length, which changes with the batch's padding).
+
+    >>> _attention_role(FORMATS["int4 (g32)"][1])["granularity"], _attention_role(FORMATS["e4m3fn"][1])["granularity"]
+    ('token', 'token')
+    """
+    granularity = act.get("granularity")
+    if isinstance(granularity, dict) and granularity.get("kind") == "group":
+        return {**act, "granularity": "token"}
+    return act
 
 
 def config(quick: bool = False, seed: int = 0) -> "dict[str, Any]":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import copy
+
 import pytest
 import torch
 
@@ -59,6 +61,20 @@ class TestConfigs:
                 cfg = QuantConfig.from_dict(quant_config(label, mode))
                 assert cfg.default.weight is not None
                 assert (cfg.default.input is not None) == (mode != "weights")
+
+    def test_every_format_and_mode_runs_on_a_transformer_whose_key_length_no_group_divides(self):
+        """The full run's configs, attention included, on sequences of 29 bytes and heads of width
+        64: per-group activation roles must not reach the attention scores (29 keys)."""
+        from lowbit.quant import quantize_
+
+        model = TinyGPT(LMConfig(d_model=128, n_heads=2, n_layers=1, context=32)).eval()
+        x = torch.randint(0, 256, (2, 29), generator=torch.Generator().manual_seed(0))
+        for label in FORMATS:
+            for mode in MODES:
+                m = copy.deepcopy(model)
+                quantize_(m, quant_config(label, mode), on_unsupported="ignore")
+                with torch.no_grad():
+                    assert torch.isfinite(m(x)).all(), (label, mode)
 
     def test_unknown_label_or_mode_is_refused_by_name(self):
         with pytest.raises(ValueError, match="unknown format label"):
