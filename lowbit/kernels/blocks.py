@@ -127,6 +127,12 @@ def _pow2_applies(fmt: object, x: torch.Tensor) -> bool:
             and _params(fmt._encoder) is not None)
 
 
+@functools.lru_cache(maxsize=64)
+def _encoder_table(fmt: BlockFormat) -> np.ndarray:
+    """float64 value of every encoder code (the posit family's value_of reads it)."""
+    return fmt._encoder._table.to(torch.float64).numpy()
+
+
 def _pow2_blocks(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
                  codes: bool, values: "torch.Tensor | None") -> "tuple[torch.Tensor | None, torch.Tensor]":
     """Element codes (if ``codes``; shaped as x) and the int16 scale exponents (shape
@@ -144,7 +150,7 @@ def _pow2_blocks(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, generator: "
     family, p = _params(fmt._encoder)  # type: ignore[misc]
     kernel = kern.pow2_element_kernel(family, ROUNDING_MODES.index(mode.value), codes, values is not None)
     _run(kernel, flat, n, k, amax, bad, fmt.emax, fmt.zero_block_exponent, fmt.exponent_min, fmt.exponent_max,
-         fmt.nan_exponent, fmt._encode_shift, _seed(mode, generator), p, np.zeros(1, dtype=np.float64),
+         fmt.nan_exponent, fmt._encode_shift, _seed(mode, generator), p, _encoder_table(fmt),
          code_out.reshape(-1).numpy() if code_out is not None else np.zeros(1, dtype=np.int64),
          exponents.numpy(), values.numpy() if values is not None else np.zeros(1, dtype=np.float32))
     return code_out, exponents.reshape(fmt.scale_shape(x.shape))

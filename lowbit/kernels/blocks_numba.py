@@ -67,13 +67,8 @@ def block_amax(x, n, k, amax, bad):  # type: ignore[no-untyped-def]
         amax[b] = 0 if nonfinite else m
 
 
-@functools.lru_cache(maxsize=None)
-def element_kernel(family: str, scale_family: str, mode: int, tensor_scale: bool, store_codes: bool,
-                   store_values: bool) -> Callable[..., Any]:
-    """The fused scale-and-round kernel of one element family ("minifloat", "posit", "grid"),
-    scale family ("minifloat", "posit") and rounding mode (the order of ``ROUNDING_MODES``);
-    signature ``kernel(x, n, k, amax, bad, E, m, M, g, inv_g, seed, params, table, scale_params,
-    scale_nan, codes, scale_codes, values)`` (E, m, M, g, inv_g float32 scalars)."""
+def _element_ops(family: str, mode: int) -> "tuple[Callable[..., Any], Callable[..., Any]]":
+    """(code_of, value_of) of one element family and rounding mode, shared by the block kernels."""
     # code_of: the element code; value_of: its value (float64, exact), without a table lookup
     # where the family computes it directly (a gather stops LLVM vectorising the loop: 3x slower)
     if family == "minifloat":
@@ -117,6 +112,18 @@ def element_kernel(family: str, scale_family: str, mode: int, tensor_scale: bool
 
     else:
         raise ValueError(f"family={family!r}; allowed: minifloat, posit, grid")
+
+    return code_of, value_of
+
+
+@functools.lru_cache(maxsize=None)
+def element_kernel(family: str, scale_family: str, mode: int, tensor_scale: bool, store_codes: bool,
+                   store_values: bool) -> Callable[..., Any]:
+    """The fused scale-and-round kernel of one element family ("minifloat", "posit", "grid"),
+    scale family ("minifloat", "posit") and rounding mode (the order of ``ROUNDING_MODES``);
+    signature ``kernel(x, n, k, amax, bad, E, m, M, g, inv_g, seed, params, table, scale_params,
+    scale_nan, codes, scale_codes, values)`` (E, m, M, g, inv_g float32 scalars)."""
+    code_of, value_of = _element_ops(family, mode)
 
     if scale_family == "minifloat":
 
@@ -209,33 +216,7 @@ def pow2_element_kernel(family: str, mode: int, store_codes: bool, store_values:
     rounded once to float32; a block holding NaN or ±inf has s = ``nan_s``, codes of 0 and NaN
     values. Signature ``kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed,
     params, table, codes, exponents, values)``."""
-    if family == "minifloat":
-
-        @njit(inline="always")
-        def code_of(v, p, u):  # type: ignore[no-untyped-def]
-            (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
-             signed_nan) = p
-            r = _mf_value(v, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mode, u)
-            return _mf_code(v, r, exp_bits, man_bits, bias, emin, signed, sub, nan_code, signed_nan), r
-
-    elif family == "posit":
-
-        @njit(inline="always")
-        def code_of(v, p, u):  # type: ignore[no-untyped-def]
-            n, es, scale = p
-            c = _posit_encode(v, n, es, scale, mode, u)
-            return c, _posit_decode(c, n, es, scale)
-
-    elif family == "grid":
-
-        @njit(inline="always")
-        def code_of(v, p, u):  # type: ignore[no-untyped-def]
-            frac_scale, bound, k_min, k_max, word_mask = p
-            q = _grid_k(v, frac_scale, bound, k_min, k_max, mode, u)
-            return q & word_mask, float64(q) / frac_scale
-
-    else:
-        raise ValueError(f"family={family!r}; allowed: minifloat, posit, grid")
+    code_of, value_of = _element_ops(family, mode)
 
     @njit(parallel=True)
     def kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed, params, table,  # type: ignore[no-untyped-def]
@@ -261,10 +242,9 @@ def pow2_element_kernel(family: str, mode: int, store_codes: bool, store_values:
             for i in range(start, stop):
                 v = 0.0 if nan_block else float64(x[i]) * up
                 u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-                c, r = code_of(v, params, u)
                 if store_codes:
-                    codes[i] = c
+                    codes[i] = code_of(v, params, u)
                 if store_values:
-                    values[i] = np.float32(np.nan) if nan_block else np.float32(r * down)
+                    values[i] = np.float32(np.nan) if nan_block else np.float32(value_of(v, params, u, table) * down)
 
     return kernel
