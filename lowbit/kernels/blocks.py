@@ -74,14 +74,14 @@ def _blocks(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding, generator: 
     code_out = torch.empty(work.shape, dtype=fmt.element.code_dtype) if codes else None
     family, p = _params(fmt.element)  # type: ignore[misc]
     scale_family, sp = _params(fmt.scale)  # type: ignore[misc]
-    kernel = kern.element_kernel(family, scale_family, ROUNDING_MODES.index(mode.value), fmt.tensor_scale, codes,
-                                 values is not None)
+    mode_id = ROUNDING_MODES.index(mode.value)
+    kernel = kern.element_kernel(family, scale_family, mode_id, fmt.tensor_scale, codes, values is not None)
     f32 = np.float32
     _run(kernel, flat, n, k, amax, bad, f32(fmt.element_max), f32(fmt.scale_floor), f32(fmt.scale_max), g, inv_g,
          _seed(mode, generator), p, _element_table(fmt), sp, fmt._scale_nan_code() or 0,
          code_out.reshape(-1).numpy() if code_out is not None else np.zeros(1, dtype=np.int64),
          scale_codes.numpy(),
-         values.numpy() if values is not None else np.zeros(1, dtype=np.float32))
+         values.numpy() if values is not None else np.zeros(1, dtype=np.float32), mode_id)
     return code_out, params
 
 
@@ -148,11 +148,12 @@ def _pow2_blocks(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, generator: "
     exponents = torch.empty(count, dtype=torch.int16)
     code_out = torch.empty(rows.shape, dtype=fmt._encoder.code_dtype) if codes else None
     family, p = _params(fmt._encoder)  # type: ignore[misc]
-    kernel = kern.pow2_element_kernel(family, ROUNDING_MODES.index(mode.value), codes, values is not None)
+    mode_id = ROUNDING_MODES.index(mode.value)
+    kernel = kern.pow2_element_kernel(family, mode_id, codes, values is not None)
     _run(kernel, flat, n, k, amax, bad, fmt.emax, fmt.zero_block_exponent, fmt.exponent_min, fmt.exponent_max,
          fmt.nan_exponent, fmt._encode_shift, _seed(mode, generator), p, _encoder_table(fmt),
          code_out.reshape(-1).numpy() if code_out is not None else np.zeros(1, dtype=np.int64),
-         exponents.numpy(), values.numpy() if values is not None else np.zeros(1, dtype=np.float32))
+         exponents.numpy(), values.numpy() if values is not None else np.zeros(1, dtype=np.float32), mode_id)
     return code_out, exponents.reshape(fmt.scale_shape(x.shape))
 
 

@@ -16,7 +16,8 @@ two data-sized steps, fused and multi-threaded over blocks, while the per-block 
 
 `decode_packed_into` decodes packed element codes (lsb_first, any width ≤ 8 bits) times a
 float32 factor per block, sequentially (it runs inside a forward pass, next to torch's threads).
-Nothing compiles at import; kernels compile on first use and are cached on disk.
+Nothing compiles at import; kernels compile on first use and are cached on disk (each kernel
+factory closes over integers and booleans only, so every specialisation has a stable cache key).
 """
 
 from __future__ import annotations
@@ -67,88 +68,108 @@ def block_amax(x, n, k, amax, bad):  # type: ignore[no-untyped-def]
         amax[b] = 0 if nonfinite else m
 
 
-def _element_ops(family: str, mode: int) -> "tuple[Callable[..., Any], Callable[..., Any]]":
-    """(code_of, value_of) of one element family and rounding mode, shared by the block kernels."""
-    # code_of: the element code; value_of: its value (float64, exact), without a table lookup
-    # where the family computes it directly (a gather stops LLVM vectorising the loop: 3x slower)
-    if family == "minifloat":
-
-        @njit(inline="always")
-        def code_of(v, p, u):  # type: ignore[no-untyped-def]
-            (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
-             signed_nan) = p
-            r = _mf_value(v, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mode, u)
-            return _mf_code(v, r, exp_bits, man_bits, bias, emin, signed, sub, nan_code, signed_nan)
-
-        @njit(inline="always")
-        def value_of(v, p, u, table):  # type: ignore[no-untyped-def]
-            (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
-             signed_nan) = p
-            return _mf_value(v, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mode, u)
-
-    elif family == "posit":
-
-        @njit(inline="always")
-        def code_of(v, p, u):  # type: ignore[no-untyped-def]
-            n, es, scale = p
-            return _posit_encode(v, n, es, scale, mode, u)
-
-        @njit(inline="always")
-        def value_of(v, p, u, table):  # type: ignore[no-untyped-def]
-            n, es, scale = p
-            return float64(table[_posit_encode(v, n, es, scale, mode, u)])
-
-    elif family == "grid":
-
-        @njit(inline="always")
-        def code_of(v, p, u):  # type: ignore[no-untyped-def]
-            frac_scale, bound, k_min, k_max, word_mask = p
-            return _grid_k(v, frac_scale, bound, k_min, k_max, mode, u) & word_mask
-
-        @njit(inline="always")
-        def value_of(v, p, u, table):  # type: ignore[no-untyped-def]
-            frac_scale, bound, k_min, k_max, word_mask = p
-            return float64(_grid_k(v, frac_scale, bound, k_min, k_max, mode, u)) / frac_scale
-
-    else:
-        raise ValueError(f"family={family!r}; allowed: minifloat, posit, grid")
-
-    return code_of, value_of
+#: element / scale family names -> the integer constant the kernels branch on
+FAMILIES: "dict[str, int]" = {"minifloat": 0, "posit": 1, "grid": 2}
+_MINIFLOAT, _POSIT, _GRID = 0, 1, 2
 
 
-@functools.lru_cache(maxsize=None)
+def _family_id(family: str, argument: str, allowed: "tuple[str, ...]") -> int:
+    if family not in allowed:
+        raise ValueError(f"{argument}={family!r}; allowed: {', '.join(allowed)}")
+    return FAMILIES[family]
+
+
+# The element operations of every family. The kernels below are closures over integers and
+# booleans only (family ids, mode, flags) and branch on them in their own body: numba prunes the
+# untaken branches before it inlines these functions (so each kernel inlines one family's code),
+# and caches every specialisation on disk. (A closure over other jitted functions gets a new cache
+# key in every process and recompiles; a dispatch inside an inlined function inlines every family.)
+@njit(inline="always", cache=True)
+def _mf_code_of(v, p, u, mode):  # type: ignore[no-untyped-def]
+    (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
+     signed_nan) = p
+    r = _mf_value(v, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mode, u)
+    return _mf_code(v, r, exp_bits, man_bits, bias, emin, signed, sub, nan_code, signed_nan)
+
+
+@njit(inline="always", cache=True)
+def _mf_value_of(v, p, u, mode):  # type: ignore[no-untyped-def]
+    """The value computed directly, without a table gather (which stops LLVM vectorising: 3x slower)."""
+    (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
+     signed_nan) = p
+    return _mf_value(v, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mode, u)
+
+
+@njit(inline="always", cache=True)
+def _posit_code_of(v, p, u, mode):  # type: ignore[no-untyped-def]
+    n, es, scale = p
+    return _posit_encode(v, n, es, scale, mode, u)
+
+
+@njit(inline="always", cache=True)
+def _posit_value_of(v, p, u, mode, table):  # type: ignore[no-untyped-def]
+    n, es, scale = p
+    return float64(table[_posit_encode(v, n, es, scale, mode, u)])
+
+
+@njit(inline="always", cache=True)
+def _grid_code_of(v, p, u, mode):  # type: ignore[no-untyped-def]
+    frac_scale, bound, k_min, k_max, word_mask = p
+    return _grid_k(v, frac_scale, bound, k_min, k_max, mode, u) & word_mask
+
+
+@njit(inline="always", cache=True)
+def _grid_value_of(v, p, u, mode):  # type: ignore[no-untyped-def]
+    frac_scale, bound, k_min, k_max, word_mask = p
+    return float64(_grid_k(v, frac_scale, bound, k_min, k_max, mode, u)) / frac_scale
+
+
+@njit(inline="always", cache=True)
+def _mf_scale_of(t, p):  # type: ignore[no-untyped-def]
+    """(code, float32 value) of the block scale t, rounded to nearest even."""
+    (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
+     signed_nan) = p
+    r = _mf_value(t, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, NEAREST_EVEN, 0.0)
+    return _mf_code(t, r, exp_bits, man_bits, bias, emin, signed, sub, nan_code, signed_nan), np.float32(r)
+
+
+@njit(inline="always", cache=True)
+def _posit_scale_of(t, p):  # type: ignore[no-untyped-def]
+    n, es, scale = p
+    c = _posit_encode(t, n, es, scale, NEAREST_EVEN, 0.0)
+    return c, np.float32(_posit_decode(c, n, es, scale))
+
+
+def _fixed_mode(mode: int) -> int:
+    """The rounding mode a kernel is specialised for: nearest-even (the hot path) is a compile-time
+    constant; every other mode is read at run time from the kernel's last argument (-1), so a
+    sweep over modes compiles one kernel instead of five."""
+    return mode if mode == NEAREST_EVEN else -1
+
+
 def element_kernel(family: str, scale_family: str, mode: int, tensor_scale: bool, store_codes: bool,
                    store_values: bool) -> Callable[..., Any]:
     """The fused scale-and-round kernel of one element family ("minifloat", "posit", "grid"),
     scale family ("minifloat", "posit") and rounding mode (the order of ``ROUNDING_MODES``);
     signature ``kernel(x, n, k, amax, bad, E, m, M, g, inv_g, seed, params, table, scale_params,
-    scale_nan, codes, scale_codes, values)`` (E, m, M, g, inv_g float32 scalars)."""
-    code_of, value_of = _element_ops(family, mode)
+    scale_nan, codes, scale_codes, values, mode)`` (E, m, M, g, inv_g float32 scalars, g = inv_g = 1
+    without a tensor scale; ``mode`` the same rounding mode again)."""
+    # without a tensor scale the kernel runs with g = inv_g = 1: t / 1, 1 / s and 1 · s are exact, so
+    # one kernel serves both (the reference's steps, bit for bit)
+    del tensor_scale
+    return _element_kernel(family, scale_family, _fixed_mode(mode), store_codes, store_values)
 
-    if scale_family == "minifloat":
 
-        @njit(inline="always")
-        def scale_of(t, p):  # type: ignore[no-untyped-def]
-            """(code, float32 value) of the scale t, rounded to nearest even."""
-            (exp_bits, man_bits, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code,
-             signed_nan) = p
-            r = _mf_value(t, man_bits, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz, NEAREST_EVEN, 0.0)
-            return _mf_code(t, r, exp_bits, man_bits, bias, emin, signed, sub, nan_code, signed_nan), np.float32(r)
+@functools.lru_cache(maxsize=None)
+def _element_kernel(family: str, scale_family: str, fixed_mode: int, store_codes: bool,
+                    store_values: bool) -> Callable[..., Any]:
+    family_id = _family_id(family, "family", ("minifloat", "posit", "grid"))
+    scale_id = _family_id(scale_family, "scale_family", ("minifloat", "posit"))
 
-    elif scale_family == "posit":
-
-        @njit(inline="always")
-        def scale_of(t, p):  # type: ignore[no-untyped-def]
-            n, es, scale = p
-            c = _posit_encode(t, n, es, scale, NEAREST_EVEN, 0.0)
-            return c, np.float32(_posit_decode(c, n, es, scale))
-
-    else:
-        raise ValueError(f"scale_family={scale_family!r}; allowed: minifloat, posit")
-
-    @njit(parallel=True)
+    @njit(parallel=True, cache=True)
     def kernel(x, n, k, amax, bad, E, m, M, g, inv_g, seed, params, table, scale_params, scale_nan,  # type: ignore[no-untyped-def]
-               codes, scale_codes, values):
+               codes, scale_codes, values, mode_arg):
+        mode = fixed_mode if fixed_mode >= 0 else mode_arg
         nb = (n + k - 1) // k
         emax = float64(E)
         for b in prange(amax.size):
@@ -158,13 +179,14 @@ def element_kernel(family: str, scale_family: str, mode: int, tensor_scale: bool
             stop = row * n + min((j + 1) * k, n)
             # the reference's float32 scale steps (ScaledBlockFormat._block_scales), one block
             a = np.float32(min(float64(amax[b]), _FP32_MAX))  # float64 input: clamped, rounded once
-            t = a / E
-            if tensor_scale:
-                t = t / g
+            t = (a / E) / g
             t = min(max(t, m), M)
-            sc, s = scale_of(float64(t), scale_params)
-            r = (inv_g / s) if tensor_scale else (np.float32(1.0) / s)
-            f = (g * s) if tensor_scale else s
+            if scale_id == _MINIFLOAT:
+                sc, s = _mf_scale_of(float64(t), scale_params)
+            else:
+                sc, s = _posit_scale_of(float64(t), scale_params)
+            r = inv_g / s
+            f = g * s
             zero = bad[b]
             if zero:
                 sc = scale_nan
@@ -176,9 +198,20 @@ def element_kernel(family: str, scale_family: str, mode: int, tensor_scale: bool
                 v = 0.0 if zero else float64(y)
                 u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
                 if store_codes:
-                    codes[i] = code_of(v, params, u)
+                    if family_id == _MINIFLOAT:
+                        codes[i] = _mf_code_of(v, params, u, mode)
+                    elif family_id == _POSIT:
+                        codes[i] = _posit_code_of(v, params, u, mode)
+                    else:
+                        codes[i] = _grid_code_of(v, params, u, mode)
                 if store_values:  # the element's float32 value times the block's float32 factor
-                    values[i] = np.float32(value_of(v, params, u, table)) * f
+                    if family_id == _MINIFLOAT:
+                        e = _mf_value_of(v, params, u, mode)
+                    elif family_id == _POSIT:
+                        e = _posit_value_of(v, params, u, mode, table)
+                    else:
+                        e = _grid_value_of(v, params, u, mode)
+                    values[i] = np.float32(e) * f
 
     return kernel
 
@@ -207,7 +240,6 @@ def decode_packed_into(data, bits, table, factor, n, k, out):  # type: ignore[no
                 out[p] = table[c] * f
 
 
-@functools.lru_cache(maxsize=None)
 def pow2_element_kernel(family: str, mode: int, store_codes: bool, store_values: bool) -> Callable[..., Any]:
     """The fused kernel of power-of-two block formats (MX, BFP, ``block<k>_<el>_scale_e8m0fnu``)
     for float32 input: per block ``s = ⌊log2 amax⌋ − emax`` (``zero_s`` for a zero block),
@@ -215,12 +247,18 @@ def pow2_element_kernel(family: str, mode: int, store_codes: bool, store_values:
     encoder (element family ``family``, rounding ``mode``), their values ``v · 2^(s − shift)``
     rounded once to float32; a block holding NaN or ±inf has s = ``nan_s``, codes of 0 and NaN
     values. Signature ``kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed,
-    params, table, codes, exponents, values)``."""
-    code_of, value_of = _element_ops(family, mode)
+    params, table, codes, exponents, values, mode)`` (``mode`` the same rounding mode again)."""
+    return _pow2_element_kernel(family, _fixed_mode(mode), store_codes, store_values)
 
-    @njit(parallel=True)
+
+@functools.lru_cache(maxsize=None)
+def _pow2_element_kernel(family: str, fixed_mode: int, store_codes: bool, store_values: bool) -> Callable[..., Any]:
+    family_id = _family_id(family, "family", ("minifloat", "posit", "grid"))
+
+    @njit(parallel=True, cache=True)
     def kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed, params, table,  # type: ignore[no-untyped-def]
-               codes, exponents, values):
+               codes, exponents, values, mode_arg):
+        mode = fixed_mode if fixed_mode >= 0 else mode_arg
         nb = (n + k - 1) // k
         for b in prange(amax.size):
             row = b // nb
@@ -243,8 +281,19 @@ def pow2_element_kernel(family: str, mode: int, store_codes: bool, store_values:
                 v = 0.0 if nan_block else float64(x[i]) * up
                 u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
                 if store_codes:
-                    codes[i] = code_of(v, params, u)
+                    if family_id == _MINIFLOAT:
+                        codes[i] = _mf_code_of(v, params, u, mode)
+                    elif family_id == _POSIT:
+                        codes[i] = _posit_code_of(v, params, u, mode)
+                    else:
+                        codes[i] = _grid_code_of(v, params, u, mode)
                 if store_values:
-                    values[i] = np.float32(np.nan) if nan_block else np.float32(value_of(v, params, u, table) * down)
+                    if family_id == _MINIFLOAT:
+                        e = _mf_value_of(v, params, u, mode)
+                    elif family_id == _POSIT:
+                        e = _posit_value_of(v, params, u, mode, table)
+                    else:
+                        e = _grid_value_of(v, params, u, mode)
+                    values[i] = np.float32(np.nan) if nan_block else np.float32(e * down)
 
     return kernel
