@@ -23,7 +23,7 @@ from numba import njit, uint64
 
 __all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "decode_into", "decode_runs_into", "decode_grid_into",
            "decode_blocks_into",
-           "grid_geometry"]
+           "decode_lines_into", "grid_geometry"]
 
 #: Code widths with a wide table (see the module docstring).
 WIDE_BITS = (1, 2, 4, 6)
@@ -158,6 +158,38 @@ def decode_into(data, bits, table, wide, use_wide, scale, row, n, out, out2, out
             _scale_segment(outf[i:stop], np.float32(scale[r]))
             i = stop
             r += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scale_by_line(seg, s):  # type: ignore[no-untyped-def]
+    # seg[j] * s[j] in float32, one IEEE multiply each (as torch's ``values * scale``); a loop from
+    # 0 over slices, as in `_scale_segment`, so LLVM vectorizes it
+    for j in range(seg.size):
+        seg[j] = seg[j] * s[j]
+
+
+@njit(cache=True, nogil=True)
+def decode_lines_into(data, bits, table, wide, use_wide, scale, geometry, n, out, out2, outf):  # type: ignore[no-untyped-def]
+    """Codes times a float32 scale per group along a leading axis (groups of ``g`` indices of an
+    axis of length ``A`` with ``inner`` elements after it; ``geometry = (A, g, inner)``):
+    element (o, a, j) of the weight viewed as (outer, A, inner) is multiplied by
+    ``scale[(o * (A // g) + a // g) * inner + j]``, the group scale laid out as the weight with
+    ``A`` replaced by ``A // g``. Same signature as `decode_into`; each chunk of `SCALE_CHUNK`
+    codes is decoded, then every line of ``inner`` codes in it is multiplied elementwise by its
+    scale line while still in cache (one float32 multiply per element, as ``values * scale``)."""
+    a_len, g, inner = geometry
+    groups = a_len // g
+    for a in range(0, n, SCALE_CHUNK):
+        b = min(n, a + SCALE_CHUNK)
+        _decode_range(data, bits, table, wide, use_wide, a, b, out, out2)
+        i = a
+        while i < b:  # the lines this chunk overlaps
+            line = i // inner
+            j = i - line * inner
+            stop = min(b, (line + 1) * inner)
+            s0 = ((line // a_len) * groups + (line % a_len) // g) * inner + j
+            _scale_by_line(outf[i:stop], scale[s0:s0 + (stop - i)])
+            i = stop
 
 
 @njit(cache=True, nogil=True)
