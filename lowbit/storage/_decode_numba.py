@@ -331,19 +331,27 @@ def decode_grid_into(data, bits, tables, geom, use_wide, scale, row, n, out, out
             d -= 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _lookup_products(src, products, base, seg):  # type: ignore[no-untyped-def]
+    # seg[j] = products[base + code j] (integer views: the bits of a product made once in float32)
+    for j in range(seg.size):
+        seg[j] = products[base + src[j]]
+
+
 @njit(cache=True, nogil=True)
 def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out, out2, outf):  # type: ignore[no-untyped-def]
     """A block format's whole decode (blocks along the last axis) in one call, float32 only:
     ``outf[i] = table[code i] · f`` with ``f = factors[c]`` (times ``tensor_scale[0]`` when it has
     one entry) for the block's scale code ``c``, rows of ``length`` codes, blocks of ``k`` along
     each row (the last one shorter). ``blocks`` = (scale codes uint8, factors float32[256],
-    valid uint8[256], tensor_scale float32[0 or 1], k). Rows that start on a byte (and on a
+    valid uint8[256], tensor_scale float32[0 or 1], k, products float32[256 * 256] or empty: for 8-bit
+    elements without a tensor scale, ``products[c * 256 + e] = factors[c] · table[e]``). Rows that start on a byte (and on a
     wide-table chunk) decode row by row, as `decode_into` does, and each block is then scaled while
     still in cache: one float32 multiply per element, as ``values * factor`` in torch; other shapes
     decode in chunks of `SCALE_CHUNK` codes. Returns True, writing nothing, when a scale code is
     not ``valid`` or the tensor scale is not finite and positive (the caller then runs the
     reference decoder, which says why)."""
-    codes, factors, valid, tensor_scale, k = blocks
+    codes, factors, valid, tensor_scale, k, products = blocks
     for c in codes:
         if not valid[c]:
             return True
@@ -352,6 +360,18 @@ def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out
     if scaled and not (np.isfinite(g) and g > 0):
         return True
     nb = (length + k - 1) // k
+    if products.size and bits == 8 and n % length == 0:
+        # 8-bit elements: the products of every element value with every factor, made once per
+        # format (`lowbit.storage.decode`), so each element is one lookup in its block's row of
+        # 256 products (the rows of the scales a layer uses stay in L1); 2.6x faster than a
+        # lookup pass and a scaling pass (measured on MXFP8 384x384)
+        for r in range(n // length):
+            row = out[r * length: (r + 1) * length]
+            src = data[r * length: (r + 1) * length]
+            for j in range(nb):
+                _lookup_products(src[j * k: min((j + 1) * k, length)], products, int(codes[r * nb + j]) << 8,
+                                 row[j * k: min((j + 1) * k, length)])
+        return False
     if length % 4 == 0 and (length * bits) % 8 == 0:  # every row starts on a byte and a wide chunk
         for r in range(n // length):
             lo = r * length

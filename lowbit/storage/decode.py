@@ -231,10 +231,25 @@ def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[
         factors = _pow2_table(torch.float32)
         tensor_scale = torch.zeros(0, dtype=torch.float32)
     wide = lut.wide if lut.wide is not None else torch.zeros(1, dtype=torch.int64)
+    products = _product_table(str(fmt), lut.values, factors) if bits == 8 and not tensor_scale.numel() \
+        else torch.zeros(0, dtype=torch.float32)
     blocks = (codes.contiguous().reshape(-1).numpy(), factors.contiguous().numpy(), valid.numpy(),
-              tensor_scale.contiguous().numpy(), int(fmt.block_size))
+              tensor_scale.contiguous().numpy(), int(fmt.block_size), products.view(torch.int32).numpy())
     return (_numba().decode_blocks_into, layer._buffers[_DATA].contiguous().numpy(), bits,
             lut.values.contiguous().view(torch.int32).numpy(), wide.numpy(), lut.wide is not None, blocks, shape[-1])
+
+
+_PRODUCTS: "dict[str, torch.Tensor]" = {}
+
+
+def _product_table(key: str, values: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``factors[c] · values[e]`` in float32 at ``c * 256 + e`` for every scale code c and 8-bit
+    element code e (256 KB), made once per block format (``key``) and shared by its layers: the
+    same IEEE product the block decoders form per element."""
+    table = _PRODUCTS.get(key)
+    if table is None:
+        table = _PRODUCTS[key] = (factors.reshape(-1, 1) * values.reshape(1, -1)).reshape(-1).contiguous()
+    return table
 
 
 def _granule_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor], dtype: torch.dtype

@@ -185,6 +185,6 @@ def _tile_side(kernel: str, side: Any, row: Any, table: Any, bits: int, a: int, 
     if kernel == "decode_runs_into":
         size = 1 << bits
         return side, row, table[a // row * size:-(-b // row) * size]
-    codes, factors, valid, tensor_scale, k = side  # decode_blocks_into: a scale code per block of each row
+    codes, factors, valid, tensor_scale, k, products = side  # decode_blocks_into: a scale code per block of each row
     nb = -(-cols // k)
-    return (codes[r0 * nb:r1 * nb], factors, valid, tensor_scale, k), row, table
+    return (codes[r0 * nb:r1 * nb], factors, valid, tensor_scale, k, products), row, table
