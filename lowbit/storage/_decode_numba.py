@@ -393,13 +393,23 @@ def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out
         b = min(n, a + SCALE_CHUNK)
         _decode_range(data, bits, table, wide, use_wide, a, b, out, out2)
         i = a
+        r = a // length  # the row and block of code a, then stepped along without dividing: rows
+        j = (a - r * length) // k  # shorter than a block (a 1x1 conv's) are one code each
         while i < b:  # the blocks this chunk overlaps
-            r = i // length
-            j = (i - r * length) // k
-            stop = min(b, r * length + min((j + 1) * k, length))
+            end = r * length + min((j + 1) * k, length)
+            stop = min(b, end)
             f = factors[codes[r * nb + j]]
             if scaled:
                 f = g * f
-            _scale_segment(outf[i:stop], f)
+            if stop - i >= 16:
+                _scale_segment(outf[i:stop], f)
+            else:
+                for t in range(i, stop):
+                    outf[t] = outf[t] * f
             i = stop
+            if stop == end:
+                j += 1
+                if j == nb:
+                    j = 0
+                    r += 1
     return False
