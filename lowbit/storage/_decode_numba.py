@@ -360,6 +360,23 @@ def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out
     if scaled and not (np.isfinite(g) and g > 0):
         return True
     nb = (length + k - 1) // k
+    if nb == 1 and (bits == 4 or bits == 8) and n % length == 0:
+        # rows no longer than a block (the last axis of a 1x1 or kxk conv weight): one factor per
+        # row, each element looked up and multiplied by it in one pass
+        values = table.view(np.float32)
+        i = 0
+        for r in range(n // length):
+            f = factors[codes[r]]
+            if scaled:
+                f = g * f
+            for t in range(length):
+                if bits == 8:
+                    c = np.int64(data[i])
+                else:
+                    c = (np.int64(data[i >> 1]) >> ((i & 1) << 2)) & 15
+                outf[i] = values[c] * f
+                i += 1
+        return False
     if products.size and bits == 8 and n % length == 0:
         # 8-bit elements: the products of every element value with every factor, made once per
         # format (`lowbit.storage.decode`), so each element is one lookup in its block's row of

@@ -14,7 +14,11 @@ Semantics, exactly:
   ``quantize_(model, {"weight": fmt, ...})``. A simulated layer's other roles (bias, input,
   output, grad, accumulation) stay simulated in the packed layer: its forward *is* the simulated
   forward, with the decoded weight in place of the fake-quantized one. Only the weight is
-  packed; the bias stays a float parameter (quantized on the fly if it has a bias role).
+  packed; the bias stays a float parameter (quantized on the fly if it has a bias role). One
+  exception, by default: a `PackedLinear` larger than its ``tile_bytes`` runs inference tile by
+  tile of output rows (`lowbit.storage.tiled`): the same decoded values, but torch's GEMM may sum
+  a tile's dot products in another order, so outputs can differ in the last bits (within the
+  float32 summation bound); ``tile_bytes = 0`` restores ``torch.equal``.
 - **Decoding** of scalar formats of at most 16 bits, and of the fitted formats (binary, ternary,
   codebook), is one table lookup per element: a table of every code's value in the compute
   dtype, read by a fused unpack-and-look-up kernel (numba, when installed; else torch's
@@ -72,7 +76,6 @@ from lowbit.simulate.layers import (
     QuantEmbedding,
     QuantLayerMixin,
     QuantLinear,
-    _is_quire,
     _QuantConvNd,
 )
 from lowbit.simulate.registry import entries, register_packed
@@ -441,7 +444,7 @@ class PackedLinear(PackedLayerMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if self.tile_bytes and not torch.is_grad_enabled() and self._packed_decoded is None and not self.cache \
-                and self.lowbit_accumulate is None and not _is_quire(self):
+                and self.lowbit_accumulate is None:  # (a quire is an accumulation format too)
             x = self._lowbit_q("input", x)
             b = self._lowbit_bias()
             y = tiled_linear(self, x, b)
