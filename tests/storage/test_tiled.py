@@ -11,8 +11,7 @@ from torch import nn
 
 import lowbit as lb
 from lowbit.kernels import available_backends
-from lowbit.storage import PackedLinear, pack_
-from lowbit.storage import tiled
+from lowbit.storage import PackedLinear, pack_, tiled
 
 pytestmark = pytest.mark.skipif("numba" not in available_backends(), reason="tiles need the numba decoders")
 
@@ -103,7 +102,7 @@ def test_tile_bytes_zero_gives_outputs_equal_to_the_simulated_layer() -> None:
     lambda: torch.randn(136),  # 1-d
     lambda: torch.randn(3, 136, dtype=torch.float64),  # not float32
 ], ids=["non-contiguous", "1-d", "float64"])
-def test_inputs_the_tiles_do_not_take_run_the_untiled_forward(make_input: "object") -> None:
+def test_inputs_the_tiles_do_not_take_run_the_untiled_forward(make_input: object) -> None:
     sim, packed = _pair("posit8_es2", 72, 136)
     x = make_input()  # type: ignore[operator]
     if x.dtype == torch.float64:
