@@ -23,7 +23,7 @@ from numba import njit, uint64
 
 __all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "decode_into", "decode_runs_into", "decode_grid_into",
            "decode_blocks_into",
-           "grid_geometry"]
+           "decode_lines_into", "grid_geometry"]
 
 #: Code widths with a wide table (see the module docstring).
 WIDE_BITS = (1, 2, 4, 6)
@@ -158,6 +158,38 @@ def decode_into(data, bits, table, wide, use_wide, scale, row, n, out, out2, out
             _scale_segment(outf[i:stop], np.float32(scale[r]))
             i = stop
             r += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scale_by_line(seg, s):  # type: ignore[no-untyped-def]
+    # seg[j] * s[j] in float32, one IEEE multiply each (as torch's ``values * scale``); a loop from
+    # 0 over slices, as in `_scale_segment`, so LLVM vectorizes it
+    for j in range(seg.size):
+        seg[j] = seg[j] * s[j]
+
+
+@njit(cache=True, nogil=True)
+def decode_lines_into(data, bits, table, wide, use_wide, scale, geometry, n, out, out2, outf):  # type: ignore[no-untyped-def]
+    """Codes times a float32 scale per group along a leading axis (groups of ``g`` indices of an
+    axis of length ``A`` with ``inner`` elements after it; ``geometry = (A, g, inner)``):
+    element (o, a, j) of the weight viewed as (outer, A, inner) is multiplied by
+    ``scale[(o * (A // g) + a // g) * inner + j]``, the group scale laid out as the weight with
+    ``A`` replaced by ``A // g``. Same signature as `decode_into`; each chunk of `SCALE_CHUNK`
+    codes is decoded, then every line of ``inner`` codes in it is multiplied elementwise by its
+    scale line while still in cache (one float32 multiply per element, as ``values * scale``)."""
+    a_len, g, inner = geometry
+    groups = a_len // g
+    for a in range(0, n, SCALE_CHUNK):
+        b = min(n, a + SCALE_CHUNK)
+        _decode_range(data, bits, table, wide, use_wide, a, b, out, out2)
+        i = a
+        while i < b:  # the lines this chunk overlaps
+            line = i // inner
+            j = i - line * inner
+            stop = min(b, (line + 1) * inner)
+            s0 = ((line // a_len) * groups + (line % a_len) // g) * inner + j
+            _scale_by_line(outf[i:stop], scale[s0:s0 + (stop - i)])
+            i = stop
 
 
 @njit(cache=True, nogil=True)
@@ -299,19 +331,27 @@ def decode_grid_into(data, bits, tables, geom, use_wide, scale, row, n, out, out
             d -= 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _lookup_products(src, products, base, seg):  # type: ignore[no-untyped-def]
+    # seg[j] = products[base + code j] (integer views: the bits of a product made once in float32)
+    for j in range(seg.size):
+        seg[j] = products[base + src[j]]
+
+
 @njit(cache=True, nogil=True)
 def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out, out2, outf):  # type: ignore[no-untyped-def]
     """A block format's whole decode (blocks along the last axis) in one call, float32 only:
     ``outf[i] = table[code i] · f`` with ``f = factors[c]`` (times ``tensor_scale[0]`` when it has
     one entry) for the block's scale code ``c``, rows of ``length`` codes, blocks of ``k`` along
     each row (the last one shorter). ``blocks`` = (scale codes uint8, factors float32[256],
-    valid uint8[256], tensor_scale float32[0 or 1], k). Rows that start on a byte (and on a
+    valid uint8[256], tensor_scale float32[0 or 1], k, products float32[256 * 256] or empty: for 8-bit
+    elements without a tensor scale, ``products[c * 256 + e] = factors[c] · table[e]``). Rows that start on a byte (and on a
     wide-table chunk) decode row by row, as `decode_into` does, and each block is then scaled while
     still in cache: one float32 multiply per element, as ``values * factor`` in torch; other shapes
     decode in chunks of `SCALE_CHUNK` codes. Returns True, writing nothing, when a scale code is
     not ``valid`` or the tensor scale is not finite and positive (the caller then runs the
     reference decoder, which says why)."""
-    codes, factors, valid, tensor_scale, k = blocks
+    codes, factors, valid, tensor_scale, k, products = blocks
     for c in codes:
         if not valid[c]:
             return True
@@ -320,6 +360,35 @@ def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out
     if scaled and not (np.isfinite(g) and g > 0):
         return True
     nb = (length + k - 1) // k
+    if nb == 1 and (bits == 4 or bits == 8) and n % length == 0:
+        # rows no longer than a block (the last axis of a 1x1 or kxk conv weight): one factor per
+        # row, each element looked up and multiplied by it in one pass
+        values = table.view(np.float32)
+        i = 0
+        for r in range(n // length):
+            f = factors[codes[r]]
+            if scaled:
+                f = g * f
+            for t in range(length):
+                if bits == 8:
+                    c = np.int64(data[i])
+                else:
+                    c = (np.int64(data[i >> 1]) >> ((i & 1) << 2)) & 15
+                outf[i] = values[c] * f
+                i += 1
+        return False
+    if products.size and bits == 8 and n % length == 0:
+        # 8-bit elements: the products of every element value with every factor, made once per
+        # format (`lowbit.storage.decode`), so each element is one lookup in its block's row of
+        # 256 products (the rows of the scales a layer uses stay in L1); 2.6x faster than a
+        # lookup pass and a scaling pass (measured on MXFP8 384x384)
+        for r in range(n // length):
+            row = out[r * length: (r + 1) * length]
+            src = data[r * length: (r + 1) * length]
+            for j in range(nb):
+                _lookup_products(src[j * k: min((j + 1) * k, length)], products, int(codes[r * nb + j]) << 8,
+                                 row[j * k: min((j + 1) * k, length)])
+        return False
     if length % 4 == 0 and (length * bits) % 8 == 0:  # every row starts on a byte and a wide chunk
         for r in range(n // length):
             lo = r * length
@@ -341,13 +410,23 @@ def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out
         b = min(n, a + SCALE_CHUNK)
         _decode_range(data, bits, table, wide, use_wide, a, b, out, out2)
         i = a
+        r = a // length  # the row and block of code a, then stepped along without dividing: rows
+        j = (a - r * length) // k  # shorter than a block (a 1x1 conv's) are one code each
         while i < b:  # the blocks this chunk overlaps
-            r = i // length
-            j = (i - r * length) // k
-            stop = min(b, r * length + min((j + 1) * k, length))
+            end = r * length + min((j + 1) * k, length)
+            stop = min(b, end)
             f = factors[codes[r * nb + j]]
             if scaled:
                 f = g * f
-            _scale_segment(outf[i:stop], f)
+            if stop - i >= 16:
+                _scale_segment(outf[i:stop], f)
+            else:
+                for t in range(i, stop):
+                    outf[t] = outf[t] * f
             i = stop
+            if stop == end:
+                j += 1
+                if j == nb:
+                    j = 0
+                    r += 1
     return False

@@ -153,21 +153,42 @@ def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, .
         return _fast_block_args(layer, lut, bits)
     shape = layer._packed_shape
     scale = layer._buffers.get(_SCALE)
-    row = 0
+    row: "int | tuple[int, int, int]" = 0
+    kernel = _numba().decode_into
     if scale is not None:
-        per_row = len(shape) > 0 and scale.dim() == len(shape) and scale.shape[0] == shape[0] \
-            and all(d == 1 for d in scale.shape[1:])
-        if lut.values.dtype != torch.float32 or not (scale.numel() == 1 or per_row):
+        if lut.values.dtype != torch.float32 or scale.dtype != torch.float32:
             return None
         n = shape.numel()
-        row = max(1, n if scale.numel() == 1 else n // max(shape[0], 1))
+        group = _group_geometry(shape, scale, layer._packed_axis, layer._packed_group_size)
+        per_row = len(shape) > 0 and scale.dim() == len(shape) and scale.shape[0] == shape[0] \
+            and all(d == 1 for d in scale.shape[1:])
+        if group is not None:  # one scale per group: runs of g codes, or lines of a leading axis's groups
+            row = group[1] if group[2] == 1 else group
+            if group[2] != 1:
+                kernel = _numba().decode_lines_into
+        elif scale.numel() == 1 or per_row:
+            row = max(1, n if scale.numel() == 1 else n // max(shape[0], 1))
+        else:
+            return None
         scale_np = scale.reshape(-1).contiguous().numpy()
     else:
         scale_np = np.zeros(1, dtype=np.float32)
     wide = lut.wide if lut.wide is not None else torch.zeros(1, dtype=_PAIR.get(lut.values.element_size(), torch.int64))
     table = lut.values.contiguous().view(_VIEW[lut.values.element_size()])
-    return (_numba().decode_into, data.contiguous().numpy(), bits, table.numpy(), wide.numpy(), lut.wide is not None,
-            scale_np, row)
+    return (kernel, data.contiguous().numpy(), bits, table.numpy(), wide.numpy(), lut.wide is not None, scale_np, row)
+
+
+def _group_geometry(shape: torch.Size, scale: torch.Tensor, axis: "int | None", group_size: "int | None"
+                    ) -> "tuple[int, int, int] | None":
+    """``(A, g, inner)`` of a per-group scale (groups of ``g`` along an axis of length ``A``, with
+    ``inner`` elements after that axis), laid out as the weight with ``A`` replaced by ``A // g``;
+    None for other scales."""
+    if group_size is None or axis is None or not len(shape) or not 0 <= axis < len(shape):
+        return None
+    a_len = shape[axis]
+    if group_size <= 0 or a_len % group_size or scale.numel() * group_size != shape.numel() or not a_len:
+        return None
+    return a_len, int(group_size), math.prod(shape[axis + 1:])
 
 
 def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, ...] | None":
@@ -210,10 +231,25 @@ def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[
         factors = _pow2_table(torch.float32)
         tensor_scale = torch.zeros(0, dtype=torch.float32)
     wide = lut.wide if lut.wide is not None else torch.zeros(1, dtype=torch.int64)
+    products = _product_table(str(fmt), lut.values, factors) if bits == 8 and not tensor_scale.numel() \
+        else torch.zeros(0, dtype=torch.float32)
     blocks = (codes.contiguous().reshape(-1).numpy(), factors.contiguous().numpy(), valid.numpy(),
-              tensor_scale.contiguous().numpy(), int(fmt.block_size))
+              tensor_scale.contiguous().numpy(), int(fmt.block_size), products.view(torch.int32).numpy())
     return (_numba().decode_blocks_into, layer._buffers[_DATA].contiguous().numpy(), bits,
             lut.values.contiguous().view(torch.int32).numpy(), wide.numpy(), lut.wide is not None, blocks, shape[-1])
+
+
+_PRODUCTS: "dict[str, torch.Tensor]" = {}
+
+
+def _product_table(key: str, values: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``factors[c] · values[e]`` in float32 at ``c * 256 + e`` for every scale code c and 8-bit
+    element code e (256 KB), made once per block format (``key``) and shared by its layers: the
+    same IEEE product the block decoders form per element."""
+    table = _PRODUCTS.get(key)
+    if table is None:
+        table = _PRODUCTS[key] = (factors.reshape(-1, 1) * values.reshape(1, -1)).reshape(-1).contiguous()
+    return table
 
 
 def _granule_tables(layer: "PackedLayerMixin", params: Mapping[str, torch.Tensor], dtype: torch.dtype

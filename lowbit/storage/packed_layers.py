@@ -14,7 +14,11 @@ Semantics, exactly:
   ``quantize_(model, {"weight": fmt, ...})``. A simulated layer's other roles (bias, input,
   output, grad, accumulation) stay simulated in the packed layer: its forward *is* the simulated
   forward, with the decoded weight in place of the fake-quantized one. Only the weight is
-  packed; the bias stays a float parameter (quantized on the fly if it has a bias role).
+  packed; the bias stays a float parameter (quantized on the fly if it has a bias role). One
+  exception, by default: a `PackedLinear` larger than its ``tile_bytes`` runs inference tile by
+  tile of output rows (`lowbit.storage.tiled`): the same decoded values, but torch's GEMM may sum
+  a tile's dot products in another order, so outputs can differ in the last bits (within the
+  float32 summation bound); ``tile_bytes = 0`` restores ``torch.equal``.
 - **Decoding** of scalar formats of at most 16 bits, and of the fitted formats (binary, ternary,
   codebook), is one table lookup per element: a table of every code's value in the compute
   dtype, read by a fused unpack-and-look-up kernel (numba, when installed; else torch's
@@ -59,6 +63,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowbit.formats._float64 import FLOAT_DTYPES
@@ -95,6 +100,7 @@ from lowbit.storage.decode import (
     _wide_table,
 )
 from lowbit.storage.packed import PackedTensor
+from lowbit.storage.tiled import TILE_BYTES, tiled_linear
 
 __all__ = [
     "PackedLayerMixin",
@@ -424,10 +430,28 @@ class PackedLayerMixin(nn.Module):
 
 
 class PackedLinear(PackedLayerMixin, nn.Linear):
-    """``nn.Linear`` with a packed weight (see the module docstring)."""
+    """``nn.Linear`` with a packed weight (see the module docstring).
+
+    Without autograd, a weight larger than ``tile_bytes`` (`lowbit.storage.tiled.TILE_BYTES`
+    unless set on the layer) is decoded and multiplied a tile of output rows at a time
+    (`lowbit.storage.tiled`): the same decoded values, each output one GEMM dot product over the
+    whole input, summed in the order torch's GEMM picks for the tile (within float32 summation
+    bounds of the simulated output). ``tile_bytes = 0``: one GEMM, ``torch.equal`` to it.
+    """
 
     _float_class = nn.Linear
-    forward = QuantLinear.forward
+    tile_bytes: int = TILE_BYTES
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.tile_bytes and not torch.is_grad_enabled() and self._packed_decoded is None and not self.cache \
+                and self.lowbit_accumulate is None:  # (a quire is an accumulation format too)
+            x = self._lowbit_q("input", x)
+            b = self._lowbit_bias()
+            y = tiled_linear(self, x, b)
+            if y is None:
+                y = F.linear(x, self._lowbit_weight(), b)
+            return self._lowbit_finish(y)
+        return QuantLinear.forward(self, x)
 
 
 class PackedConv1d(PackedLayerMixin, nn.Conv1d):

@@ -196,7 +196,8 @@ class TestStaging:
             with torch.no_grad():
                 packed.weight_packed.copy_(PackedTensor.from_tensor(first.weight, fmt).data)  # in place
             assert torch.equal(packed(x), F.linear(x, fmt.quantize(first.weight), second.bias))
-            pack_(nn.Linear(4096, 300), fmt)(torch.zeros(1, 4096))  # grows this thread's staging buffer
+            big = pack_(nn.Conv1d(4096, 300, 1), fmt)  # decoded whole: grows this thread's staging buffer
+            big(torch.zeros(1, 4096, 1))
             assert torch.equal(packed(x), F.linear(x, fmt.quantize(first.weight), second.bias))
             # ... and the layer decodes into the new buffer: no old one stays pinned
             staging = _STAGING.bufs[torch.float32]
