@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lowbit, not an installed one
-import lowbit as lb  # noqa: E402
+import lowbit as lb
 
 CONFIGS = {
     "fp32": None,
@@ -67,7 +67,7 @@ def main() -> None:
             lb.quantize_(model, cfg)
         setups[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
 
-    def step(name: str) -> "tuple[float, float]":
+    def step(name: str) -> tuple[float, float]:
         model, opt = setups[name]
         t, c = time.perf_counter(), time.process_time()
         opt.zero_grad()
@@ -75,7 +75,7 @@ def main() -> None:
         opt.step()
         return time.perf_counter() - t, time.process_time() - c
 
-    def measure(label: str) -> "dict[str, object]":
+    def measure(label: str) -> dict[str, object]:
         for name in setups:  # warm-up: compiles kernels, touches memory
             for _ in range(3):
                 step(name)
@@ -118,11 +118,11 @@ def main() -> None:
         (args.out / "training.md").write_text(_markdown(args, runs))
 
 
-def _markdown(args: argparse.Namespace, runs: "list[dict[str, object]]") -> str:
+def _markdown(args: argparse.Namespace, runs: list[dict[str, object]]) -> str:
     lines = [f"# LeNet-5 training step, batch {args.batch}, {args.threads} torch threads, {os.cpu_count()} CPUs",
              "", "`python benchmarks/bench_training.py --busy N --out benchmarks/results`: FP32 and each simulated",
-             "configuration interleaved in one process; medians of "
-             f"{args.repeats} steps; wall time and process CPU time (every thread).", ""]
+             (f"configuration interleaved in one process; medians of {args.repeats} steps; wall time and "
+              "process CPU time (every thread)."), ""]
     for run in runs:
         lines += [f"## {run['label']} (load average {run['loadavg']:.2f} → {run['loadavg_after']:.2f})", "",
                   "| configuration | ms / step | × FP32 | CPU ms / step | × FP32 |", "|---|---:|---:|---:|---:|"]
