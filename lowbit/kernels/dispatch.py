@@ -170,8 +170,10 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
     else:
         result = torch.empty(x.shape, dtype=x.dtype)
     m = ROUNDING_MODES.index(mode.value)
-    big = mode is not Rounding.STOCHASTIC and flat.numel() >= _TABLES_FROM
-    table32 = _float32_table(fmt, m) if big and x.dtype == torch.float32 else None
+    deterministic = mode is not Rounding.STOCHASTIC
+    big = deterministic and flat.numel() >= _TABLES_FROM
+    table32 = (_float32_table(fmt, m) if deterministic and x.dtype == torch.float32
+               and flat.numel() >= _FLOAT32_TABLE_FROM else None)
     if big and x.dtype in _HALF:
         _run(k.table_lookup16, _array(flat), _half_table(fmt, m, x.dtype), _array(result))
     elif table32 is not None:
@@ -206,7 +208,11 @@ def _quantize_into(fmt: ScalarFormat, family: str, p: "tuple[Any, ...]", m: int,
         _run(k.grid_quantize(m, ink, outk), xs, rs, fs, bound, kmin, kmax, seed, fmax, tiny)
 
 
-_TABLES_FROM = 1 << 16  # inputs of at least this many elements may use a lookup table (deterministic modes)
+_TABLES_FROM = 1 << 16  # 16-bit inputs of at least this many elements use a lookup table (deterministic modes)
+# float32 inputs use the float32 table wherever the format has one: a lookup on the calling
+# thread costs ~0.5 ns per element, the element kernel ~2 ns plus waking a worker (~20 µs on an
+# idle machine, often milliseconds on a loaded one; benchmarks/bench_training.py)
+_FLOAT32_TABLE_FROM = 1
 
 
 @functools.lru_cache(maxsize=64)

@@ -410,20 +410,53 @@ def grid_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
 
 
 # ------------------------------------------------------------------------------ decode
-@njit(parallel=True, cache=True)
-def table_lookup32(x, table, out):
+# The lookup kernels come in two forms: a serial loop (``…_serial``), which `runtime.launch` runs
+# on the calling thread when one thread is used, and a parallel one that hands each worker
+# `LOOKUP_CHUNK` elements at a time to that same serial loop. A loop of table reads compiled as
+# a plain range loop runs 2-2.5x faster per element here than the same body inside ``prange``,
+# and the calling thread needs no worker woken (about 20 µs per launch).
+LOOKUP_CHUNK = 1 << 14
+
+
+@njit(cache=True)
+def table_lookup32_serial(x, table, out):
     """float32 inputs (int32 bit patterns) by their top 16 bits: table[2b] for the bucket's first
     pattern, table[2b + 1] for the others (dispatch._float32_table says when that is exact)."""
-    for i in prange(x.size):
+    for i in range(x.size):
         b = int64(x[i]) & 0xFFFFFFFF
         out[i] = table[((b >> 16) << 1) | (1 if (b & 0xFFFF) != 0 else 0)]
 
 
 @njit(parallel=True, cache=True)
-def table_lookup16(x, table, out):
+def table_lookup32(x, table, out):
+    """`table_lookup32_serial` on `LOOKUP_CHUNK`-element slices, in parallel."""
+    n = x.size
+    for c in prange((n + LOOKUP_CHUNK - 1) // LOOKUP_CHUNK):
+        lo = c * LOOKUP_CHUNK
+        hi = min(lo + LOOKUP_CHUNK, n)
+        table_lookup32_serial(x[lo:hi], table, out[lo:hi])
+
+
+@njit(cache=True)
+def table_lookup16_serial(x, table, out):
     """out[i] = table[x[i] mod 2^16]: 16-bit inputs (int16 bit patterns) through a full table."""
-    for i in prange(x.size):
+    for i in range(x.size):
         out[i] = table[int64(x[i]) & 0xFFFF]
+
+
+@njit(parallel=True, cache=True)
+def table_lookup16(x, table, out):
+    """`table_lookup16_serial` on `LOOKUP_CHUNK`-element slices, in parallel."""
+    n = x.size
+    for c in prange((n + LOOKUP_CHUNK - 1) // LOOKUP_CHUNK):
+        lo = c * LOOKUP_CHUNK
+        hi = min(lo + LOOKUP_CHUNK, n)
+        table_lookup16_serial(x[lo:hi], table, out[lo:hi])
+
+
+#: parallel kernel -> its serial loop, which `runtime.launch` runs on the calling thread for a
+#: one-thread launch
+SERIAL = {table_lookup32: table_lookup32_serial, table_lookup16: table_lookup16_serial}
 
 
 @njit(parallel=True, cache=True)

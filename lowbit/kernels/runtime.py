@@ -12,7 +12,8 @@
   at once, so those are serialised here.
 - **Thread count.** Each launch uses `get_num_threads`: lowbit's own setting
   (`set_num_threads` / `num_threads`) if made, else ``torch.get_num_threads()`` at that call;
-  launches of fewer than 2^15 elements run on one thread. torch's settings are never changed.
+  launches of fewer than 2^15 elements run on one thread, table lookups of fewer than 2^21 on
+  the calling thread (see `launch`). torch's settings are never changed.
 - **Disk cache.** A truncated or corrupt numba cache entry is discarded and the kernel
   recompiled (with one warning), instead of failing every call.
 
@@ -40,7 +41,12 @@ from lowbit.errors import LowbitWarning
 __all__ = ["THREADING_LAYER", "numba_problem", "set_num_threads", "get_num_threads", "num_threads", "launch"]
 
 THREADING_LAYER = "workqueue"
-SERIAL_BELOW = 1 << 15  # elements; smaller launches run on the calling thread (waking workers costs more)
+SERIAL_BELOW = 1 << 15  # elements; smaller launches run on one thread (waking workers costs more)
+# a lookup (a kernel with a serial twin) reads a table at ~0.5 ns per element: below this many
+# elements it runs on the calling thread. Waking workers costs ~30 µs on an idle machine and,
+# with other processes on the cores, often milliseconds: measured there (2 cores, load 4.6), a
+# 1.2M-element lookup took a median 1.5 ms on the calling thread and 4.0 ms on 2 workers
+SERIAL_LOOKUPS_BELOW = 1 << 21
 
 _FIX = "install it with `pip install 'numba>=0.59'` (a dependency of lowbit)"
 _default_threads: "int | None" = None
@@ -158,11 +164,22 @@ class KernelUnavailable(RuntimeError):
 
 
 def launch(kernel: Callable[..., Any], *args: Any) -> Any:
-    """Run a parallel kernel with `get_num_threads` threads (one below `SERIAL_BELOW` elements)."""
+    """Run a parallel kernel with `get_num_threads` threads (one below `SERIAL_BELOW` elements).
+
+    A lookup kernel with a serial twin (``numba_cpu.SERIAL``: the same loop without ``prange``)
+    runs that twin on the calling thread below `SERIAL_LOOKUPS_BELOW` elements or when it gets
+    one thread: no worker is woken and no lock taken. Its work is its first argument (the
+    others are tables)."""
     global _needs_lock
-    numba, _ = modules()
-    size = max((getattr(a, "size", 0) for a in args), default=0)
-    threads = 1 if size < SERIAL_BELOW else max(1, min(get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba, kernels = modules()
+    serial = kernels.SERIAL.get(kernel)
+    if serial is not None:
+        size, below = args[0].size, SERIAL_LOOKUPS_BELOW
+    else:
+        size, below = max((getattr(a, "size", 0) for a in args), default=0), SERIAL_BELOW
+    threads = 1 if size < below else max(1, min(get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if threads == 1 and serial is not None:
+        return _call(numba, serial, args)
     if _needs_lock is False:
         numba.set_num_threads(threads)  # numba's count is per calling thread
         return _call(numba, kernel, args)

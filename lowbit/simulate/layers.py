@@ -158,9 +158,20 @@ class RoleQuantizer:
 
 
 def _gradient_only(x: torch.Tensor, grad: RoleQuantizer) -> torch.Tensor:
-    """Identity forward; the incoming gradient is rounded to ``grad``'s format."""
-    return fake_quantize(x, None, grad.format, "nearest_even", None,
-                         backward_rounding=grad.rounding, backward_generator=grad.generator)
+    """``x`` itself (no copy); the gradient flowing into it is rounded to ``grad``'s format (a
+    tensor hook, which also sees the gradient of x's value before any later in-place change).
+
+    >>> from lowbit.formats import parse_format
+    >>> w = torch.tensor([1.0], requires_grad=True)
+    >>> y = _gradient_only(w * 1, RoleQuantizer(parse_format("e5m2")))
+    >>> (y * 0.3).sum().backward(); w.grad.tolist()  # 0.3 rounded to e5m2
+    [0.3125]
+    """
+    if not x.requires_grad:  # nothing will flow back
+        return x
+    fmt, mode, generator = grad.format, grad.rounding, grad.generator
+    x.register_hook(lambda g: fmt.quantize(g.contiguous(), mode, generator))
+    return x
 
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

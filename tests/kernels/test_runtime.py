@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import tomllib
 import warnings
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_a_cpu_tensor_runs_the_fused_kernel_by_default_in_a_fresh_process():
         calls = []
         run = dispatch._run
         dispatch._run = lambda *a: calls.append(1) or run(*a)
-        lb.parse_format("posit8_es2").quantize(torch.randn(1000))
+        lb.parse_format("posit8_es2").quantize(torch.randn(1000, dtype=torch.float64))  # float32: a table is built first
         print(resolve_backend(None, "cpu"), len(calls))
     """)
     assert out.split() == ["numba", "1"]
@@ -100,7 +101,7 @@ def test_a_kernel_that_does_not_compile_falls_back_to_the_reference_with_one_war
 
     _, kernels = runtime.modules()
     monkeypatch.setattr(kernels, "posit_quantize_table", lambda *a: broken)
-    x = torch.linspace(-3, 3, 101)
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64)  # float32 may be served by a lookup table
     with pytest.raises(runtime.KernelUnavailable, match="does not compile"):
         FMT.quantize(x, backend="numba")
     with pytest.warns(lb.LowbitWarning, match="a kernel does not compile"):
@@ -136,7 +137,8 @@ def test_a_threading_layer_the_user_chose_is_kept():
 
 @pytest.fixture
 def threads_used(monkeypatch):
-    """The thread counts lowbit asked numba for, one per launch."""
+    """The threads each launch ran on, one entry per launch: the count lowbit asked numba for,
+    or 1 for a lookup run as its serial twin on the calling thread (`numba_cpu.SERIAL`)."""
     seen: list[int] = []
     original = numba.set_num_threads
 
@@ -145,6 +147,13 @@ def threads_used(monkeypatch):
         original(n)
 
     monkeypatch.setattr(numba, "set_num_threads", spy)
+    _, kernels = runtime.modules()
+    for parallel, serial in list(kernels.SERIAL.items()):
+        def on_the_calling_thread(*args, _serial=serial):
+            seen.append(1)
+            return _serial(*args)
+
+        monkeypatch.setitem(kernels.SERIAL, parallel, on_the_calling_thread)
     return seen
 
 
@@ -156,15 +165,55 @@ def test_kernels_follow_torch_get_num_threads_at_each_call(threads_used):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            FMT.quantize(BIG, backend="numba")
+            FMT.encode(BIG, backend="numba")
             assert threads_used[-1] == min(n, numba.config.NUMBA_NUM_THREADS)
     finally:
         torch.set_num_threads(before)
 
 
 def test_small_launches_run_on_one_thread(threads_used):
-    FMT.quantize(torch.randn(runtime.SERIAL_BELOW - 1), backend="numba")
+    FMT.quantize(torch.randn(runtime.SERIAL_BELOW - 1), backend="numba")  # a lookup
     assert threads_used[-1] == 1
+    FMT.encode(torch.randn(runtime.SERIAL_BELOW - 1), backend="numba")  # an element kernel
+    assert threads_used[-1] == 1
+
+
+def test_one_thread_lookups_run_on_the_calling_thread_and_wake_no_worker(monkeypatch):
+    _, kernels = runtime.modules()
+    x = torch.randn(runtime.SERIAL_BELOW - 1)
+    FMT.quantize(x, backend="numba")  # builds the lookup table first
+    callers, parallel_launches = [], []
+    for parallel, serial in list(kernels.SERIAL.items()):
+        def spy(*args, _serial=serial):
+            callers.append(threading.get_ident())
+            return _serial(*args)
+
+        monkeypatch.setitem(kernels.SERIAL, parallel, spy)
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: parallel_launches.append(n))
+    got = FMT.quantize(x, backend="numba")
+    with lb.kernels.num_threads(1):
+        big = FMT.quantize(BIG, backend="numba")
+    with lb.kernels.num_threads(2):  # a lookup below SERIAL_LOOKUPS_BELOW elements: still no worker
+        FMT.quantize(BIG, backend="numba")
+    assert callers == [threading.get_ident()] * 3 and parallel_launches == []
+    assert torch.equal(got, FMT.quantize(x, backend="reference"))
+    assert torch.equal(big, FMT.quantize(BIG, backend="reference"))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("extra", [0, 1, 7])
+def test_lookups_in_chunks_round_every_element_as_the_reference(threads, extra, monkeypatch):
+    _, kernels = runtime.modules()
+    monkeypatch.setattr(runtime, "SERIAL_LOOKUPS_BELOW", runtime.SERIAL_BELOW)  # the parallel form runs too
+    n = 4 * kernels.LOOKUP_CHUNK + extra * (kernels.LOOKUP_CHUNK + 1)  # ≥ 2^16: every table applies
+    x = torch.randn(n) * torch.logspace(-12, 12, n)
+    with lb.kernels.num_threads(threads):
+        for fmt in (FMT, lb.parse_format("e5m2")):
+            for dtype in (torch.float32, torch.bfloat16):
+                want = fmt.quantize(x.to(dtype), "floor", backend="reference")
+                assert torch.equal(fmt.quantize(x.to(dtype), "floor", backend="numba").view(torch.int16 if
+                                   dtype == torch.bfloat16 else torch.int32),
+                                   want.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
 
 
 def test_lowbits_knob_overrides_torch_without_changing_torch(threads_used):

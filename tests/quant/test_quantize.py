@@ -89,6 +89,25 @@ def test_grad_role_rounds_the_gradient_flowing_into_the_layer_output():
     assert torch.equal(params["bias"].grad, gq.sum(0))
 
 
+def test_grad_role_rounds_the_gradient_of_an_output_an_inplace_relu_then_changes():
+    _seed()
+    layer, x = nn.Linear(6, 4), torch.randn(3, 6)
+    g = torch.randn(3, 4) * 0.37
+    q = lb.quantize_(copy.deepcopy(layer), {"grad": "e5m2"})
+    y = q(x)
+    nn.functional.relu(y, inplace=True).backward(g)
+    gq = lb.parse_format("e5m2").quantize(g * (layer(x) > 0))  # the gradient into the pre-ReLU output
+    assert torch.equal(q.lowbit_float_tensor("weight").grad, gq.T @ x)
+
+
+def test_grad_role_adds_no_copy_and_no_autograd_node_to_the_forward():
+    layer, x = nn.Linear(6, 4), torch.randn(3, 6)
+    q = lb.quantize_(copy.deepcopy(layer), {"grad": "e5m2"})
+    assert type(q(x).grad_fn) is type(layer(x).grad_fn)  # the layer's own node: no copy after it
+    with torch.no_grad():
+        assert torch.equal(q(x), layer(x))
+
+
 def test_weight_gradient_passes_straight_through_the_weight_quantizer():
     _seed()
     layer, x = nn.Linear(6, 4), torch.randn(3, 6)
