@@ -35,7 +35,7 @@ K = 1: 1 + 1/16 = 1.0625 rounds (tie, to even) back to 1 three times; K = 4: 1.1
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -45,39 +45,57 @@ from lowbit.simulate.fake_quant import fake_quantize
 __all__ = ["running_sum", "conv_running_sum", "conv_transpose2d_running_sum", "conv_transpose_taps"]
 
 
-def running_sum(products: "Iterable[Callable[[], torch.Tensor]]", fmt: NumberFormat, every: int,
-                shape: "Sequence[int] | None" = None, like: "torch.Tensor | None" = None) -> torch.Tensor:
-    """Sum ``products`` (callables giving same-shaped tensors) in order, rounding to ``fmt`` every ``every``.
+def running_sum(products: "Iterable[tuple[torch.Tensor, torch.Tensor]]", fmt: NumberFormat, every: int,
+                shape: "Sequence[int]", like: torch.Tensor) -> torch.Tensor:
+    """Sum the products ``a · b`` of the ``(a, b)`` pairs in order, rounding to ``fmt`` every ``every``.
 
-    Each chunk of ``every`` products is summed in FP32 (the tensors' dtype) left to right, rounded
-    to ``fmt`` and added to the running sum, which is rounded again. No products: zeros of
-    ``shape`` (dtype and device of ``like``).
+    Every product is an FP32 multiplication (``a * b``, broadcast to ``shape``); each chunk of
+    ``every`` products is summed in FP32 left to right, rounded to ``fmt`` and added to the running
+    sum, which is rounded again (straight-through in training). No products: zeros of ``shape``
+    (dtype and device of ``like``). Without autograd it works in place (the same operations, the
+    same bits, three buffers).
 
     >>> from lowbit.formats import parse_format
-    >>> ps = [lambda v=v: torch.tensor([v]) for v in (1.0, 2.0 ** -4, 2.0 ** -4)]
-    >>> running_sum(ps, parse_format("e4m3fn"), 1).item(), running_sum(ps, parse_format("e4m3fn"), 3).item()
-    (1.0, 1.125)
+    >>> one = torch.ones(1)
+    >>> ps = [(torch.tensor([v]), one) for v in (1.0, 2.0 ** -4, 2.0 ** -4)]
+    >>> [running_sum(ps, parse_format("e4m3fn"), k, (1,), one).item() for k in (1, 3)]
+    [1.0, 1.125]
     """
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"every={every!r}; allowed: an int >= 1")
+    products = list(products)
+    if not products:
+        return like.new_zeros(tuple(shape))
+    if torch.is_grad_enabled() and any(t.requires_grad for pair in products for t in pair):
+        return _running_sum_autograd(products, fmt, every)
+    part = like.new_empty(tuple(shape))
+    buf = torch.empty_like(part)
     acc: "torch.Tensor | None" = None
-    part: "torch.Tensor | None" = None
-    count = 0
-    for product in products:
-        p = product()
-        part = p if part is None else part + p
-        count += 1
-        if count == every:
-            q = fake_quantize(part, fmt)
-            acc = q if acc is None else fake_quantize(acc + q, fmt)
-            part, count = None, 0
-    if part is not None:
+    for s in range(0, len(products), every):
+        torch.mul(*products[s], out=part)
+        for a, b in products[s + 1:s + every]:
+            part.add_(torch.mul(a, b, out=buf))
+        fmt.quantize(part, out=part)
+        if acc is None:
+            acc, part = part, buf  # the first chunk's buffer becomes the running sum
+            buf = torch.empty_like(acc)
+        else:
+            fmt.quantize(acc.add_(part), out=acc)
+    assert acc is not None
+    return acc
+
+
+def _running_sum_autograd(products: "list[tuple[torch.Tensor, torch.Tensor]]", fmt: NumberFormat,
+                          every: int) -> torch.Tensor:
+    acc: "torch.Tensor | None" = None
+    for s in range(0, len(products), every):
+        a, b = products[s]
+        part = a * b
+        for a, b in products[s + 1:s + every]:
+            part = part + a * b
         q = fake_quantize(part, fmt)
         acc = q if acc is None else fake_quantize(acc + q, fmt)
-    if acc is None:
-        if shape is None or like is None:
-            raise ValueError("running_sum of no products needs shape= and like=")
-        acc = like.new_zeros(tuple(shape))
+    assert acc is not None
     return acc
 
 
@@ -96,15 +114,15 @@ def conv_running_sum(x: torch.Tensor, w: torch.Tensor, stride: "Sequence[int]", 
     out = [(x.shape[2 + d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in range(spatial)]
     if min(out) < 1:
         raise ValueError(f"input {tuple(x.shape)} (padded) is smaller than the dilated kernel {tuple(kernel)}")
-    scale_shape = (1, w.shape[0]) + (1,) * spatial
-
-    def tap(c: int, idx: "tuple[int, ...]") -> Callable[[], torch.Tensor]:
-        window = tuple(slice(i * dilation[d], i * dilation[d] + stride[d] * (out[d] - 1) + 1, stride[d])
-                       for d, i in enumerate(idx))
-        return lambda: x[(slice(None), slice(c, c + 1)) + window] * w[(slice(None), c) + idx].reshape(scale_shape)
-
-    taps = (tap(c, idx) for c in range(w.shape[1]) for idx in itertools.product(*map(range, kernel)))
-    return running_sum(taps, fmt, every, (x.shape[0], w.shape[0], *out), x)
+    if spatial == 1:  # as a 2-d convolution of height 1
+        x, w = x.unsqueeze(2), w.unsqueeze(2)
+        stride, dilation = (1, stride[0]), (1, dilation[0])
+    # the taps' windows, contiguous, in the weight's order (c, i, j): N × C·kh·kw × L
+    cols = torch.nn.functional.unfold(x, tuple(w.shape[2:]), dilation=tuple(dilation), stride=tuple(stride))
+    wr = w.reshape(w.shape[0], -1)
+    taps = [(cols[:, r:r + 1], wr[:, r].reshape(1, -1, 1)) for r in range(wr.shape[1])]
+    y = running_sum(taps, fmt, every, (x.shape[0], w.shape[0], cols.shape[2]), x)
+    return y.reshape(x.shape[0], w.shape[0], *out)
 
 
 def conv_transpose_taps(size_in: int, size_out: int, kernel: int, stride: int, padding: int,
@@ -146,9 +164,9 @@ def conv_transpose2d_running_sum(x: torch.Tensor, w: torch.Tensor, stride: "Sequ
         xp = torch.nn.functional.pad(x, (lo_x, hi_x, lo_y, hi_y))
 
         def tap(c: int, i: int, oy: int, j: int, ox: int, xp: torch.Tensor = xp, ty: int = ty, tx: int = tx,
-                lo_y: int = lo_y, lo_x: int = lo_x) -> Callable[[], torch.Tensor]:
-            window = xp[:, c:c + 1, lo_y + oy:lo_y + oy + ty, lo_x + ox:lo_x + ox + tx]
-            return lambda: window * w[c, :, i, j].reshape(1, -1, 1, 1)
+                lo_y: int = lo_y, lo_x: int = lo_x) -> "tuple[torch.Tensor, torch.Tensor]":
+            return (xp[:, c:c + 1, lo_y + oy:lo_y + oy + ty, lo_x + ox:lo_x + ox + tx],
+                    w[c, :, i, j].reshape(1, -1, 1, 1))
 
         taps = (tap(c, i, oy, j, ox) for c in range(c_in) for i, oy in row_taps for j, ox in col_taps)
         out[:, :, ry::stride[0], rx::stride[1]] = running_sum(taps, fmt, every, (n, w.shape[1], ty, tx), x)

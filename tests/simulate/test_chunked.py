@@ -85,31 +85,36 @@ def _np(t: "torch.Tensor | None"):
     return None if t is None else t.detach().numpy()
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
 @pytest.mark.parametrize("spec", ["e4m3fn", "bf16", "fp16"])
 @pytest.mark.parametrize("every", [1, 4, 9, 16, 1000])
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2)])
 def test_conv2d_rounds_the_running_sum_every_k_products_in_channel_row_column_order(spec, every, stride, padding,
-                                                                                    dilation):
+                                                                                    dilation, grad):
     torch.manual_seed(every + 7 * stride + 3 * padding)
     conv = nn.Conv2d(3, 2, 3, stride=stride, padding=padding, dilation=dilation)
     x = torch.randn(2, 3, 6, 5) * 4
-    got = lb.quantize_(copy.deepcopy(conv), {"accumulate": spec, "accumulate_every": every})(x)
+    with torch.set_grad_enabled(grad):
+        got = lb.quantize_(copy.deepcopy(conv), {"accumulate": spec, "accumulate_every": every})(x)
+    assert got.requires_grad == grad
     want = conv2d_running_sum_oracle(x.numpy(), _np(conv.weight), _np(conv.bias), stride, padding, dilation, spec,
                                      every)
     assert torch.equal(got.detach(), torch.from_numpy(want))
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
 @pytest.mark.parametrize("spec", ["e4m3fn", "bf16"])
 @pytest.mark.parametrize("every", [1, 3, 8, 64])
 @pytest.mark.parametrize("stride,padding,output_padding,dilation,kernel",
                          [(2, 1, 0, 1, 4), (2, 0, 1, 1, 3), (1, 1, 0, 1, 3), (3, 1, 0, 2, 3), (2, 2, 0, 1, 2)])
 def test_conv_transpose2d_rounds_every_k_of_the_products_landing_on_each_output(spec, every, stride, padding,
-                                                                                output_padding, dilation, kernel):
+                                                                                output_padding, dilation, kernel, grad):
     torch.manual_seed(every + 5 * stride + padding)
     layer = nn.ConvTranspose2d(3, 2, kernel, stride=stride, padding=padding, output_padding=output_padding,
                                dilation=dilation)
     x = torch.randn(2, 3, 4, 3) * 4
-    got = lb.quantize_(copy.deepcopy(layer), {"accumulate": spec, "accumulate_every": every})(x)
+    with torch.set_grad_enabled(grad):
+        got = lb.quantize_(copy.deepcopy(layer), {"accumulate": spec, "accumulate_every": every})(x)
     want = conv_transpose2d_running_sum_oracle(x.numpy(), _np(layer.weight), _np(layer.bias), stride, padding,
                                                output_padding, dilation, spec, every)
     assert got.shape == layer(x).shape
@@ -176,7 +181,7 @@ def test_running_sum_with_no_products_is_zero_and_bad_every_is_refused():
     like = torch.ones(1)
     assert torch.equal(running_sum([], lb.parse_format("bf16"), 2, (2, 3), like), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="every=0"):
-        running_sum([lambda: like], lb.parse_format("bf16"), 0)
+        running_sum([(like, like)], lb.parse_format("bf16"), 0, (1,), like)
 
 
 def test_packed_conv_transpose_uses_the_same_running_sum():
