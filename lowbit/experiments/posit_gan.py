@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -279,17 +281,21 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
 
 
 # ------------------------------------------------------------------------------ data
-def _gan_images(images: torch.Tensor, data: Dataset) -> torch.Tensor:
+def gan_images(images: torch.Tensor, data: Dataset) -> torch.Tensor:
     """Standardized data-set images → the generator's range [−1, 1]."""
     return (images * data.std + data.mean) * 2 - 1
+
+
+_gan_images = gan_images
 
 
 def _classifier_input(gan_images: torch.Tensor, data: Dataset) -> torch.Tensor:
     return ((gan_images + 1) / 2 - data.mean) / data.std
 
 
-class _FeatureSpace:
-    """Penultimate-layer features (the input of the last Linear layer) of a trained classifier."""
+class FeatureSpace:
+    """Penultimate-layer features (the input of the last Linear layer) of a trained classifier;
+    called on generator images in [−1, 1], returns (features N×d, predicted labels)."""
 
     def __init__(self, model: nn.Module, data: Dataset) -> None:
         self.model, self.data = model.eval(), data
@@ -307,6 +313,9 @@ class _FeatureSpace:
             feats.append(self._captured[-1].reshape(logits.shape[0], -1))
             preds.append(logits.argmax(1))
         return torch.cat(feats), torch.cat(preds)
+
+
+_FeatureSpace = FeatureSpace
 
 
 def _load(cfg: "dict[str, Any]", ctx: Any) -> Dataset:
@@ -384,6 +393,62 @@ def generate(g: nn.Module, z: torch.Tensor, labels: torch.Tensor, batch: int = 5
         g.train(was)
 
 
+#: the config keys the FP32 generator's weights depend on (with the code: the weight cache's key)
+GENERATOR_KEYS = ("seed", "iterations", "batch_size", "lr", "betas", "z_dim", "embed_dim", "channels", "train_subset")
+
+
+def trained_generator(cfg: "dict[str, Any]", data: Dataset, *, cache: "bool | str | Path" = True,
+                      progress: Any = None) -> "tuple[Generator, dict[str, Any]]":
+    """The FP32 generator (eval mode) trained exactly as `run` trains its ``fp32`` row, and how it was obtained.
+
+    ``cfg``: a `config` dict (the `GENERATOR_KEYS` and ``threads`` are read). The weights are
+    cached under `lowbit.experiments.train.cache_dir` (``$LOWBIT_CACHE``) ``/models``, keyed by
+    those keys, the data set and a hash of this module's source, lowbit's and torch's versions:
+    ``cache`` True uses that directory, a path another one, False neither reads nor writes.
+    Returns ``(generator, info)`` with info's ``cached``, ``train_seconds``, ``cache_path``, ``note``.
+    """
+    import hashlib
+    import inspect
+    import json
+
+    from lowbit import __version__
+    from lowbit.experiments import data as data_module
+    from lowbit.experiments.train import _write_cache, cache_dir
+
+    missing = [k for k in GENERATOR_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"trained_generator: cfg lacks {missing}; start from posit_gan.config()")
+    size = data.train_images.shape[-1]
+    key = {k: cfg[k] for k in GENERATOR_KEYS}
+    code = hashlib.sha256("".join([__version__, torch.__version__.split("+")[0], inspect.getsource(sys.modules[__name__]),
+                                   inspect.getsource(data_module)]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256((json.dumps({**key, "dataset": data.name}, sort_keys=True) + code).encode()).hexdigest()[:16]
+    root = None if cache is False else (cache_dir() if cache is True else Path(cache))
+    path = None if root is None else (root / "models" / f"gan-generator-fp32-{data.name}-seed{cfg['seed']}-"
+                                      f"it{cfg['iterations']}-{digest}.pt")
+    g, _ = build_gan(cfg, size, cfg["seed"])
+    info: "dict[str, Any]" = {"cached": False, "train_seconds": 0.0, "cache_path": str(path) if path else None,
+                              "note": ""}
+    if path is not None and path.is_file():
+        try:
+            g.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:  # a corrupt or stale entry: retrain and overwrite it
+            info["note"] = f"cache entry {path} unreadable ({type(err).__name__}); retrained"
+        else:
+            info["cached"] = True
+            return g.eval(), info
+    real = gan_images(data.train_images, data)
+    if cfg["train_subset"] is not None:
+        real = real[: cfg["train_subset"]]
+    with threads(cfg.get("threads", 1)):
+        row, g = _train_one("fp32", cfg, data, real, data.train_labels[: real.shape[0]], None,
+                            types.SimpleNamespace(progress=progress))
+    info["train_seconds"] = row["train_seconds"]
+    if path is not None:
+        info["note"] = _write_cache(g, path) or info["note"]
+    return g.eval(), info
+
+
 def _train_one(label: str, cfg: "dict[str, Any]", data: Dataset, real: torch.Tensor, labels: torch.Tensor,
                evaluate: Any, ctx: Any) -> "tuple[dict[str, Any], Generator]":
     size = real.shape[-1]
@@ -399,7 +464,8 @@ def _train_one(label: str, cfg: "dict[str, Any]", data: Dataset, real: torch.Ten
     k_fid = cfg["fid_checkpoints"]
     checkpoints = sorted({max(1, round(iters * (k + 1) / k_fid)) for k in range(k_fid)})
     curve: "list[list[float]]" = []
-    task = ctx.progress.add_task(f"train GAN {LABELS[label]}", total=iters) if ctx.progress is not None else None
+    progress = getattr(ctx, "progress", None)
+    task = progress.add_task(f"train GAN {LABELS[label]}", total=iters) if progress is not None else None
     perm, pos = torch.randperm(n, generator=order), 0
     losses_d, losses_g, nonfinite = [], [], 0
     start = time.perf_counter()
@@ -424,14 +490,14 @@ def _train_one(label: str, cfg: "dict[str, Any]", data: Dataset, real: torch.Ten
         nonfinite += not (math.isfinite(ld) and math.isfinite(lg))
         losses_d.append(ld)
         losses_g.append(lg)
-        if it in checkpoints:
+        if it in checkpoints and evaluate is not None:
             curve.append([it, evaluate(g)["fid"]])
             g.train()
         if task is not None:
-            ctx.progress.advance(task)
+            progress.advance(task)
     seconds = time.perf_counter() - start
     tail = max(1, iters // 10)
-    final = evaluate(g)
+    final = evaluate(g) if evaluate is not None else {"fid": None, "class_accuracy": None}
     row: "dict[str, Any]" = {
         "kind": "train", "format": label, "label": LABELS[label], "spec": TRAIN_FORMATS[label][0] or "fp32",
         "recipe": "histogram scaling + posit loss scaling + posit16 weight updates" if TRAIN_FORMATS[label][1]

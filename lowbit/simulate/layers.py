@@ -26,6 +26,7 @@ from torch import nn
 from lowbit.formats import LearnedFormat, NumberFormat
 from lowbit.schemes.power_of_two import ScaleTracker
 from lowbit.schemes.static import StaticRange
+from lowbit.simulate.chunked import conv_running_sum, conv_transpose2d_running_sum
 from lowbit.simulate.exact import exact_conv1d, exact_conv2d, exact_conv_transpose2d, exact_linear
 from lowbit.simulate.fake_quant import fake_quantize, straight_through
 
@@ -416,7 +417,7 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
 
 
 class _QuantConvNd(QuantLayerMixin):
-    """Convs: ``accumulate_every`` K → chunks of max(1, K // kernel_numel) input channels."""
+    """Convs: ``accumulate_every`` K counts products tap by tap (`lowbit.simulate.chunked`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
@@ -446,15 +447,17 @@ class _QuantConvNd(QuantLayerMixin):
         fmt, k = self.lowbit_accumulate  # type: ignore[misc]
         if self.groups != 1:  # type: ignore[attr-defined]
             raise ValueError("accumulate_every is supported for convolutions with groups=1")
-        per = max(1, k // max(1, w[0, 0].numel()))
-        cin = w.shape[1]
-        parts = [lambda s=s: self._conv_forward(x[:, s:s + per], w[:, s:s + per], None)  # type: ignore[attr-defined]
-                 for s in range(0, cin, per)]
-        y = _accumulate_chunks(parts, fmt)
-        if b is not None:
-            shape = (1, -1) + (1,) * (y.dim() - 2)
-            y = fake_quantize(y + b.reshape(shape), fmt)
+        mode = self.padding_mode if self.padding_mode != "zeros" else "constant"  # type: ignore[attr-defined]
+        x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)  # type: ignore[attr-defined]
+        y = conv_running_sum(x, w, self.stride, self.dilation, fmt, k)  # type: ignore[attr-defined]
+        return _add_bias(y, b, fmt)
+
+
+def _add_bias(y: torch.Tensor, b: "torch.Tensor | None", fmt: NumberFormat) -> torch.Tensor:
+    """The bias added to a chunked running sum (channel axis 1), rounded once more."""
+    if b is None:
         return y
+    return fake_quantize(y + b.reshape((1, -1) + (1,) * (y.dim() - 2)), fmt)
 
 
 class QuantConv1d(_QuantConvNd, nn.Conv1d):
@@ -466,7 +469,7 @@ class QuantConv2d(_QuantConvNd, nn.Conv2d):
 
 
 class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
-    """Simulated ``nn.ConvTranspose2d`` (FP32 accumulation, or the quire)."""
+    """Simulated ``nn.ConvTranspose2d`` (FP32 accumulation, the quire, or ``accumulate_every``)."""
 
     def forward(self, x: torch.Tensor, output_size: "list[int] | None" = None) -> torch.Tensor:  # noqa: D102
         x = self._lowbit_q("input", x)
@@ -477,6 +480,12 @@ class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
         if _is_quire(self):
             y = exact_conv_transpose2d(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation,
                                        _quire_format(self), backward=_quire_backward(self))
+        elif self.lowbit_accumulate is not None:
+            fmt, k = self.lowbit_accumulate
+            if self.groups != 1:
+                raise ValueError("accumulate_every is supported for convolutions with groups=1")
+            y = _add_bias(conv_transpose2d_running_sum(x, w, self.stride, self.padding, output_padding, self.dilation,
+                                                       fmt, k), b, fmt)
         else:
             y = F.conv_transpose2d(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation)
         return self._lowbit_finish(y)

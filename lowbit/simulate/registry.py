@@ -164,7 +164,7 @@ def layer_types(*, role: "str | None" = None, chunked: "bool | None" = None, qat
     config key, such as normalization layers, only with ``opt_in=True``).
 
     >>> [c.__name__ for c in layer_types(chunked=True)]
-    ['Linear', 'Conv1d', 'Conv2d']
+    ['Linear', 'Conv1d', 'Conv2d', 'ConvTranspose2d']
     """
     out = []
     for e in entries():
@@ -184,7 +184,7 @@ register(LayerEntry(nn.Conv2d, L.QuantConv2d, _WB, chunked=True, quire=True, qat
 register(LayerEntry(nn.Conv3d, L.QuantConv3d, _WB, qat=True))
 register(LayerEntry(nn.ConvTranspose1d, L.QuantConvTranspose1d, _WB))
 # ConvTranspose weights are [in, out / groups, ...]: "channel" keeps meaning axis 0 (as stored)
-register(LayerEntry(nn.ConvTranspose2d, L.QuantConvTranspose2d, _WB, quire=True))
+register(LayerEntry(nn.ConvTranspose2d, L.QuantConvTranspose2d, _WB, chunked=True, quire=True))
 register(LayerEntry(nn.ConvTranspose3d, L.QuantConvTranspose3d, _WB))
 register(LayerEntry(nn.Embedding, L.QuantEmbedding, {"weight": "weight"}, roles=("weight", "output", "grad"),
                     calibrated=False))

@@ -33,10 +33,16 @@ def _one_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
     return model
 
 
+GEN_KEYS = {"dataset", "model", "operands", "accumulator", "every", "variant", "samples", "image_max_err",
+            "image_mean_err", "image_differ_share", "ssim", "psnr", "fid", "class_accuracy", "differ_share", "layers",
+            "seconds"}
+
+
 def test_quick_config_values():
     quick, full = accumulation.config(quick=True), accumulation.config()
-    assert quick["datasets"] == ["mnist"] and quick["test_subset"] == 500
-    assert full["datasets"] == ["mnist", "fashion-mnist"] and full["test_subset"] is None
+    assert quick["datasets"] == ["mnist"] and quick["test_subset"] == 300
+    assert full["datasets"] == ["mnist", "fashion-mnist"] and full["test_subset"] == 2000
+    assert quick["generator"]["operands"] == ["posit8_es2"] and full["generator"]["operands"] is None
     for cfg in (quick, full):
         assert cfg["operands"] == ["posit8_es2", "e4m3fn", "int8"]
         assert cfg["accumulators"] == ["fp32", "bf16", "fp16", "operand"] and cfg["every"] == [1, 16, 64]
@@ -63,7 +69,8 @@ def test_fp32_differ_share_counts_the_outputs_where_torch_and_the_exact_sum_disa
     b = torch.randn(6, generator=g)
     model = _one_linear(w, b)
     rows = accumulation.compare(model, "posit8_es2", [("fp32", None)], x, torch.zeros(50).long())
-    expected = (F.linear(x, w, b) != exact_linear(x, w, b)).float().mean().item()
+    differ = F.linear(x, w, b) != exact_linear(x, w, b)
+    expected = int(differ.sum()) / differ.numel()
     assert expected > 0.0  # spread exponents: FP32 running sums round
     assert rows[1]["layers"]["0"]["differ_share"] == pytest.approx(expected, abs=0)
     assert rows[0]["accumulator"] == "quire" and rows[0]["logit_max_err"] == 0.0
@@ -87,11 +94,73 @@ def test_variants_skip_an_int8_accumulator():
     assert len(accumulation._variants(cfg, "e4m3fn")) == 1 + 3 * 3
 
 
-def test_conv_products_per_rounding_follow_the_channel_chunks():
-    conv = nn.Conv2d(6, 4, 5)
-    assert accumulation._products_per_rounding(conv, 1) == 25
-    assert accumulation._products_per_rounding(conv, 64) == 50
-    assert accumulation._products_per_rounding(nn.Linear(40, 3), 16) == 16
+def test_products_per_rounding_counts_single_products_in_convolutions():
+    assert accumulation.products_per_rounding(nn.Conv2d(6, 4, 5), 1) == (150, 1)
+    assert accumulation.products_per_rounding(nn.Conv2d(6, 4, 5), 64) == (150, 64)
+    assert accumulation.products_per_rounding(nn.Conv2d(6, 4, 5), None) == (150, 150)
+    assert accumulation.products_per_rounding(nn.Linear(40, 3), 64) == (40, 40)
+    # stride 2, 4×4 kernel, padding 1: 2×2 taps land on each output, per input channel
+    assert accumulation.products_per_rounding(nn.ConvTranspose2d(32, 16, 4, 2, 1), 16) == (128, 16)
+    assert accumulation.products_per_rounding(nn.ConvTranspose2d(8, 1, 3, 1, 1), None) == (72, 72)
+
+
+def _tiny_generator(seed: int = 0) -> nn.Module:
+    from lowbit.experiments import posit_gan
+
+    g, _ = posit_gan.build_gan({**posit_gan.config(quick=True), "channels": [8, 4]}, 28, seed)
+    return g.eval()
+
+
+def test_generator_rows_compare_images_and_layers_with_the_quire():
+    g = _tiny_generator()
+    z, y = torch.randn(12, 64, generator=torch.Generator().manual_seed(1)), torch.arange(12) % 10
+    rows, images = accumulation.compare_generator(g, "posit8_es2", [("fp32", None), ("operand", 1)], z, y,
+                                                  quality=lambda im: {"fid": 0.0, "class_accuracy": 0.0}, batch=5)
+    assert [r["variant"] for r in rows] == ["quire", "fp32", "posit8_es2/1"]
+    for r in rows:
+        assert set(r) | {"dataset", "model"} == GEN_KEYS and r["samples"] == 12
+        assert set(r["layers"]) == {"fc", "up1", "up2"}
+    quire, fp32, per_product = rows
+    assert quire["image_max_err"] == 0.0 and quire["ssim"] == 1.0 and quire["psnr"] is None
+    # the quire generator is the exact sums rounded once: compare its images with exact layers by hand
+    with torch.no_grad():
+        want = accumulation._quantized(g, accumulation.variant_config("posit8_es2", "quire", None))(z, y)
+    assert torch.equal(images["quire"], want)
+    assert per_product["image_max_err"] > 0 and per_product["layers"]["up1"]["products_per_rounding"] == 1
+    assert per_product["layers"]["up1"]["products"] == 8 * 4 and per_product["ssim"] < 1.0
+    err = (images["posit8_es2/1"] - images["quire"]).abs()
+    assert per_product["image_max_err"] == float(err.max())
+    assert per_product["image_differ_share"] == float((images["posit8_es2/1"] != images["quire"]).float().mean())
+
+
+def test_generator_fp32_share_counts_the_transposed_conv_outputs_torch_rounds_differently():
+    from lowbit.simulate.exact import exact_conv_transpose2d
+
+    g = _tiny_generator(3)
+    z, y = torch.randn(20, 64, generator=torch.Generator().manual_seed(2)), torch.arange(20) % 10
+    # int8 with absmax scales: operands with 24-bit significands, so FP32 running sums do round
+    rows, _ = accumulation.compare_generator(g, "int8", [("fp32", None)], z, y)
+    q = accumulation._quantized(g, accumulation.variant_config("int8", "quire", None))
+    feed = {}
+    hook = q.up1.register_forward_hook(lambda m, a, o: feed.update(x=a[0]))
+    with torch.no_grad():
+        q(z, y)
+        hook.remove()
+        x, w = q.up1._lowbit_q("input", feed["x"]), q.up1.weight  # the operands as the layer quantizes them
+        differ = F.conv_transpose2d(x, w, None, 2, 1) != exact_conv_transpose2d(x, w, None, 2, 1)
+    assert int(differ.sum()) > 0
+    assert rows[1]["layers"]["up1"]["differ_share"] == int(differ.sum()) / differ.numel()
+
+
+def test_batches_give_the_same_rows_as_one_pass():
+    g = _tiny_generator(4)
+    z, y = torch.randn(9, 64, generator=torch.Generator().manual_seed(5)), torch.arange(9) % 10
+    one, _ = accumulation.compare_generator(g, "e4m3fn", [("bf16", 4)], z, y, batch=100)
+    many, _ = accumulation.compare_generator(g, "e4m3fn", [("bf16", 4)], z, y, batch=2)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in one]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in many]
+    with pytest.raises(ValueError, match="batch=0"):
+        accumulation.compare_generator(g, "e4m3fn", [], z, y, batch=0)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +169,9 @@ def tiny(tmp_path_factory):
     pytest.importorskip("matplotlib", reason="plots need matplotlib (`pip install 'lowbit[experiments]'`)")
     root = tmp_path_factory.mktemp("accumulation")
     overrides = {"datasets": ["digits"], "operands": ["posit8_es2", "int8"], "accumulators": ["fp32", "operand"],
-                 "every": [1], "test_subset": 60, "epochs": {"digits": 2}, "cache": str(root / "cache")}
+                 "every": [1], "test_subset": 60, "epochs": {"digits": 2}, "cache": str(root / "cache"),
+                 "generator": {"samples": 30, "operands": ["posit8_es2"], "iterations": 3, "batch_size": 16,
+                               "channels": [8, 4]}}
     return runner.run_experiment("accumulation", out_dir=root / "out", seed=1, overrides=overrides, quiet=True)
 
 
@@ -110,16 +181,38 @@ def test_registered():
 
 def test_run_writes_rows_csv_report_and_png(tiny):
     names = {p.name for p in tiny.files}
-    assert {"results.json", "results.csv", "report.md", "accumulation_differ.png"} <= names
-    assert (tiny.out_dir / "accumulation_differ.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"results.json", "results.csv", "report.md", "accumulation_differ.png", "accumulation_generator.png"} <= names
+    for png in ("accumulation_differ.png", "accumulation_generator.png"):
+        assert (tiny.out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((tiny.out_dir / "results.json").read_text())
     assert record["rows"] == tiny.rows
-    # posit8: quire, fp32, posit8/1; int8: quire, fp32 (no int8 accumulator)
-    assert [(r["operands"], r["variant"]) for r in tiny.rows] == [
-        ("posit8_es2", "quire"), ("posit8_es2", "fp32"), ("posit8_es2", "posit8_es2/1"),
-        ("int8", "quire"), ("int8", "fp32")]
-    for r in tiny.rows:
+    # posit8: quire, fp32, posit8/1; int8: quire, fp32 (no int8 accumulator); the generator: posit8 only
+    assert [(r["model"], r["operands"], r["variant"]) for r in tiny.rows] == [
+        ("DigitsCNN", "posit8_es2", "quire"), ("DigitsCNN", "posit8_es2", "fp32"),
+        ("DigitsCNN", "posit8_es2", "posit8_es2/1"), ("DigitsCNN", "int8", "quire"), ("DigitsCNN", "int8", "fp32"),
+        ("Generator", "posit8_es2", "quire"), ("Generator", "posit8_es2", "fp32"),
+        ("Generator", "posit8_es2", "posit8_es2/1")]
+    for r in tiny.rows[:5]:
         assert set(r) == ROW_KEYS and r["test_images"] == 60 and 0.0 <= r["top1"] <= 1.0
         assert set(r["layers"]) == {"conv1", "conv2", "fc1"}
+    for r in tiny.rows[5:]:
+        assert set(r) == GEN_KEYS and r["samples"] == 30 and r["dataset"] == "digits"
+        assert set(r["layers"]) == {"fc", "up1", "up2"} and r["fid"] >= 0 and 0.0 <= r["class_accuracy"] <= 1.0
+    assert record["info"]["generator"]["iterations"] == 3 and not record["info"]["generator"]["cached"]
     report = (tiny.out_dir / "report.md").read_text()
     assert "Is FP32 accumulation as good as a quire?" in report and "posit8_es2/1" in report
+    assert "The posit GAN's generator" in report and "digits Generator, posit8_es2:" in report
+
+
+def test_a_second_run_loads_the_cached_generator(tiny, tmp_path):
+    overrides = {"datasets": ["digits"], "operands": ["posit8_es2"], "accumulators": ["fp32"], "every": [1],
+                 "test_subset": 20, "epochs": {"digits": 2}, "cache": str(tiny.out_dir.parent / "cache"),
+                 "generator": {"samples": 30, "operands": ["posit8_es2"], "iterations": 3, "batch_size": 16,
+                               "channels": [8, 4]}}
+    again = runner.run_experiment("accumulation", out_dir=tmp_path, seed=1, overrides=overrides, quiet=True)
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["info"]["generator"]["cached"]
+    first = [r for r in tiny.rows if r["model"] == "Generator" and r["variant"] in ("quire", "fp32")]
+    second = [r for r in again.rows if r["model"] == "Generator"]
+    assert [r["image_max_err"] for r in first] == [r["image_max_err"] for r in second]
+    assert [r["fid"] for r in first] == [r["fid"] for r in second]  # the same weights, the same images

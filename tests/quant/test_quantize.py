@@ -290,15 +290,26 @@ def test_low_precision_accumulation_rounds_the_running_sum_every_k_products():
     assert torch.equal(q(x), want)
 
 
-def test_conv_accumulation_chunks_input_channels():
-    _seed()
-    layer, x = nn.Conv2d(4, 2, 3, bias=False), torch.randn(1, 4, 5, 5)
+def test_conv_accumulation_counts_products_tap_by_tap():
+    # integer operands below 2^5: every FP32 partial sum is exact in any order, so only the e5m10
+    # roundings at the chunk boundaries (sums reach ~2^13, past e5m10's 11 bits) shape the result
+    g = torch.Generator().manual_seed(0)
+    layer = nn.Conv2d(4, 2, 3, bias=False)
+    x = torch.randint(-31, 32, (1, 4, 5, 5), generator=g).float()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randint(-31, 32, (2, 4, 3, 3), generator=g).float())
     fmt = lb.parse_format("e5m10")
-    q = lb.quantize_(copy.deepcopy(layer), {"accumulate": "e5m10", "accumulate_every": 18})  # 2 channels
-    w = layer.weight.detach()
-    conv = nn.functional.conv2d
+    w, conv = layer.weight.detach(), nn.functional.conv2d
+    q = lb.quantize_(copy.deepcopy(layer), {"accumulate": "e5m10", "accumulate_every": 18})  # 2 channels of 3×3
     want = fmt.quantize(fmt.quantize(conv(x[:, :2], w[:, :2])) + fmt.quantize(conv(x[:, 2:], w[:, 2:])))
     assert torch.equal(q(x), want)
+    q = lb.quantize_(copy.deepcopy(layer), {"accumulate": "e5m10", "accumulate_every": 3})  # one kernel row
+    rows = [fmt.quantize(conv(x[:, c:c + 1, i:i + 3], w[:, c:c + 1, i:i + 1])) for c in range(4) for i in range(3)]
+    acc = rows[0]
+    for part in rows[1:]:
+        acc = fmt.quantize(acc + part)
+    assert torch.equal(q(x), acc)
+    assert not torch.equal(acc, want)  # the rounding points matter
 
 
 # ------------------------------------------------------------------ inference cache

@@ -61,7 +61,7 @@ def test_every_tool_reads_its_layer_types_from_the_registry() -> None:
     assert nn.Embedding not in CALIBRATED_LAYERS and nn.MultiheadAttention not in CALIBRATED_LAYERS
     assert set(PACKED_CLASSES) == {e.float_class for e in registry.entries() if e.packed is not None}
     assert registry.entry_for(nn.Linear).packed is PACKED_CLASSES[nn.Linear]
-    assert registry.layer_types(chunked=True) == (nn.Linear, nn.Conv1d, nn.Conv2d)
+    assert registry.layer_types(chunked=True) == (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
     assert nn.LayerNorm not in registry.layer_types() and nn.LayerNorm in registry.layer_types(opt_in=True)
 
 
@@ -71,7 +71,7 @@ def test_old_table_names_are_computed_from_the_registry() -> None:
     assert layers.QUANT_CLASSES == {e.float_class: e.quant_class for e in registry.entries()}
     assert layers.SUPPORTED_LAYERS == tuple(layers.QUANT_CLASSES)
     assert layers.INAPPLICABLE_ROLES[nn.Embedding] == ("bias", "input")
-    assert layers.CHUNKED_ACCUMULATION == (nn.Linear, nn.Conv1d, nn.Conv2d)
+    assert layers.CHUNKED_ACCUMULATION == (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
     assert layers.quant_class_for(nn.Linear) is layers.QuantLinear
 
 
