@@ -147,11 +147,11 @@ def encode(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "torch
     xs, os = _array(flat), out.numpy()
     kind = _IN_KIND[x.dtype]
     if family == "posit":
-        _run(k.posit_encode(m, kind), xs, os, *p, seed)
+        _run(k.posit_encode(m, kind), xs, os, *p, seed, m)
     elif family == "minifloat":
-        _run(k.minifloat_encode(m, kind), xs, os, *p, seed)
+        _run(k.minifloat_encode(m, kind), xs, os, *p, seed, m)
     else:
-        _run(k.grid_encode(m, kind), xs, os, *p, seed)
+        _run(k.grid_encode(m, kind), xs, os, *p, seed, m)
     return out.reshape(x.shape)
 
 
@@ -196,16 +196,16 @@ def _quantize_into(fmt: ScalarFormat, family: str, p: "tuple[Any, ...]", m: int,
     fmax, tiny = _limits(dtype)
     if family == "posit":
         if fmt.bits <= _TABLE_BITS:
-            _run(k.posit_quantize_table(m, ink), xs, rs, *p, seed, _value_table(fmt, dtype))
+            _run(k.posit_quantize_table(m, ink), xs, rs, *p, seed, _value_table(fmt, dtype), m)
         else:
-            _run(k.posit_quantize(m, ink, outk), xs, rs, *p, seed, fmax, tiny)
+            _run(k.posit_quantize(m, ink, outk), xs, rs, *p, seed, fmax, tiny, m)
     elif family == "minifloat":
         e, mb, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code, signed_nan = p
         _run(k.minifloat_quantize(m, ink, outk), xs, rs, mb, emin, maxv, minpos, sub, sat, inf, nan, fnu, fnuz,
-             seed, fmax, tiny)
+             seed, fmax, tiny, m)
     else:
         fs, bound, kmin, kmax, _ = p
-        _run(k.grid_quantize(m, ink, outk), xs, rs, fs, bound, kmin, kmax, seed, fmax, tiny)
+        _run(k.grid_quantize(m, ink, outk), xs, rs, fs, bound, kmin, kmax, seed, fmax, tiny, m)
 
 
 _TABLES_FROM = 1 << 16  # 16-bit inputs of at least this many elements use a lookup table (deterministic modes)

@@ -318,93 +318,117 @@ def _grid_k(v, frac_scale, bound, k_min, k_max, mode, u):
 
 
 # ------------------------------------------------------------------------------ kernel factories
-# One compiled kernel per (family, operation, rounding mode[, float32 output]); the mode and the
-# output precision are closure constants, so numba specialises (and caches) each separately.
-@functools.lru_cache(maxsize=None)
+# One compiled kernel per (family, operation, input kind[, output kind]) and rounding mode class:
+# nearest-even (the hot path) is a closure constant, so numba specialises it; every other mode is
+# read at run time from the kernel's last argument (``mode_arg``), so a sweep over the six modes
+# compiles two kernels instead of six. Closures over integers only, so each is cached on disk.
+RUNTIME_MODE = -1
+
+
+def _mode_specialised(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """``factory(mode, *kinds)`` → its kernel, built once per (nearest-even or `RUNTIME_MODE`, kinds).
+    The kernel takes the rounding mode again as its last argument."""
+    build = functools.lru_cache(maxsize=None)(factory)
+
+    @functools.wraps(factory)
+    def kernel_for(mode: int, *kinds: int) -> Callable[..., Any]:
+        return build(mode if mode == NEAREST_EVEN else RUNTIME_MODE, *kinds)
+
+    return kernel_for
+
+
+@_mode_specialised
 def posit_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
-    def kernel(x, out, n, es, scale, seed):
+    def kernel(x, out, n, es, scale, seed, mode_arg):
+        m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
-            u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = _posit_encode(_load(x, i, in_kind), n, es, scale, mode, u)
+            u = _uniform(seed, i) if m == STOCHASTIC else 0.0
+            out[i] = _posit_encode(_load(x, i, in_kind), n, es, scale, m, u)
 
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@_mode_specialised
 def posit_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
-    def kernel(x, out, n, es, scale, seed, fmax, tiny):
+    def kernel(x, out, n, es, scale, seed, fmax, tiny, mode_arg):
+        m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
-            u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            code = _posit_encode(_load(x, i, in_kind), n, es, scale, mode, u)
+            u = _uniform(seed, i) if m == STOCHASTIC else 0.0
+            code = _posit_encode(_load(x, i, in_kind), n, es, scale, m, u)
             out[i] = _store(_posit_decode(code, n, es, scale), out_kind, fmax, tiny)
 
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@_mode_specialised
 def posit_quantize_table(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
     """Posit quantize for n ≤ 16: the value comes from a table already cast to out's dtype
     (for float16 / bfloat16 outputs: a table of their bit patterns)."""
 
     @njit(parallel=True, cache=True)
-    def kernel(x, out, n, es, scale, seed, table):
+    def kernel(x, out, n, es, scale, seed, table, mode_arg):
+        m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
-            u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = table[_posit_encode(_load(x, i, in_kind), n, es, scale, mode, u)]
+            u = _uniform(seed, i) if m == STOCHASTIC else 0.0
+            out[i] = table[_posit_encode(_load(x, i, in_kind), n, es, scale, m, u)]
 
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@_mode_specialised
 def minifloat_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan, fnu, fnuz, seed, fmax,
-               tiny):
+               tiny, mode_arg):
+        m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
-            u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
+            u = _uniform(seed, i) if m == STOCHASTIC else 0.0
             r = _mf_value(_load(x, i, in_kind), man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan,
-                          fnu, fnuz, mode, u)
+                          fnu, fnuz, m, u)
             out[i] = _store(r, out_kind, fmax, tiny)
 
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@_mode_specialised
 def minifloat_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, exp_bits, man_bits, bias, emin, maxv, minpos, signed, subnormals, sat, has_inf, has_nan,
-               fnu, fnuz, nan_code, signed_nan, seed):
+               fnu, fnuz, nan_code, signed_nan, seed, mode_arg):
+        m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
-            u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
+            u = _uniform(seed, i) if m == STOCHASTIC else 0.0
             v = _load(x, i, in_kind)
-            r = _mf_value(v, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan, fnu, fnuz, mode, u)
+            r = _mf_value(v, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan, fnu, fnuz, m, u)
             out[i] = _mf_code(v, r, exp_bits, man_bits, bias, emin, signed, subnormals, nan_code, signed_nan)
 
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@_mode_specialised
 def grid_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
-    def kernel(x, out, frac_scale, bound, k_min, k_max, seed, fmax, tiny):
+    def kernel(x, out, frac_scale, bound, k_min, k_max, seed, fmax, tiny, mode_arg):
+        m = mode if mode >= 0 else mode_arg
         step = 1.0 / frac_scale
         for i in prange(x.size):
-            u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            k = _grid_k(_load(x, i, in_kind), frac_scale, bound, k_min, k_max, mode, u)
+            u = _uniform(seed, i) if m == STOCHASTIC else 0.0
+            k = _grid_k(_load(x, i, in_kind), frac_scale, bound, k_min, k_max, m, u)
             out[i] = _store(float64(k) * step, out_kind, fmax, tiny)
 
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@_mode_specialised
 def grid_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
-    def kernel(x, out, frac_scale, bound, k_min, k_max, word_mask, seed):
+    def kernel(x, out, frac_scale, bound, k_min, k_max, word_mask, seed, mode_arg):
+        m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
-            u = _uniform(seed, i) if mode == STOCHASTIC else 0.0
-            out[i] = _grid_k(_load(x, i, in_kind), frac_scale, bound, k_min, k_max, mode, u) & word_mask
+            u = _uniform(seed, i) if m == STOCHASTIC else 0.0
+            out[i] = _grid_k(_load(x, i, in_kind), frac_scale, bound, k_min, k_max, m, u) & word_mask
 
     return kernel
 
