@@ -46,6 +46,16 @@ def _applies(fmt: object, x: torch.Tensor) -> bool:
             and resolve_backend(None, x.device.type) == "numba" and _params(fmt.element) is not None)
 
 
+def _codes_array(codes: "torch.Tensor | None", dtype: torch.dtype) -> np.ndarray:
+    """The flat array the element codes go to; when none are wanted, one element of the same
+    dtype (so storing codes or not runs the same compiled kernel)."""
+    return codes.reshape(-1).numpy() if codes is not None else torch.zeros(1, dtype=dtype).numpy()
+
+
+def _values_array(values: "torch.Tensor | None") -> np.ndarray:
+    return values.numpy() if values is not None else np.zeros(1, dtype=np.float32)
+
+
 def _blocks(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
             codes: bool, values: "torch.Tensor | None") -> "tuple[torch.Tensor | None, dict[str, torch.Tensor]]":
     """Run the rule on ``x`` (blocks along its last axis): element codes (if ``codes``) shaped as
@@ -75,13 +85,12 @@ def _blocks(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding, generator: 
     family, p = _params(fmt.element)  # type: ignore[misc]
     scale_family, sp = _params(fmt.scale)  # type: ignore[misc]
     mode_id = ROUNDING_MODES.index(mode.value)
-    kernel = kern.element_kernel(family, scale_family, mode_id, fmt.tensor_scale, codes, values is not None)
+    kernel = kern.element_kernel(family, scale_family, mode_id)
     f32 = np.float32
     _run(kernel, flat, n, k, amax, bad, f32(fmt.element_max), f32(fmt.scale_floor), f32(fmt.scale_max), g, inv_g,
          _seed(mode, generator), p, _element_table(fmt), sp, fmt._scale_nan_code() or 0,
-         code_out.reshape(-1).numpy() if code_out is not None else np.zeros(1, dtype=np.int64),
-         scale_codes.numpy(),
-         values.numpy() if values is not None else np.zeros(1, dtype=np.float32), mode_id)
+         _codes_array(code_out, fmt.element.code_dtype), scale_codes.numpy(), _values_array(values),
+         codes, values is not None, mode_id)
     return code_out, params
 
 
@@ -149,11 +158,11 @@ def _pow2_blocks(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, generator: "
     code_out = torch.empty(rows.shape, dtype=fmt._encoder.code_dtype) if codes else None
     family, p = _params(fmt._encoder)  # type: ignore[misc]
     mode_id = ROUNDING_MODES.index(mode.value)
-    kernel = kern.pow2_element_kernel(family, mode_id, codes, values is not None)
+    kernel = kern.pow2_element_kernel(family, mode_id)
     _run(kernel, flat, n, k, amax, bad, fmt.emax, fmt.zero_block_exponent, fmt.exponent_min, fmt.exponent_max,
          fmt.nan_exponent, fmt._encode_shift, _seed(mode, generator), p, _encoder_table(fmt),
-         code_out.reshape(-1).numpy() if code_out is not None else np.zeros(1, dtype=np.int64),
-         exponents.numpy(), values.numpy() if values is not None else np.zeros(1, dtype=np.float32), mode_id)
+         _codes_array(code_out, fmt._encoder.code_dtype), exponents.numpy(), _values_array(values),
+         codes, values is not None, mode_id)
     return code_out, exponents.reshape(fmt.scale_shape(x.shape))
 
 

@@ -147,28 +147,28 @@ def _fixed_mode(mode: int) -> int:
     return mode if mode == NEAREST_EVEN else -1
 
 
-def element_kernel(family: str, scale_family: str, mode: int, tensor_scale: bool, store_codes: bool,
-                   store_values: bool) -> Callable[..., Any]:
+def element_kernel(family: str, scale_family: str, mode: int) -> Callable[..., Any]:
     """The fused scale-and-round kernel of one element family ("minifloat", "posit", "grid"),
     scale family ("minifloat", "posit") and rounding mode (the order of ``ROUNDING_MODES``);
     signature ``kernel(x, n, k, amax, bad, E, m, M, g, inv_g, seed, params, table, scale_params,
-    scale_nan, codes, scale_codes, values, mode)`` (E, m, M, g, inv_g float32 scalars, g = inv_g = 1
-    without a tensor scale; ``mode`` the same rounding mode again)."""
-    # without a tensor scale the kernel runs with g = inv_g = 1: t / 1, 1 / s and 1 · s are exact, so
-    # one kernel serves both (the reference's steps, bit for bit)
-    del tensor_scale
-    return _element_kernel(family, scale_family, _fixed_mode(mode), store_codes, store_values)
+    scale_nan, codes, scale_codes, values, store_codes, store_values, mode)`` (E, m, M, g, inv_g
+    float32 scalars, g = inv_g = 1 without a tensor scale: t / 1, 1 / s and 1 · s are exact, so
+    one kernel serves both; ``codes`` / ``values`` are written when ``store_codes`` /
+    ``store_values``, else may be one-element arrays of the same dtypes; ``mode`` the same
+    rounding mode again)."""
+    return _element_kernel(family, scale_family, _fixed_mode(mode))
 
 
+# What to store is read at run time (a loop-invariant branch, hoisted by LLVM), not specialised:
+# codes-only, values-only and both share one compiled kernel per family, mode and dtypes.
 @functools.lru_cache(maxsize=None)
-def _element_kernel(family: str, scale_family: str, fixed_mode: int, store_codes: bool,
-                    store_values: bool) -> Callable[..., Any]:
+def _element_kernel(family: str, scale_family: str, fixed_mode: int) -> Callable[..., Any]:
     family_id = _family_id(family, "family", ("minifloat", "posit", "grid"))
     scale_id = _family_id(scale_family, "scale_family", ("minifloat", "posit"))
 
     @njit(parallel=True, cache=True)
     def kernel(x, n, k, amax, bad, E, m, M, g, inv_g, seed, params, table, scale_params, scale_nan,  # type: ignore[no-untyped-def]
-               codes, scale_codes, values, mode_arg):
+               codes, scale_codes, values, store_codes, store_values, mode_arg):
         mode = fixed_mode if fixed_mode >= 0 else mode_arg
         nb = (n + k - 1) // k
         emax = float64(E)
@@ -240,24 +240,26 @@ def decode_packed_into(data, bits, table, factor, n, k, out):  # type: ignore[no
                 out[p] = table[c] * f
 
 
-def pow2_element_kernel(family: str, mode: int, store_codes: bool, store_values: bool) -> Callable[..., Any]:
+def pow2_element_kernel(family: str, mode: int) -> Callable[..., Any]:
     """The fused kernel of power-of-two block formats (MX, BFP, ``block<k>_<el>_scale_e8m0fnu``)
     for float32 input: per block ``s = ⌊log2 amax⌋ − emax`` (``zero_s`` for a zero block),
     clamped to [s_min, s_max]; elements ``x · 2^(shift − s)`` (exact in float64) rounded by the
     encoder (element family ``family``, rounding ``mode``), their values ``v · 2^(s − shift)``
     rounded once to float32; a block holding NaN or ±inf has s = ``nan_s``, codes of 0 and NaN
     values. Signature ``kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed,
-    params, table, codes, exponents, values, mode)`` (``mode`` the same rounding mode again)."""
-    return _pow2_element_kernel(family, _fixed_mode(mode), store_codes, store_values)
+    params, table, codes, exponents, values, store_codes, store_values, mode)`` (``codes`` /
+    ``values`` written when ``store_codes`` / ``store_values``; ``mode`` the same rounding mode
+    again)."""
+    return _pow2_element_kernel(family, _fixed_mode(mode))
 
 
 @functools.lru_cache(maxsize=None)
-def _pow2_element_kernel(family: str, fixed_mode: int, store_codes: bool, store_values: bool) -> Callable[..., Any]:
+def _pow2_element_kernel(family: str, fixed_mode: int) -> Callable[..., Any]:
     family_id = _family_id(family, "family", ("minifloat", "posit", "grid"))
 
     @njit(parallel=True, cache=True)
     def kernel(x, n, k, amax, bad, emax, zero_s, s_min, s_max, nan_s, shift, seed, params, table,  # type: ignore[no-untyped-def]
-               codes, exponents, values, mode_arg):
+               codes, exponents, values, store_codes, store_values, mode_arg):
         mode = fixed_mode if fixed_mode >= 0 else mode_arg
         nb = (n + k - 1) // k
         for b in prange(amax.size):

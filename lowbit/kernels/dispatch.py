@@ -141,17 +141,18 @@ def encode(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "torch
     family, p = _params(fmt)  # type: ignore[misc]
     _, k = _numba()
     flat = _flat_input(x)
+    if flat.dtype in _HALF:  # exact in float32: the encode kernels take float32 / float64 input only
+        flat = flat.to(torch.float32)
     out = torch.empty(flat.shape, dtype=fmt.code_dtype)
     m = ROUNDING_MODES.index(mode.value)
     seed = _seed(mode, generator)
-    xs, os = _array(flat), out.numpy()
-    kind = _IN_KIND[x.dtype]
+    xs, os = flat.numpy(), out.numpy()
     if family == "posit":
-        _run(k.posit_encode(m, kind), xs, os, *p, seed, m)
+        _run(k.posit_encode(m), xs, os, *p, seed, m)
     elif family == "minifloat":
-        _run(k.minifloat_encode(m, kind), xs, os, *p, seed, m)
+        _run(k.minifloat_encode(m), xs, os, *p, seed, m)
     else:
-        _run(k.grid_encode(m, kind), xs, os, *p, seed, m)
+        _run(k.grid_encode(m), xs, os, *p, seed, m)
     return out.reshape(x.shape)
 
 

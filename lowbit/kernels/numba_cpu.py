@@ -341,13 +341,13 @@ def _mode_specialised(factory: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_mode_specialised
-def posit_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
+def posit_encode(mode: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, n, es, scale, seed, mode_arg):
         m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
             u = _uniform(seed, i) if m == STOCHASTIC else 0.0
-            out[i] = _posit_encode(_load(x, i, in_kind), n, es, scale, m, u)
+            out[i] = _posit_encode(float64(x[i]), n, es, scale, m, u)
 
     return kernel
 
@@ -396,14 +396,14 @@ def minifloat_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., 
 
 
 @_mode_specialised
-def minifloat_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
+def minifloat_encode(mode: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, exp_bits, man_bits, bias, emin, maxv, minpos, signed, subnormals, sat, has_inf, has_nan,
                fnu, fnuz, nan_code, signed_nan, seed, mode_arg):
         m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
             u = _uniform(seed, i) if m == STOCHASTIC else 0.0
-            v = _load(x, i, in_kind)
+            v = float64(x[i])
             r = _mf_value(v, man_bits, emin, maxv, minpos, subnormals, sat, has_inf, has_nan, fnu, fnuz, m, u)
             out[i] = _mf_code(v, r, exp_bits, man_bits, bias, emin, signed, subnormals, nan_code, signed_nan)
 
@@ -425,13 +425,13 @@ def grid_quantize(mode: int, in_kind: int, out_kind: int) -> Callable[..., Any]:
 
 
 @_mode_specialised
-def grid_encode(mode: int, in_kind: int = IN_NATIVE) -> Callable[..., Any]:
+def grid_encode(mode: int) -> Callable[..., Any]:
     @njit(parallel=True, cache=True)
     def kernel(x, out, frac_scale, bound, k_min, k_max, word_mask, seed, mode_arg):
         m = mode if mode >= 0 else mode_arg
         for i in prange(x.size):
             u = _uniform(seed, i) if m == STOCHASTIC else 0.0
-            out[i] = _grid_k(_load(x, i, in_kind), frac_scale, bound, k_min, k_max, m, u) & word_mask
+            out[i] = _grid_k(float64(x[i]), frac_scale, bound, k_min, k_max, m, u) & word_mask
 
     return kernel
 
