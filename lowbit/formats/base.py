@@ -23,7 +23,7 @@ __all__ = ["NumberFormat", "ScalarFormat", "code_dtype_for"]
 MAX_TABLE_BITS = 16
 #: Elements the reference path converts to float64 at a time: its temporaries stay a few tens of
 #: MB however large the tensor, so it needs little more than the output's own memory.
-REFERENCE_CHUNK = 1 << 20
+REFERENCE_CHUNK = 1 << 18
 
 # Fast paths are installed from above (lowbit.kernels) so that this layer imports nothing of
 # them. The accelerator's encode/quantize/decode return None when they do not apply.
@@ -126,11 +126,22 @@ class NumberFormat(abc.ABC):
         x = check_float_tensor(x)
         if out is not None:
             _check_out(out, x)
+        fast = self._fast_quantize(x, rounding, generator, out)
+        if fast is not None:
+            return fast
         result = self.decode_tensor(self.encode_tensor(x, rounding, generator), x.dtype)
         if out is None:
             return result
         out.copy_(result)
         return out
+
+    def _fast_quantize(
+        self, x: torch.Tensor, rounding: "str | Rounding", generator: "torch.Generator | None",
+        out: "torch.Tensor | None"
+    ) -> "torch.Tensor | None":
+        """A fused kernel's ``quantize`` (``x`` and ``out`` already checked), or None to run the
+        reference ``decode_tensor(encode_tensor(x))``. Formats with a fast path override this."""
+        return None
 
     def card(self) -> "dict[str, Any]":
         """Facts about this format (see ``lowbit info``)."""

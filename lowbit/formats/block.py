@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, exponent_of, pow2, round_float64_to
-from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, _check_out, code_dtype_for
+from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, code_dtype_for
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.granules import normalize_axis
 from lowbit.formats.minifloat import Minifloat
@@ -231,29 +231,20 @@ class BlockFormat(NumberFormat):
         codes = self._encoder.encode(self._unblocked(y, rows.shape[-1]), mode, generator)
         return EncodedTensor(self, codes.reshape(x.shape), {"scale_exponent": s.to(torch.int16)})
 
-    def quantize(
-        self,
-        x: torch.Tensor,
-        rounding: "str | Rounding" = "nearest_even",
-        generator: "torch.Generator | None" = None,
-        out: "torch.Tensor | None" = None,
-    ) -> torch.Tensor:
-        """``decode_tensor(encode_tensor(x, rounding, generator), x.dtype)``; fused in one numba
-        pass for float32 CPU input (bit-identical to the torch reference).
+    def _fast_quantize(
+        self, x: torch.Tensor, rounding: "str | Rounding", generator: "torch.Generator | None",
+        out: "torch.Tensor | None"
+    ) -> "torch.Tensor | None":
+        """One fused numba pass for float32 CPU input (bit-identical to the torch reference).
 
         >>> import torch, lowbit as lb
         >>> lb.parse_format("mxfp4_e2m1fn_b4").quantize(torch.tensor([0.3, -1.0, 5.0, 0.0, 7.0])).tolist()
         [0.5, -1.0, 4.0, 0.0, 6.0]
         """
-        x = check_float_tensor(x)
+        if _block_accelerator is None:
+            return None
         mode = check_rounding(rounding, generator)
-        if out is not None:
-            _check_out(out, x)
-        if _block_accelerator is not None:
-            fast = _block_accelerator.pow2_block_quantize(self, x, mode, generator, out)
-            if fast is not None:
-                return fast  # type: ignore[no-any-return]
-        return super().quantize(x, mode, generator, out)
+        return _block_accelerator.pow2_block_quantize(self, x, mode, generator, out)  # type: ignore[no-any-return]
 
     def decode_tensor(self, encoded: EncodedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Values ``element × 2^s`` of an `EncodedTensor` from `encode_tensor`, as ``dtype``."""
