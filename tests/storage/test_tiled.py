@@ -171,3 +171,18 @@ def test_tile_rows_respect_byte_group_and_run_boundaries() -> None:
     assert tiled._row_alignment("decode_runs_into", 4, 10, 4, 30) == 2
     assert tiled._row_alignment("decode_grid_into", 4, 10, 0, 30) is None
     assert tiled._row_alignment("decode_lines_into", 8, 12, (24, 3, 12), 24) == 3
+
+
+def test_tiles_read_the_bias_edited_in_place_and_a_replaced_bias() -> None:
+    sim, packed = _pair("posit8_es2", 72, 136)
+    x = torch.randn(2, 136, generator=torch.Generator().manual_seed(7))
+    w = sim._lowbit_weight().detach()
+    with torch.no_grad():
+        packed(x)  # the tiles and their bias views are prepared here
+        assert _tile_count(packed) >= 2
+        packed.bias.add_(1.0)  # in place: the prepared views see it
+        y = packed(x)
+        assert torch.all((y - (x @ w.t() + packed.bias)).abs() < 1e-3)  # (a stale bias: off by 1)
+        packed.bias = nn.Parameter(torch.full((72,), 100.0))  # a new parameter: not the prepared views
+        y = packed(x)
+    assert torch.all((y - (x @ w.t() + 100.0)).abs() < 1e-3)
