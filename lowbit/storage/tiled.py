@@ -7,7 +7,9 @@ a sequence of tiles: rows ``r0:r1`` of the weight are decoded into this thread's
 ``y[:, r0:r1]`` from there, before the next tile overwrites it. The decoded tile is still in
 the core's cache when the GEMM reads it, where a whole decoded weight larger than the cache
 (2.4 MB for MiniLM's 1536x384) is written out to the next level and read back from it; and the
-staging buffer stays one tile large. A weight that fits in one tile runs the untiled forward.
+staging buffer stays one tile large. A weight that fits in one tile runs the untiled forward
+(``F.linear`` of the whole decoded weight), through a plan of the same kind: one prepared decode
+call and the GEMM, the fewest Python steps per forward.
 
 Semantics, exactly:
 
@@ -41,6 +43,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from lowbit.storage.decode import _DATA, _PAIR, _STAGING, _staging_views
 
@@ -79,6 +82,7 @@ class _TilePlan(NamedTuple):
     cols: int
     bias: "torch.Tensor | None" = None  # the bias parameter the tiles' bias views slice
     sizes: "tuple[int, ...]" = ()  # rows of each tile
+    whole: bool = False  # one tile of every row, run as the untiled forward (F.linear)
 
 
 def tiled_linear(layer: "PackedLinear", x: torch.Tensor, bias: "torch.Tensor | None") -> "torch.Tensor | None":
@@ -88,6 +92,11 @@ def tiled_linear(layer: "PackedLinear", x: torch.Tensor, bias: "torch.Tensor | N
     plan = _plan(layer)
     if plan is None or not plan.tiles:
         return None
+    if plan.whole:  # the weight fits in one tile: the untiled forward, exactly
+        tile = plan.tiles[0]
+        if tile.kernel(*tile.args):
+            return None
+        return F.linear(x, tile.weight, bias)
     cols = plan.cols
     if x.dtype != torch.float32 or x.dim() < 2 or x.shape[-1] != cols or not x.is_contiguous() \
             or x.device.type != "cpu" or (bias is not None and (bias.dtype != torch.float32 or bias.dim() != 1)):
@@ -133,7 +142,7 @@ def _make_plan(layer: "PackedLinear", tile_bytes: int) -> _TilePlan:
     data = layer._buffers[_DATA]
     rows, cols = shape if len(shape) == 2 else (0, 0)
     untiled = _TilePlan(layer._packed_table, data, None, tile_bytes, (), rows, cols)
-    if len(shape) != 2 or not tile_bytes or rows * cols * 4 <= tile_bytes or layer.compute_dtype != torch.float32 \
+    if len(shape) != 2 or not tile_bytes or not rows * cols or layer.compute_dtype != torch.float32 \
             or data.device.type != "cpu":
         return untiled
     scale = layer._buffers.get("weight_scale")
@@ -145,9 +154,10 @@ def _make_plan(layer: "PackedLinear", tile_bytes: int) -> _TilePlan:
     align = _row_alignment(kernel.py_func.__name__, bits, cols, row, rows)
     if align is None:
         return untiled
+    whole = rows * cols * 4 <= tile_bytes
     per = max(align, tile_bytes // (4 * cols) // align * align)
     count = math.ceil(rows / per)
-    per = math.ceil(math.ceil(rows / count) / align) * align  # tiles of (nearly) equal size
+    per = rows if whole else math.ceil(math.ceil(rows / count) / align) * align  # tiles of (nearly) equal size
     pair = _PAIR[4] if use_wide else None
     buf, (ints, pairs, floats) = _staging_views(per * cols, torch.float32, pair)
     bias = layer._parameters.get("bias")
@@ -164,7 +174,7 @@ def _make_plan(layer: "PackedLinear", tile_bytes: int) -> _TilePlan:
             part_bias = None if bias is None else bias.detach()[r0:r1]
             tiles.append(_Tile(kernel, args, weight, r0, r1, weight.t(), part_bias))
     return _TilePlan(layer._packed_table, data, buf, tile_bytes, tuple(tiles), rows, cols, bias,
-                     tuple(t.r1 - t.r0 for t in tiles))
+                     tuple(t.r1 - t.r0 for t in tiles), whole)
 
 
 def _row_alignment(kernel: str, bits: int, cols: int, row: Any, rows: int) -> "int | None":
