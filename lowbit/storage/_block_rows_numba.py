@@ -20,6 +20,9 @@ the same two IEEE float32 operations the reference decoder applies, so the bits 
 
 Indices are unsigned and loops run from 0: numba then skips its negative-index wraparound, which
 otherwise costs 1.2-1.4x on these lookup loops (measured on MXFP8 384x1536: 198 -> 144 us).
+
+Called from `lowbit.storage._decode_numba`, whose numba cache does not notice edits of this file:
+after editing it, delete ``lowbit/storage/__pycache__/_decode_numba*.nb*``.
 """
 
 from __future__ import annotations
