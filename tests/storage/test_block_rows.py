@@ -152,3 +152,26 @@ def test_scaled_rows_kernel_multiplies_each_row_by_its_own_scale() -> None:
     decode_scaled_rows(data, values.view(np.int32), scale, 300, 600, out.view(np.int32))
     expected = values[data] * np.repeat(scale, 300)  # float32 products
     assert np.array_equal(out.view(np.int32), expected.view(np.int32))
+
+
+@pytest.mark.parametrize("spec", ["mxfp8_e4m3fn", "mxfp4_e2m1fn"])
+def test_a_scale_code_the_format_rejects_is_reported_only_where_a_block_uses_it(spec: str) -> None:
+    # the usual E8M0 scales accept all 256 codes; a format that accepts fewer marks them in ``valid``:
+    # the kernel must then report a used one (True: the caller runs the reference decoder, which raises)
+    from lowbit.storage._decode_numba import decode_blocks_into
+
+    packed = _packed_linear(spec, 4, 96)
+    kernel, data, bits, table, wide, use_wide, blocks, length = packed._table(torch.float32).fast
+    codes, factors, valid, tensor_scale, k, products = blocks
+    out = torch.empty(4 * 96)
+    views = (out.view(torch.int32).numpy(), out.view(torch.int64).numpy(), out.numpy())
+    used = set(codes.tolist())
+    unused = valid.copy()
+    unused[next(c for c in range(256) if c not in used)] = 0
+    assert not decode_blocks_into(data, bits, table, wide, use_wide, (codes, factors, unused, tensor_scale, k, products),
+                                  length, 4 * 96, *views)
+    assert torch.equal(out.view(4, 96), _reference(packed))
+    rejected = valid.copy()
+    rejected[int(codes[5])] = 0
+    assert decode_blocks_into(data, bits, table, wide, use_wide, (codes, factors, rejected, tensor_scale, k, products),
+                              length, 4 * 96, *views)
