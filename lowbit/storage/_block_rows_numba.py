@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["block_rows_apply", "decode_block_rows", "scaled_rows_apply", "decode_scaled_rows"]
+__all__ = ["block_rows_apply", "decode_block_rows", "decode_scaled_rows", "scaled_rows_apply"]
 
 #: the least codes per scale of `decode_scaled_rows`: below it, making a row's table (256
 #: multiplies) costs more than multiplying the row's codes
@@ -60,8 +60,8 @@ def _all_valid(valid):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def decode_block_rows(data, bits, table, blocks, length, n, out, out2):  # type: ignore[no-untyped-def]
     """Blocks along rows of ``length`` codes (`block_rows_apply`): ``out`` (int32 view of the
-    float32 output) / ``out2`` (its int64 pairs) get ``value[code] · f`` of each block's factor
-    ``f``; ``blocks`` as `decode_blocks_into` reads it. Returns True, writing nothing, when a
+    float32 output; for 4-bit codes ``out2``, its int64 pairs) gets ``value[code] · f`` of each
+    block's factor ``f``; ``blocks`` as `decode_blocks_into` reads it. Returns True, writing nothing, when a
     used scale code is not ``valid`` or the tensor scale is not finite and positive."""
     codes, factors, valid, tensor_scale, k, products = blocks
     scaled = tensor_scale.size > 0

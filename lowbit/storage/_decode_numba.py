@@ -357,7 +357,7 @@ def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out
     not ``valid`` or the tensor scale is not finite and positive (the caller then runs the
     reference decoder, which says why)."""
     codes, factors, valid, tensor_scale, k, products = blocks
-    if block_rows_apply(bits, k, length, n, products):  # Linear weights: rows of several blocks
+    if block_rows_apply(bits, k, length, n, products) and (use_wide or bits == 8):  # Linear weights: rows of blocks
         return decode_block_rows(data, bits, table, blocks, length, n, out, out2)
     for c in codes:
         if not valid[c]:

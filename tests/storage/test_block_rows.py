@@ -161,17 +161,20 @@ def test_a_scale_code_the_format_rejects_is_reported_only_where_a_block_uses_it(
     from lowbit.storage._decode_numba import decode_blocks_into
 
     packed = _packed_linear(spec, 4, 96)
-    kernel, data, bits, table, wide, use_wide, blocks, length = packed._table(torch.float32).fast
+    _, data, bits, table, wide, use_wide, blocks, length = packed._table(torch.float32).fast
     codes, factors, valid, tensor_scale, k, products = blocks
     out = torch.empty(4 * 96)
     views = (out.view(torch.int32).numpy(), out.view(torch.int64).numpy(), out.numpy())
+
+    def decode(accepted: np.ndarray) -> bool:
+        return bool(decode_blocks_into(data, bits, table, wide, use_wide,
+                                       (codes, factors, accepted, tensor_scale, k, products), length, 4 * 96, *views))
+
     used = set(codes.tolist())
     unused = valid.copy()
     unused[next(c for c in range(256) if c not in used)] = 0
-    assert not decode_blocks_into(data, bits, table, wide, use_wide, (codes, factors, unused, tensor_scale, k, products),
-                                  length, 4 * 96, *views)
+    assert not decode(unused)
     assert torch.equal(out.view(4, 96), _reference(packed))
     rejected = valid.copy()
     rejected[int(codes[5])] = 0
-    assert decode_blocks_into(data, bits, table, wide, use_wide, (codes, factors, rejected, tensor_scale, k, products),
-                              length, 4 * 96, *views)
+    assert decode(rejected)
