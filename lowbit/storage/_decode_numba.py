@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
+from lowbit.storage._block_rows_numba import block_rows_apply, decode_block_rows, decode_scaled_rows, scaled_rows_apply
+
 __all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "decode_into", "decode_runs_into", "decode_grid_into",
            "decode_blocks_into",
            "decode_lines_into", "grid_geometry"]
@@ -147,6 +149,9 @@ def decode_into(data, bits, table, wide, use_wide, scale, row, n, out, out2, out
     reads what is still in cache instead of sweeping the whole weight a second time."""
     if row <= 0:
         _decode_range(data, bits, table, wide, use_wide, 0, n, out, out2)
+        return
+    if scaled_rows_apply(bits, row, n):  # 8-bit rows: one lookup in the row's scaled table each
+        decode_scaled_rows(data, table, scale, row, n, out)
         return
     for a in range(0, n, SCALE_CHUNK):
         b = min(n, a + SCALE_CHUNK)
@@ -352,6 +357,8 @@ def decode_blocks_into(data, bits, table, wide, use_wide, blocks, length, n, out
     not ``valid`` or the tensor scale is not finite and positive (the caller then runs the
     reference decoder, which says why)."""
     codes, factors, valid, tensor_scale, k, products = blocks
+    if block_rows_apply(bits, k, length, n, products) and (use_wide or bits == 8):  # Linear weights: rows of blocks
+        return decode_block_rows(data, bits, table, blocks, length, n, out, out2)
     for c in codes:
         if not valid[c]:
             return True

@@ -7,7 +7,9 @@ a sequence of tiles: rows ``r0:r1`` of the weight are decoded into this thread's
 ``y[:, r0:r1]`` from there, before the next tile overwrites it. The decoded tile is still in
 the core's cache when the GEMM reads it, where a whole decoded weight larger than the cache
 (2.4 MB for MiniLM's 1536x384) is written out to the next level and read back from it; and the
-staging buffer stays one tile large. A weight that fits in one tile runs the untiled forward.
+staging buffer stays one tile large. A weight that fits in one tile runs the untiled forward
+(``F.linear`` of the whole decoded weight), through a plan of the same kind: one prepared decode
+call and the GEMM, the fewest Python steps per forward.
 
 Semantics, exactly:
 
@@ -41,8 +43,9 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
-from lowbit.storage.decode import _DATA, _PAIR, _staging_views
+from lowbit.storage.decode import _DATA, _PAIR, _STAGING, _staging_views
 
 if TYPE_CHECKING:
     from lowbit.storage.packed_layers import PackedLinear
@@ -63,6 +66,8 @@ class _Tile(NamedTuple):
     weight: torch.Tensor  # the staging buffer's (r1 - r0, cols) view the kernel fills
     r0: int
     r1: int
+    weight_t: torch.Tensor  # weight.t(), the GEMM's operand
+    bias: "torch.Tensor | None"  # the layer's bias[r0:r1] (a view), when it has a bias
 
 
 class _TilePlan(NamedTuple):
@@ -75,6 +80,9 @@ class _TilePlan(NamedTuple):
     tiles: "tuple[_Tile, ...]"
     rows: int
     cols: int
+    bias: "torch.Tensor | None" = None  # the bias parameter the tiles' bias views slice
+    sizes: "tuple[int, ...]" = ()  # rows of each tile
+    whole: bool = False  # one tile of every row, run as the untiled forward (F.linear)
 
 
 def tiled_linear(layer: "PackedLinear", x: torch.Tensor, bias: "torch.Tensor | None") -> "torch.Tensor | None":
@@ -84,19 +92,29 @@ def tiled_linear(layer: "PackedLinear", x: torch.Tensor, bias: "torch.Tensor | N
     plan = _plan(layer)
     if plan is None or not plan.tiles:
         return None
+    if plan.whole:  # the weight fits in one tile: the untiled forward, exactly
+        tile = plan.tiles[0]
+        if tile.kernel(*tile.args):
+            return None
+        return F.linear(x, tile.weight, bias)
     cols = plan.cols
     if x.dtype != torch.float32 or x.dim() < 2 or x.shape[-1] != cols or not x.is_contiguous() \
             or x.device.type != "cpu" or (bias is not None and (bias.dtype != torch.float32 or bias.dim() != 1)):
         return None
+    # as few Python and torch steps per tile as can be: each one runs after the previous tile's
+    # decode and GEMM swept the core's caches, and costs several microseconds there (measured:
+    # a bias slice, an output slice and a transpose per tile cost 13 us, a 1536x384 layer 40 us)
     x2 = x.view(-1, cols)
     y = torch.empty(x2.shape[0], plan.rows, dtype=torch.float32)
-    for tile in plan.tiles:
+    outs = y.split(plan.sizes, 1)
+    own = bias is None or bias is plan.bias  # the layer's own bias: its tile views are prepared
+    for tile, out in zip(plan.tiles, outs):
         if tile.kernel(*tile.args):
             return None
         if bias is None:
-            torch.mm(x2, tile.weight.t(), out=y[:, tile.r0:tile.r1])
+            torch.mm(x2, tile.weight_t, out=out)
         else:
-            torch.addmm(bias[tile.r0:tile.r1], x2, tile.weight.t(), out=y[:, tile.r0:tile.r1])
+            torch.addmm(tile.bias if own else bias[tile.r0:tile.r1], x2, tile.weight_t, out=out)
     return y.view(*x.shape[:-1], plan.rows)
 
 
@@ -116,8 +134,6 @@ def _plan(layer: "PackedLinear") -> "_TilePlan | None":
 
 
 def _staging_buffer() -> "torch.Tensor | None":
-    from lowbit.storage.decode import _STAGING
-
     return getattr(_STAGING, "bufs", {}).get(torch.float32)
 
 
@@ -126,7 +142,7 @@ def _make_plan(layer: "PackedLinear", tile_bytes: int) -> _TilePlan:
     data = layer._buffers[_DATA]
     rows, cols = shape if len(shape) == 2 else (0, 0)
     untiled = _TilePlan(layer._packed_table, data, None, tile_bytes, (), rows, cols)
-    if len(shape) != 2 or not tile_bytes or rows * cols * 4 <= tile_bytes or layer.compute_dtype != torch.float32 \
+    if len(shape) != 2 or not tile_bytes or not rows * cols or layer.compute_dtype != torch.float32 \
             or data.device.type != "cpu":
         return untiled
     scale = layer._buffers.get("weight_scale")
@@ -138,11 +154,14 @@ def _make_plan(layer: "PackedLinear", tile_bytes: int) -> _TilePlan:
     align = _row_alignment(kernel.py_func.__name__, bits, cols, row, rows)
     if align is None:
         return untiled
+    whole = rows * cols * 4 <= tile_bytes
     per = max(align, tile_bytes // (4 * cols) // align * align)
     count = math.ceil(rows / per)
-    per = math.ceil(math.ceil(rows / count) / align) * align  # tiles of (nearly) equal size
+    per = rows if whole else math.ceil(math.ceil(rows / count) / align) * align  # tiles of (nearly) equal size
     pair = _PAIR[4] if use_wide else None
     buf, (ints, pairs, floats) = _staging_views(per * cols, torch.float32, pair)
+    bias = layer._parameters.get("bias")
+    bias = bias if isinstance(bias, torch.Tensor) and bias.dim() == 1 and bias.shape[0] == rows else None
     tiles = []
     for r0 in range(0, rows, per):
         r1 = min(rows, r0 + per)
@@ -150,10 +169,12 @@ def _make_plan(layer: "PackedLinear", tile_bytes: int) -> _TilePlan:
         part, part_row, part_table = _tile_side(kernel.py_func.__name__, side, row, table, bits, a, b, r0, r1, cols)
         args = (codes[a * bits // 8:(b * bits + 7) // 8], bits, part_table, wide, use_wide, part, part_row, b - a,
                 ints, pairs, floats)
-        with torch.inference_mode(False):  # a plain view, usable inside and outside inference mode
+        with torch.inference_mode(False):  # plain views, usable inside and outside inference mode
             weight = buf[:b - a].view(r1 - r0, cols)
-        tiles.append(_Tile(kernel, args, weight, r0, r1))
-    return _TilePlan(layer._packed_table, data, buf, tile_bytes, tuple(tiles), rows, cols)
+            part_bias = None if bias is None else bias.detach()[r0:r1]
+            tiles.append(_Tile(kernel, args, weight, r0, r1, weight.t(), part_bias))
+    return _TilePlan(layer._packed_table, data, buf, tile_bytes, tuple(tiles), rows, cols, bias,
+                     tuple(t.r1 - t.r0 for t in tiles), whole)
 
 
 def _row_alignment(kernel: str, bits: int, cols: int, row: Any, rows: int) -> "int | None":

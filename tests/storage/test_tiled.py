@@ -171,3 +171,33 @@ def test_tile_rows_respect_byte_group_and_run_boundaries() -> None:
     assert tiled._row_alignment("decode_runs_into", 4, 10, 4, 30) == 2
     assert tiled._row_alignment("decode_grid_into", 4, 10, 0, 30) is None
     assert tiled._row_alignment("decode_lines_into", 8, 12, (24, 3, 12), 24) == 3
+
+
+def test_tiles_read_the_bias_edited_in_place_and_a_replaced_bias() -> None:
+    sim, packed = _pair("posit8_es2", 72, 136)
+    x = torch.randn(2, 136, generator=torch.Generator().manual_seed(7))
+    w = sim._lowbit_weight().detach()
+    with torch.no_grad():
+        packed(x)  # the tiles and their bias views are prepared here
+        assert _tile_count(packed) >= 2
+        packed.bias.add_(1.0)  # in place: the prepared views see it
+        y = packed(x)
+        assert torch.all((y - (x @ w.t() + packed.bias)).abs() < 1e-3)  # (a stale bias: off by 1)
+        packed.bias = nn.Parameter(torch.full((72,), 100.0))  # a new parameter: not the prepared views
+        y = packed(x)
+    assert torch.all((y - (x @ w.t() + 100.0)).abs() < 1e-3)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_a_weight_that_fits_one_tile_runs_as_one_f_linear_equal_to_the_simulated_layer(spec: object) -> None:
+    # one prepared decode call into the shared staging buffer, then F.linear of the whole weight:
+    # torch.equal to the simulated layer; two layers take turns in the buffer, each reads its own codes
+    first, packed_first = _pair(spec, 48, 64, tile_bytes=tiled.TILE_BYTES)
+    second, packed_second = _pair(spec, 32, 64, tile_bytes=tiled.TILE_BYTES)  # other weights (seeded by shape)
+    with torch.no_grad():
+        for batch in (1, 3):
+            x = torch.randn(1, batch, 64, generator=torch.Generator().manual_seed(batch))
+            for sim, packed in ((first, packed_first), (second, packed_second), (first, packed_first)):
+                assert torch.equal(packed(x), sim(x))
+                plan = tiled._plan(packed)
+                assert plan is not None and plan.whole and len(plan.tiles) == 1
