@@ -155,7 +155,7 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         )
     card.update(
         block_size=k,
-        block_axis=_axis_text(getattr(fmt, "axis", -1)),
+        block_axis=_axis_text(getattr(fmt, "axis", -1), getattr(fmt, "layout", None)),
         bits_per_element=fmt.bits_per_element,
         emax_elem=fmt.emax,
         element_max=fmt.element_max,
@@ -169,8 +169,10 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
     return card
 
 
-def _axis_text(axis: int) -> str:
+def _axis_text(axis: int, layout: "Any" = None) -> str:
     short = "a shorter last block when the axis is not a multiple of the block size"
+    if layout is not None and layout.kind != "last":
+        return f"{layout.describe()} (a shorter last block per row; scales one row per output channel)"
     if axis == -1:
         return f"last ({short})"
     return f"{axis} ({short}; scales in the layout with axis {axis} moved last)"
@@ -205,7 +207,7 @@ def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
             "zero block": f"scale {fmt.scale_floor!r}, elements 0",
         },
         block_size=k,
-        block_axis=_axis_text(fmt.axis),
+        block_axis=_axis_text(fmt.axis, fmt.layout),
         bits_per_element=fmt.bits_per_element,
         bits_per_tensor=32 if two else 0,
         element_max=fmt.element_max,
