@@ -219,7 +219,8 @@ def _conv_rows(module: nn.Module) -> BlockLayout:
 
 
 def _conv_transpose_rows(module: nn.Module) -> BlockLayout:
-    """A transposed-conv weight [I, O/groups, *kernel]: each output channel's reduction."""
+    """A transposed-conv weight [I, O/groups, *kernel] (or transformers' Conv1D [in, out]): each
+    output channel's reduction."""
     return BlockLayout.transposed_rows(int(getattr(module, "groups", 1)))
 
 
@@ -258,7 +259,8 @@ def _register_conv1d(conv1d: type) -> None:
     qcls = type("QuantConv1D", (L.QuantLayerMixin, conv1d),
                 {"forward": L.generic_forward, "__module__": L.__name__,
                  "__doc__": "Simulated transformers ``Conv1D`` (weight ``[in, out]``)."})
-    register(LayerEntry(conv1d, qcls, _WB, channel_axis=1))
+    # its weight [in, out] reduces over axis 0: block formats take the transposed rows (w.T)
+    register(LayerEntry(conv1d, qcls, _WB, channel_axis=1, weight_blocks=_conv_transpose_rows))
 
 
 def __getattr__(name: str) -> Any:

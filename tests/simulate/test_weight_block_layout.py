@@ -116,3 +116,17 @@ def test_storage_bits_of_a_conv_weight_count_one_scale_per_block_of_its_reductio
     assert storage_bits("mxfp4_e2m1fn", conv.weight, layer=conv) == 32 * 64 * 4 + 32 * 2 * 8
     dw = nn.Conv2d(32, 32, 3, groups=32)  # depthwise: 9 values per output channel, one block
     assert storage_bits("nvfp4", dw.weight, layer=dw) == 32 * 9 * 4 + 32 * 8 + 32
+
+
+def test_transformers_conv1d_weights_take_blocks_along_their_input_axis():
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    layer = Conv1D(6, 64)  # weight [in=64, out=6]: output j sums over w[:, j]
+    w = layer.weight.detach()
+    q = lb.quantize_(nn.Sequential(copy.deepcopy(layer)), {"weight": "mxfp4_e2m1fn"})
+    assert str(lb.tensor_formats(q)["0.weight"]) == "mxfp4_e2m1fn_rt1"
+    want = lb.parse_format("mxfp4_e2m1fn").quantize(w.T.contiguous()).T
+    x = torch.randn(3, 64)
+    assert torch.equal(q(x), torch.addmm(layer.bias, x, want))

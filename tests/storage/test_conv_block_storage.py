@@ -104,3 +104,18 @@ def test_a_checkpoint_of_a_quantized_conv_names_the_layout_and_loads_packed(tmp_
     assert str(state["0.weight"].format) == "nvfp4_rt2"
     fresh = lb.pack_(copy.deepcopy(model), state)
     assert torch.equal(fresh(x), sim(x))
+
+
+@pytest.mark.parametrize("spec", ["mxfp4_e2m1fn", "nvfp4", "mxfp8_e4m3fn"])
+@pytest.mark.parametrize("kind", ["conv2d", "depthwise", "convT2d_groups"])
+def test_the_torch_decode_path_agrees_with_the_simulation(spec, kind):
+    from lowbit.kernels import use_backend
+
+    model, x = _model(kind)
+    sim = lb.quantize_(copy.deepcopy(model), {"weight": spec})
+    y = sim(x)
+    with use_backend("reference"):
+        packed = lb.pack_(copy.deepcopy(sim))
+        assert torch.equal(packed[0].weight, _reduction_oracle(model[0], spec))
+        with torch.inference_mode():
+            assert torch.equal(packed(x), y)
