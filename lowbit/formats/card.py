@@ -166,7 +166,7 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         default_rounding="nearest_even (every mode applies to the element rounding)",
         params="scale_exponent: int16, shape x.shape[:-1] + (n_blocks,)",
     )
-    return card
+    return _laid(card, fmt)
 
 
 def _axis_text(axis: int, layout: "Any" = None) -> str:
@@ -222,6 +222,16 @@ def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
         params=(f"scale_codes: {sc} codes, shape x.shape[:-1] + (n_blocks,)"
                 + ("; tensor_scale: float32 0-d" if two else "")),
     )
+    return _laid(card, fmt)
+
+
+def _laid(card: "dict[str, Any]", fmt: NumberFormat) -> "dict[str, Any]":
+    """A block card whose blocks run along other rows than the last axis says so throughout."""
+    layout = getattr(fmt, "layout", None)
+    if (layout is None or layout.kind == "last") and getattr(fmt, "axis", -1) == -1:
+        return card
+    card["layout"] = card["layout"].replace("along the last axis", "along the rows of the block axis")
+    card["params"] = card["params"].replace("x.shape[:-1]", "rows.shape[:-1] (the rows of the block axis)")
     return card
 
 
