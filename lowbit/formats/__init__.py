@@ -3,6 +3,7 @@
 from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat
 from lowbit.formats.bitfields import Explanation, explain
 from lowbit.formats.block import BlockFloatingPoint, BlockFormat, MXFormat, PowerOfTwoBlocks
+from lowbit.formats.block_layout import BlockLayout
 from lowbit.formats.card import count_values, format_card
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.learned import BinaryFormat, Codebook, LearnedFormat, TernaryFormat
@@ -24,6 +25,7 @@ __all__ = [
     "MXFormat",
     "BlockFloatingPoint",
     "PowerOfTwoBlocks",
+    "BlockLayout",
     "ScaledBlockFormat",
     "LearnedFormat",
     "BinaryFormat",

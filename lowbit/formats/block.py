@@ -4,6 +4,9 @@ A block format cuts the **last axis** of a tensor into blocks of ``block_size`` 
 block of a row is shorter when the axis length is not a multiple of the block size: it is treated
 as if padded with zeros, which change no block maximum). Every block shares one power-of-two scale
 2^s; each element is stored as a code of a small element format and means ``element × 2^s``.
+Other rows than the last axis: a `BlockLayout` (spec suffix ``_r``: a conv weight's output-channel
+reductions, ``_rt<g>``: a transposed conv's; `lowbit.formats.block_layout`), which `quantize_`
+gives conv weights, or ``axis`` (``_a<axis>``, `PowerOfTwoBlocks` and `ScaledBlockFormat`).
 
 OCP MX v1.0 (section 6.3), as in the spec's reference code (microsoft/microxcaling) and gfloat:
 
@@ -50,6 +53,7 @@ from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, exponent_of, pow2, round_float64_to
 from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, code_dtype_for
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
+from lowbit.formats.block_layout import LAST, BlockLayout, standard_strides
 from lowbit.formats.granules import normalize_axis
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
@@ -333,8 +337,120 @@ class _E8M0Scales:
         return out
 
 
+class _AlongAxis:
+    """Blocks along other rows than the last axis: ``axis`` (the tensor moved so that axis is
+    last) or a `BlockLayout` (``layout``: a conv weight's reduction rows …). The tensor is turned
+    into its rows, handled by the last-axis twin of the format (``axis=-1``, default layout), and
+    turned back. Scales keep the rows' layout: shape ``rows.shape[:-1] + (n_blocks,)`` (for
+    ``axis``: ``x.movedim(axis, -1).shape[:-1] + (n_blocks,)``)."""
+
+    axis: int = -1
+    layout: BlockLayout = LAST
+
+    def _check_axis(self) -> None:
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise FormatSpecError(f"axis={self.axis!r} must be an int (the axis the blocks run along; -1 = last)")
+        if not isinstance(self.layout, BlockLayout):
+            raise FormatSpecError(f"layout={self.layout!r} must be a lowbit.formats.BlockLayout")
+        if self.axis != -1 and self.layout != LAST:
+            raise FormatSpecError(f"axis={self.axis} and layout {self.layout.kind!r} both place the blocks; "
+                                  "give one of them")
+
+    def _axis_for(self, ndim: int) -> int:
+        return normalize_axis(self.axis, max(ndim, 1))
+
+    def _moves(self, ndim: int) -> bool:
+        if self.layout.moves(ndim):
+            return True
+        return self.axis != -1 and ndim > 0 and self._axis_for(ndim) != ndim - 1
+
+    def _layout_suffix(self) -> str:
+        return str(self.layout) + ("" if self.axis == -1 else f"_a{self.axis}")
+
+    def _last_axis_twin(self) -> "NumberFormat":
+        names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        changes = {k: v for k, v in (("axis", -1), ("layout", LAST)) if k in names}
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def _rows_shape(self, shape: "tuple[int, ...]") -> "tuple[int, ...]":
+        """Shape of the rows the blocks run along, for a tensor of ``shape`` (validates it)."""
+        shape = tuple(shape)
+        if self.layout.moves(len(shape)):
+            return self.layout.rows_shape(shape)
+        a = self._axis_for(len(shape))  # validates the axis
+        if not self._moves(len(shape)):
+            return shape
+        return shape[:a] + shape[a + 1:] + (shape[a],)
+
+    def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the rows its blocks run along (the last axis of the result)."""
+        if self.layout.moves(x.dim()):
+            return self.layout.to_rows(x)
+        return x.movedim(self._axis_for(x.dim()), -1)
+
+    def _from_rows(self, rows: torch.Tensor, shape: "tuple[int, ...]") -> torch.Tensor:
+        """Inverse of `_to_rows` (contiguous)."""
+        if self.layout.moves(len(shape)):
+            return self.layout.from_rows(rows, shape)
+        return standard_strides(rows.movedim(-1, self._axis_for(len(shape))))
+
+    def scale_shape(self, shape: "torch.Size | tuple[int, ...]") -> tuple[int, ...]:
+        """Shape of the block scales for a tensor of ``shape`` (blocks along its rows)."""
+        shape = tuple(shape)
+        rows = self._rows_shape(shape)
+        if not self._moves(len(shape)):
+            return super().scale_shape(shape)  # type: ignore[misc,no-any-return]
+        return self._last_axis_twin().scale_shape(rows)  # type: ignore[attr-defined,no-any-return]
+
+    def encode_tensor(self, x, rounding="nearest_even", generator=None):  # type: ignore[no-untyped-def]
+        """As the last-axis format, on the rows of ``x`` (codes keep x's shape)."""
+        x = check_float_tensor(x)
+        self._rows_shape(tuple(x.shape))
+        if not self._moves(x.dim()):
+            return super().encode_tensor(x, rounding, generator)  # type: ignore[misc]
+        enc = self._last_axis_twin().encode_tensor(self._to_rows(x), rounding, generator)
+        return EncodedTensor(self, self._from_rows(enc.codes, tuple(x.shape)), enc.params)  # type: ignore[arg-type]
+
+    def decode_tensor(self, encoded, dtype=torch.float32):  # type: ignore[no-untyped-def]
+        """Values of an `EncodedTensor` of this format, as ``dtype``."""
+        codes = _unpack(self, encoded)[0]  # type: ignore[arg-type]
+        self._rows_shape(tuple(codes.shape))
+        if not self._moves(codes.dim()):
+            return super().decode_tensor(encoded, dtype)  # type: ignore[misc]
+        twin = self._last_axis_twin()
+        values = twin.decode_tensor(EncodedTensor(twin, self._to_rows(codes), dict(encoded.params)), dtype)
+        return self._from_rows(values, tuple(codes.shape))
+
+    def quantize(self, x, rounding="nearest_even", generator=None, out=None):  # type: ignore[no-untyped-def]
+        """As the last-axis format, on the rows of ``x`` (into ``out`` when given)."""
+        x = check_float_tensor(x)
+        self._rows_shape(tuple(x.shape))
+        if not self._moves(x.dim()):
+            return super().quantize(x, rounding, generator, out)  # type: ignore[misc]
+        if out is not None:
+            _check_out(out, x)
+        twin = self._last_axis_twin()
+        rows = self._to_rows(x)
+        if out is not None and self.layout.moves(x.dim()) and self.layout.is_view() and out.is_contiguous():
+            twin.quantize(rows, rounding, generator, out=out.view(rows.shape))  # type: ignore[attr-defined]
+            return out
+        result = self._from_rows(twin.quantize(rows, rounding, generator), tuple(x.shape))  # type: ignore[attr-defined]
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+
+    def shared_exponents(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale exponent of every block (blocks along the rows; shape `scale_shape`)."""
+        x = check_float_tensor(x)
+        self._rows_shape(tuple(x.shape))
+        if not self._moves(x.dim()):
+            return super().shared_exponents(x)  # type: ignore[misc,no-any-return]
+        return self._last_axis_twin().shared_exponents(self._to_rows(x))  # type: ignore[attr-defined,no-any-return]
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
-class MXFormat(_E8M0Scales, BlockFormat):
+class MXFormat(_AlongAxis, _E8M0Scales, BlockFormat):
     """An OCP MX v1.0 format: ``element`` codes plus one E8M0 scale per ``block_size`` elements.
 
     >>> import torch
@@ -349,6 +465,8 @@ class MXFormat(_E8M0Scales, BlockFormat):
 
     element: str
     block_size: int = DEFAULT_BLOCK_SIZE
+    #: the rows the blocks run along (default: the last axis, as OCP MX; spec suffix ``_r`` / ``_rt<g>``)
+    layout: BlockLayout = LAST
 
     family = "mx"
 
@@ -358,13 +476,14 @@ class MXFormat(_E8M0Scales, BlockFormat):
                 f"MX element={self.element!r} is not an OCP MX v1.0 element type; allowed: {', '.join(MX_ELEMENTS)}"
             )
         self._check_block_size()
+        self._check_axis()
 
     def __str__(self) -> str:
         if self.element == "int8":
             s = "mxint8"
         else:
             s = f"mxfp{self.element_format.bits}_{self.element}"
-        return s if self.block_size == DEFAULT_BLOCK_SIZE else f"{s}_b{self.block_size}"
+        return (s if self.block_size == DEFAULT_BLOCK_SIZE else f"{s}_b{self.block_size}") + self._layout_suffix()
 
     @functools.cached_property
     def element_format(self) -> ScalarFormat:  # type: ignore[override]
@@ -388,7 +507,7 @@ class MXFormat(_E8M0Scales, BlockFormat):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class BlockFloatingPoint(BlockFormat):
+class BlockFloatingPoint(_AlongAxis, BlockFormat):
     """Block floating point: signed ``bits``-bit integer elements, one exponent per block.
 
     The shared exponent is e = floor(log2(amax)) of the block (unclamped); elements are
@@ -404,6 +523,8 @@ class BlockFloatingPoint(BlockFormat):
 
     element_bits: int
     block_size: int
+    #: the rows the blocks run along (default: the last axis; spec suffix ``_r`` / ``_rt<g>``)
+    layout: BlockLayout = LAST
 
     family = "bfp"
     scale_bits = 16
@@ -418,9 +539,10 @@ class BlockFloatingPoint(BlockFormat):
         if not isinstance(b, int) or isinstance(b, bool) or not lo <= b <= hi:
             raise FormatSpecError(f"block floating point element_bits={b!r} is out of range; allowed: {lo}..{hi}")
         self._check_block_size()
+        self._check_axis()
 
     def __str__(self) -> str:
-        return f"bfp{self.element_bits}_b{self.block_size}"
+        return f"bfp{self.element_bits}_b{self.block_size}" + self._layout_suffix()
 
     @functools.cached_property
     def element_format(self) -> ScalarFormat:  # type: ignore[override]
@@ -438,57 +560,6 @@ class BlockFloatingPoint(BlockFormat):
     def min_positive(self) -> float:
         """2^-1074: element steps of the lowest exponents fall below float64, where values are computed."""
         return max(super().min_positive, math.ldexp(1.0, -1074))
-
-
-class _AlongAxis:
-    """Blocks along any ``axis``: the tensor is moved so that axis is last, handled by the
-    last-axis twin of the format (``axis=-1``), and moved back. Scales keep the moved layout:
-    shape ``x.movedim(axis, -1).shape[:-1] + (n_blocks,)``."""
-
-    axis: int
-
-    def _check_axis(self) -> None:
-        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
-            raise FormatSpecError(f"axis={self.axis!r} must be an int (the axis the blocks run along; -1 = last)")
-
-    def _axis_for(self, ndim: int) -> int:
-        return normalize_axis(self.axis, max(ndim, 1))
-
-    def _moves(self, ndim: int) -> bool:
-        return self.axis != -1 and ndim > 0 and self._axis_for(ndim) != ndim - 1
-
-    def _last_axis_twin(self) -> "NumberFormat":
-        return dataclasses.replace(self, axis=-1)  # type: ignore[type-var]
-
-    def scale_shape(self, shape: "torch.Size | tuple[int, ...]") -> tuple[int, ...]:
-        """Shape of the block scales for a tensor of ``shape`` (blocks along ``axis``)."""
-        shape = tuple(shape)
-        twin = self._last_axis_twin()
-        if not self._moves(len(shape)):
-            self._axis_for(len(shape))  # validates the axis
-            return super().scale_shape(shape)  # type: ignore[misc]
-        a = self._axis_for(len(shape))
-        return twin.scale_shape(shape[:a] + shape[a + 1:] + (shape[a],))  # type: ignore[attr-defined]
-
-    def encode_tensor(self, x, rounding="nearest_even", generator=None):  # type: ignore[no-untyped-def]
-        """As the last-axis format, on ``x`` with ``axis`` moved last (codes keep x's shape)."""
-        x = check_float_tensor(x)
-        if not self._moves(x.dim()):
-            self._axis_for(x.dim())
-            return super().encode_tensor(x, rounding, generator)  # type: ignore[misc]
-        a = self._axis_for(x.dim())
-        enc = self._last_axis_twin().encode_tensor(x.movedim(a, -1), rounding, generator)
-        return EncodedTensor(self, enc.codes.movedim(-1, a).contiguous(), enc.params)  # type: ignore[arg-type]
-
-    def decode_tensor(self, encoded, dtype=torch.float32):  # type: ignore[no-untyped-def]
-        """Values of an `EncodedTensor` of this format, as ``dtype``."""
-        codes = _unpack(self, encoded)[0]  # type: ignore[arg-type]
-        if not self._moves(codes.dim()):
-            return super().decode_tensor(encoded, dtype)  # type: ignore[misc]
-        a = self._axis_for(codes.dim())
-        twin = self._last_axis_twin()
-        values = twin.decode_tensor(EncodedTensor(twin, codes.movedim(a, -1), dict(encoded.params)), dtype)
-        return values.movedim(-1, a).contiguous()
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -514,6 +585,8 @@ class PowerOfTwoBlocks(_AlongAxis, _E8M0Scales, BlockFormat):
     block_size: int
     #: the axis the blocks run along (-1: the last, as MX)
     axis: int = -1
+    #: other rows the blocks run along (a conv weight's reduction: ``_r`` / ``_rt<g>``)
+    layout: BlockLayout = LAST
 
     family = "block"
 
@@ -534,18 +607,11 @@ class PowerOfTwoBlocks(_AlongAxis, _E8M0Scales, BlockFormat):
         self._check_axis()
 
     def __str__(self) -> str:
-        return f"block{self.block_size}_{self.element}_scale_e8m0fnu" + ("" if self.axis == -1 else f"_a{self.axis}")
+        return f"block{self.block_size}_{self.element}_scale_e8m0fnu" + self._layout_suffix()
 
     @property
     def element_format(self) -> ScalarFormat:  # type: ignore[override]
         return self.element
-
-    def shared_exponents(self, x: torch.Tensor) -> torch.Tensor:
-        """The scale exponent of every block (blocks along ``axis``; shape `scale_shape`)."""
-        x = check_float_tensor(x)
-        if not self._moves(x.dim()):
-            return super().shared_exponents(x)
-        return self._last_axis_twin().shared_exponents(x.movedim(self._axis_for(x.dim()), -1))  # type: ignore[attr-defined,no-any-return]
 
     @functools.cached_property
     def _encoder(self) -> ScalarFormat:  # type: ignore[override]

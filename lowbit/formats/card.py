@@ -155,7 +155,7 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         )
     card.update(
         block_size=k,
-        block_axis=_axis_text(getattr(fmt, "axis", -1)),
+        block_axis=_axis_text(getattr(fmt, "axis", -1), getattr(fmt, "layout", None)),
         bits_per_element=fmt.bits_per_element,
         emax_elem=fmt.emax,
         element_max=fmt.element_max,
@@ -166,11 +166,13 @@ def _block_card(fmt: BlockFormat) -> "dict[str, Any]":
         default_rounding="nearest_even (every mode applies to the element rounding)",
         params="scale_exponent: int16, shape x.shape[:-1] + (n_blocks,)",
     )
-    return card
+    return _laid(card, fmt)
 
 
-def _axis_text(axis: int) -> str:
+def _axis_text(axis: int, layout: "Any" = None) -> str:
     short = "a shorter last block when the axis is not a multiple of the block size"
+    if layout is not None and layout.kind != "last":
+        return f"{layout.describe()} (a shorter last block per row; scales one row per output channel)"
     if axis == -1:
         return f"last ({short})"
     return f"{axis} ({short}; scales in the layout with axis {axis} moved last)"
@@ -205,7 +207,7 @@ def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
             "zero block": f"scale {fmt.scale_floor!r}, elements 0",
         },
         block_size=k,
-        block_axis=_axis_text(fmt.axis),
+        block_axis=_axis_text(fmt.axis, fmt.layout),
         bits_per_element=fmt.bits_per_element,
         bits_per_tensor=32 if two else 0,
         element_max=fmt.element_max,
@@ -220,6 +222,16 @@ def _scaled_block_card(fmt: ScaledBlockFormat) -> "dict[str, Any]":
         params=(f"scale_codes: {sc} codes, shape x.shape[:-1] + (n_blocks,)"
                 + ("; tensor_scale: float32 0-d" if two else "")),
     )
+    return _laid(card, fmt)
+
+
+def _laid(card: "dict[str, Any]", fmt: NumberFormat) -> "dict[str, Any]":
+    """A block card whose blocks run along other rows than the last axis says so throughout."""
+    layout = getattr(fmt, "layout", None)
+    if (layout is None or layout.kind == "last") and getattr(fmt, "axis", -1) == -1:
+        return card
+    card["layout"] = card["layout"].replace("along the last axis", "along the rows of the block axis")
+    card["params"] = card["params"].replace("x.shape[:-1]", "rows.shape[:-1] (the rows of the block axis)")
     return card
 
 

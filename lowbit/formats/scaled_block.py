@@ -55,6 +55,7 @@ from lowbit.formats._float64 import check_float_dtype, check_float_tensor
 from lowbit.formats import block as _block
 from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat
 from lowbit.formats.block import MAX_BLOCK_SIZE, _AlongAxis, _rows, _unpack
+from lowbit.formats.block_layout import LAST, BlockLayout
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
@@ -108,6 +109,8 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
     tensor_scale: bool = False
     #: the axis the blocks run along (-1: the last, as NVFP4 and MX)
     axis: int = -1
+    #: other rows the blocks run along (a conv weight's reduction: ``_r`` / ``_rt<g>``)
+    layout: BlockLayout = LAST
 
     family = "scaled-block"
     data_dependent = True
@@ -142,11 +145,12 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
 
     # ------------------------------------------------------------------ facts
     def __str__(self) -> str:
+        base = dataclasses.replace(self, layout=LAST) if self.layout != LAST else self
         for name, preset in _PRESETS.items():
-            if preset == self:
-                return name
+            if preset == base:
+                return name + str(self.layout)
         return (f"block{self.block_size}_{self.element}_scale_{self.scale}" + ("_t" if self.tensor_scale else "")
-                + ("" if self.axis == -1 else f"_a{self.axis}"))
+                + self._layout_suffix())
 
     @property
     def bits(self) -> int:
@@ -211,7 +215,7 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
         """Shape of ``params["scale_codes"]`` for a tensor of ``shape`` (a 0-d tensor is one block)."""
         if self._moves(len(shape)):
             return _AlongAxis.scale_shape(self, shape)
-        self._axis_for(len(shape))
+        self._rows_shape(tuple(shape))
         shape = tuple(shape) or (1,)
         return (*shape[:-1], self.num_blocks(shape[-1]))
 
@@ -258,7 +262,7 @@ class ScaledBlockFormat(_AlongAxis, NumberFormat):
         x = check_float_tensor(x)
         if self._moves(x.dim()):
             return _AlongAxis.encode_tensor(self, x, rounding, generator)  # type: ignore[no-any-return]
-        self._axis_for(x.dim())
+        self._rows_shape(tuple(x.shape))
         mode = check_rounding(rounding, generator)
         acc = _block._block_accelerator
         fast = None if acc is None else acc.scaled_block_encode(self, x, mode, generator)

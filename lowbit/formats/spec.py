@@ -7,6 +7,7 @@ in the 2022 standard) are refused with the spellings to use instead.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from typing import Any, Callable
@@ -21,6 +22,7 @@ from lowbit.formats.block import (
     MXFormat,
     PowerOfTwoBlocks,
 )
+from lowbit.formats.block_layout import LAST, BlockLayout
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.learned import BinaryFormat, Codebook, TernaryFormat
 from lowbit.formats.minifloat import Minifloat
@@ -48,6 +50,9 @@ VALID_FORMS = (
     "(MX elements print as their mxfp* / mxint8 spec); any other minifloat with mantissa bits or posit (ue4m3 = e4m3fn): NVFP4's rule "
     "s = amax / element_max rounded to the scale format; e.g. block16_e2m1fn_scale_posit8_es1, "
     "block32_int4_scale_e8m0fnu, block16_e3m2fn_scale_e4m3fn_t)",
+    "any block spec above + _r | _rt<g>  (block layout: blocks along each x[i] flattened, a conv weight's "
+    "output-channel reduction; _rt<g>: a transposed-conv weight's [I, O/g, ...] reduction with g groups; "
+    "quantize_ gives conv weights these layouts; e.g. mxfp4_e2m1fn_r, nvfp4_rt2)",
     "binary | ternary | codebook<k>  (fitted to each tensor: sign·mean|x|; {-a, 0, a} with threshold "
     "0.7·mean|x|; k-means with at most 2^k levels, 1 <= k <= 8)",
 )
@@ -88,11 +93,13 @@ _FIXED = re.compile(r"(u?)fixed(\d+)_f(\d+)")
 _INTEGER = re.compile(r"(u?)int(\d+)(n?)")
 _PREFIXED = re.compile(r"(?:fp|float)(4|6|8)_(.+)")
 _MAX_DIGITS = 12  # no parameter of any format needs more; longer numbers are refused before int()
-_MX = re.compile(r"mx(?:fp(\d+)_([a-z0-9]+)|int(\d+))(?:_b(\d+))?")
-_BFP = re.compile(r"bfp(\d+)_b(\d+)")
+#: the optional block-layout suffix of block specs (`BlockLayout`: _r, _rt<groups>)
+_LAYOUT = r"(?:_(?P<layout>r|rt\d+))?"
+_MX = re.compile(r"mx(?:fp(\d+)_([a-z0-9]+)|int(\d+))(?:_b(\d+))?" + _LAYOUT)
+_BFP = re.compile(r"bfp(\d+)_b(\d+)" + _LAYOUT)
 _LEARNED = re.compile(r"binary|ternary|codebook(\d+)")
-_NVFP4 = re.compile(r"nvfp4(_1l)?")
-_SCALED_BLOCK = re.compile(r"block(\d+)_(.+?)_scale_(.+?)(_t)?(?:_a([+-]?\d+))?")
+_NVFP4 = re.compile(r"nvfp4(_1l)?" + _LAYOUT)
+_SCALED_BLOCK = re.compile(r"block(\d+)_(.+?)_scale_(.+?)(_t)?(?:_a([+-]?\d+))?" + _LAYOUT)
 #: spellings of a block scale format that are not format specs of their own
 _SCALE_ALIASES = {"ue4m3": "e4m3fn", "ue8m0": "e8m0fnu"}
 _E8M0 = Minifloat(8, 0, policy="fnu")
@@ -119,6 +126,10 @@ def _integer(m: re.Match[str]) -> NumberFormat:
     return IntegerFormat(int(m[2]), signed=not m[1], narrow=bool(m[3]))
 
 
+def _layout(m: re.Match[str]) -> BlockLayout:
+    return BlockLayout.from_suffix(m["layout"])
+
+
 def _mx(m: re.Match[str]) -> NumberFormat:
     block = int(m[4]) if m[4] is not None else DEFAULT_BLOCK_SIZE
     if m[3] is not None:
@@ -127,18 +138,18 @@ def _mx(m: re.Match[str]) -> NumberFormat:
                 f"OCP MX v1.0 has one integer element type, int8 (mxint8), not int{m[3]}; "
                 f"for other widths use block floating point bfp{m[3]}_b<k>"
             )
-        return MXFormat("int8", block)
+        return MXFormat("int8", block, _layout(m))
     element = m[2]
     if element not in MX_ELEMENTS or element == "int8":
         raise FormatSpecError(f"{element!r} is not an OCP MX element type; the MX formats are {_MX_SPELLINGS}")
-    fmt = MXFormat(element, block)
+    fmt = MXFormat(element, block, _layout(m))
     if int(m[1]) != fmt.bits:
         raise FormatSpecError(f"{element} elements have {fmt.bits} bits: write {fmt}")
     return fmt
 
 
 def _bfp(m: re.Match[str]) -> NumberFormat:
-    return BlockFloatingPoint(int(m[1]), int(m[2]))
+    return BlockFloatingPoint(int(m[1]), int(m[2]), _layout(m))
 
 
 def _learned(m: re.Match[str]) -> NumberFormat:
@@ -150,7 +161,8 @@ def _learned(m: re.Match[str]) -> NumberFormat:
 
 
 def _nvfp4(m: re.Match[str]) -> NumberFormat:
-    return NVFP4_1L if m[1] else NVFP4
+    fmt = NVFP4_1L if m[1] else NVFP4
+    return fmt if m["layout"] is None else dataclasses.replace(fmt, layout=_layout(m))
 
 
 def _scalar_part(text: str, what: str) -> ScalarFormat:
@@ -164,12 +176,13 @@ def _scalar_part(text: str, what: str) -> ScalarFormat:
 
 
 def block_format(element: "str | NumberFormat", scale: "str | NumberFormat", block_size: int,
-                 tensor_scale: bool = False, axis: int = -1) -> NumberFormat:
+                 tensor_scale: bool = False, axis: int = -1, layout: BlockLayout = LAST) -> NumberFormat:
     """The block format of ``element`` codes with one ``scale``-format scale per ``block_size``.
 
     An ``e8m0fnu`` scale takes the OCP MX rule (`MXFormat` for MX element types, else
     `PowerOfTwoBlocks`); any other scale format NVFP4's rule (`ScaledBlockFormat`). ``axis``: the
-    axis the blocks run along (-1, the last, as MX and NVFP4; MX formats have no other).
+    axis the blocks run along (-1, the last, as MX and NVFP4; MX formats have no other);
+    ``layout``: other rows they run along (`BlockLayout`: a conv weight's reduction).
 
     >>> str(block_format("e2m1fn", "e4m3fn", 16, tensor_scale=True)), str(block_format("e4m3fn", "e8m0fnu", 32))
     ('nvfp4', 'mxfp8_e4m3fn')
@@ -183,13 +196,14 @@ def block_format(element: "str | NumberFormat", scale: "str | NumberFormat", blo
             if axis != -1:
                 raise FormatSpecError(f"OCP MX blocks run along the last axis; axis={axis!r} is not offered for "
                                       f"{MXFormat(str(el), block_size)}")
-            return MXFormat(str(el), block_size)
-        return PowerOfTwoBlocks(el, block_size, axis)  # type: ignore[arg-type]
-    return ScaledBlockFormat(el, sc, block_size, tensor_scale, axis)  # type: ignore[arg-type]
+            return MXFormat(str(el), block_size, layout)
+        return PowerOfTwoBlocks(el, block_size, axis, layout)  # type: ignore[arg-type]
+    return ScaledBlockFormat(el, sc, block_size, tensor_scale, axis, layout)  # type: ignore[arg-type]
 
 
 def _scaled_block(m: re.Match[str]) -> NumberFormat:
-    return block_format(m[2], m[3], int(m[1]), tensor_scale=bool(m[4]), axis=int(m[5]) if m[5] else -1)
+    return block_format(m[2], m[3], int(m[1]), tensor_scale=bool(m[4]), axis=int(m[5]) if m[5] else -1,
+                        layout=_layout(m))
 
 
 _GRAMMAR: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], NumberFormat]], ...] = (

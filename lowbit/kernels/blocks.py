@@ -108,10 +108,9 @@ def scaled_block_quantize(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Roundin
     """``fmt.quantize(x, out=out)`` in one fused pass after the amax pass; None where it does not apply."""
     if not _applies(fmt, x):
         return None
-    if fmt._moves(x.dim()):
-        a = fmt._axis_for(x.dim())
-        moved = scaled_block_quantize(fmt._last_axis_twin(), x.movedim(a, -1), mode, generator, None)
-        result = moved.movedim(-1, a).contiguous()  # type: ignore[union-attr]
+    if fmt._moves(x.dim()):  # blocks along other rows (an axis, a conv weight's reduction)
+        moved = scaled_block_quantize(fmt._last_axis_twin(), fmt._to_rows(x), mode, generator, None)
+        result = fmt._from_rows(moved, tuple(x.shape))  # type: ignore[arg-type]
     else:
         direct = out is not None and out.dtype == torch.float32 and out.is_contiguous()
         values = out.reshape(-1) if direct else torch.empty(x.numel(), dtype=torch.float32)  # type: ignore[union-attr]
@@ -183,10 +182,9 @@ def pow2_block_quantize(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, gener
     if not _pow2_applies(fmt, x):
         return None
     moves = getattr(fmt, "_moves", None)
-    if moves is not None and moves(x.dim()):
-        a = fmt._axis_for(x.dim())  # type: ignore[attr-defined]
-        moved = pow2_block_quantize(fmt._last_axis_twin(), x.movedim(a, -1), mode, generator, None)  # type: ignore[attr-defined]
-        result = moved.movedim(-1, a).contiguous()  # type: ignore[union-attr]
+    if moves is not None and moves(x.dim()):  # blocks along other rows (an axis, a conv weight's reduction)
+        moved = pow2_block_quantize(fmt._last_axis_twin(), fmt._to_rows(x), mode, generator, None)  # type: ignore[attr-defined]
+        result = fmt._from_rows(moved, tuple(x.shape))  # type: ignore[attr-defined]
     else:
         direct = out is not None and out.is_contiguous() and not _overlaps(out, x)
         values = out.reshape(-1) if direct else torch.empty(x.numel(), dtype=torch.float32)  # type: ignore[union-attr]

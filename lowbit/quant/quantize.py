@@ -34,6 +34,7 @@ from lowbit.simulate.registry import (
     entries,
     entry_for,
     quant_class_for,
+    weight_format,
 )
 
 __all__ = ["quantize_", "dequantize_", "tensor_formats", "tensor_scales", "QuantizationReport", "quantization_report"]
@@ -111,6 +112,11 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
             entry = entry_for(type(module))
             for attr in [a for a, r in entry.tensors.items() if r == role] if entry is not None else ():
                 param = _float_tensor(module, attr)
+                if rc is not None and role == "weight" and isinstance(param, torch.Tensor) and param is not None:
+                    try:  # a block axis / layout that does not fit the weight: say so now, not mid-forward
+                        _check_blocks(weight_format(module, rc.format), param.shape)
+                    except ValueError as err:
+                        raise ValueError(f"layer {name!r} role {role!r}: {err}") from None
                 if rc is not None and rc.granularity is not None and isinstance(param, torch.Tensor):
                     try:  # a channel axis or group size that does not fit the tensor: say so now, not mid-forward
                         _granularity(rc.granularity, entry, role).stat_shape(param.shape)
@@ -193,6 +199,13 @@ def _granularity(g: "Granularity | None", entry: LayerEntry, role: str) -> "Gran
     return g
 
 
+def _check_blocks(fmt: NumberFormat, shape: "torch.Size") -> None:
+    """ValueError when a block format's axis or layout does not fit a weight of ``shape``."""
+    scale_shape = getattr(fmt, "scale_shape", None)
+    if scale_shape is not None:
+        scale_shape(shape)
+
+
 def _drop_escaped_roles(model: nn.Module, report: QuantizationReport) -> None:
     """Roles of a child layer whose forward its parent never calls cannot run: drop, report, warn."""
     for parent_name, parent in model.named_modules():
@@ -264,7 +277,9 @@ def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed:
             continue
 
         def make(key: str, rc: RoleConfig = rc, role: str = role) -> RoleQuantizer:
-            return RoleQuantizer(rc.format, rc.rounding, rc.scaling, rc.every, rc.history,
+            # block formats on a weight run along the layer's reduction (the registry decides)
+            fmt = weight_format(module, rc.format) if role == "weight" else rc.format
+            return RoleQuantizer(fmt, rc.rounding, rc.scaling, rc.every, rc.history,
                                  _role_seed(seed, name, key), _granularity(rc.granularity, entry, role), rc.range)
 
         # one quantizer per tensor (a scale tracker or generator of its own); the role's name is

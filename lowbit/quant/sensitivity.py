@@ -50,7 +50,7 @@ from lowbit.formats import NumberFormat
 from lowbit.quant.config import RoleConfig, module_matches
 from lowbit.quant.quantize import dequantize_, quantize_, tensor_formats
 from lowbit.simulate.layers import QuantLayerMixin
-from lowbit.simulate.registry import entry_for, layer_types
+from lowbit.simulate.registry import entry_for, layer_types, weight_format
 
 __all__ = [
     "METRICS",
@@ -106,7 +106,7 @@ def quantizable_layers(model: nn.Module) -> "dict[str, nn.Module]":
 
 
 def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scaling: Any = None,
-                 granularity: Any = None) -> int:
+                 granularity: Any = None, layer: "nn.Module | None" = None) -> int:
     """Exact storage, in bits, of ``weight`` held in ``fmt`` (None: in its own dtype), as `lowbit.save`
     stores it under a weight role with this ``scaling`` and ``granularity``.
 
@@ -115,7 +115,9 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     ternary scale (each at the size of the tensor `encode_tensor` returns; per channel or group,
     one set per granule, as `encode_channels` returns them), and ``scaling="absmax"``'s float32 scale
     per tensor / channel / group. Power-of-two scales (``posit8_es2_s-3``, ``"histogram"``,
-    ``"amax"``) are part of the spec and cost nothing per tensor.
+    ``"amax"``) are part of the spec and cost nothing per tensor. ``layer``: the layer holding
+    ``weight``, whose reduction block formats run along (`lowbit.simulate.registry.weight_format`:
+    a conv weight's blocks cover each output channel's I/groups · kernel values).
 
     >>> w = torch.zeros(4, 64)
     >>> storage_bits("posit5_es1", w), storage_bits("mxfp4_e2m1fn", w), storage_bits(None, w)
@@ -126,6 +128,9 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     1408
     >>> storage_bits("codebook2", w, granularity={"kind": "group", "axis": 1, "group_size": 32})  # 8 x 4 levels
     1536
+    >>> conv = torch.nn.Conv2d(64, 4, 1)                          # 4 x 64 weights, blocks of 32 per output channel
+    >>> storage_bits("mxfp4_e2m1fn", conv.weight, layer=conv), storage_bits("mxfp4_e2m1fn", conv.weight)
+    (1088, 3072)
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
@@ -133,6 +138,8 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
         return weight.numel() * weight.element_size() * 8
     from lowbit.schemes import Scheme
 
+    if layer is not None and scaling is None:
+        fmt = weight_format(layer, fmt)
     return Scheme.from_role(fmt, scaling=scaling, granularity=granularity).storage_bits(weight)
 
 
@@ -642,7 +649,7 @@ def sensitivity_scan(model: nn.Module, candidates: Any, metric: Any, *, layers: 
                         dequantize_(model)
                 bits = (storage_bits(None, weight) if cand.role is None else
                         storage_bits(cand.role.format, weight, scaling=cand.role.scaling,
-                                     granularity=cand.role.granularity))
+                                     granularity=cand.role.granularity, layer=all_layers[name]))
                 entries.append(SensitivityEntry(name, cand.label, cand.weight, value, drop, weight.numel(),
                                                 bits, error))
     infos = tuple(LayerInfo(n, _class_names(m), tuple(m.weight.shape), m.weight.element_size() * 8, n in per_layer)

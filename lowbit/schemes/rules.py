@@ -21,7 +21,7 @@ import dataclasses
 import math
 from typing import Any, Mapping, Union
 
-from lowbit.formats import NumberFormat, parse_format
+from lowbit.formats import BlockLayout, NumberFormat, parse_format
 from lowbit.formats.block import MAX_BLOCK_SIZE, MX_ELEMENTS, BlockFloatingPoint, MXFormat, PowerOfTwoBlocks
 from lowbit.formats.fixed_point import FixedPoint
 from lowbit.formats.granularity import Granularity, as_granularity
@@ -139,13 +139,17 @@ class BlockScale:
     >>> str(BlockScale("e4m3fn", 16, tensor_scale=True).block_format(parse_format("e2m1fn")))
     'nvfp4'
     >>> BlockScale.of(parse_format("mxfp4_e2m1fn"))
-    (parse_format('e2m1fn'), BlockScale(scale='e8m0fnu', block_size=32, axis=-1, tensor_scale=False))
+    (parse_format('e2m1fn'), BlockScale(scale='e8m0fnu', block_size=32, axis=-1, tensor_scale=False, layout=''))
+    >>> BlockScale.of(parse_format("nvfp4_r"))[1].layout     # a conv weight's reduction rows (`BlockLayout`)
+    'r'
     """
 
     scale: str
     block_size: int
     axis: int = -1
     tensor_scale: bool = False
+    #: the block layout's spec suffix without its underscore: "" (the last axis / ``axis``), "r", "rt<g>"
+    layout: str = ""
     name = "block"
 
     def __post_init__(self) -> None:
@@ -172,40 +176,49 @@ class BlockScale:
             raise ValueError(f"BlockScale tensor_scale=True needs a float scale format (e4m3fn …), not {sc!r}")
         if sc == BFP_EXPONENT and self.axis != -1:
             raise ValueError(f"BlockScale scale={BFP_EXPONENT!r} runs along the last axis only; axis={self.axis}")
+        if not isinstance(self.layout, str):
+            raise ValueError(f"BlockScale layout={self.layout!r}; allowed: '', 'r', 'rt<groups>'")
+        try:
+            BlockLayout.from_suffix(self.layout)
+        except ValueError as err:
+            raise ValueError(f"BlockScale layout={self.layout!r}: {err}") from None
 
     def to_dict(self) -> "dict[str, Any]":
-        return {"rule": self.name, "scale": self.scale, "block_size": self.block_size, "axis": self.axis,
-                "tensor_scale": self.tensor_scale}
+        d = {"rule": self.name, "scale": self.scale, "block_size": self.block_size, "axis": self.axis,
+             "tensor_scale": self.tensor_scale}
+        return d if not self.layout else {**d, "layout": self.layout}
 
     def block_format(self, element: NumberFormat) -> NumberFormat:
         """The block `NumberFormat` of ``element`` codes under this rule (the implementation used)."""
-        k, axis = self.block_size, self.axis
+        k, axis, layout = self.block_size, self.axis, BlockLayout.from_suffix(self.layout)
         if self.scale == BFP_EXPONENT:
             if not (isinstance(element, FixedPoint) and element.signed and element.frac_bits == element.bits - 2):
                 raise ValueError(f"element={element} with scale={BFP_EXPONENT!r} (block floating point); allowed: "
                                  "fixed<b>_f<b-2> elements (fixed8_f6 …)")
-            return BlockFloatingPoint(element.bits, k)
+            return BlockFloatingPoint(element.bits, k, layout)
         if self.scale == E8M0:
             mx = _mx_element(element)
             if mx is not None:
                 if axis != -1:
                     raise ValueError(f"OCP MX element {element} blocks run along the last axis; axis={axis} "
                                      "is not allowed with it")
-                return MXFormat(mx, k)
-            return PowerOfTwoBlocks(element, k, axis)  # type: ignore[arg-type]
-        return ScaledBlockFormat(element, parse_format(self.scale), k, self.tensor_scale, axis)  # type: ignore[arg-type]
+                return MXFormat(mx, k, layout)
+            return PowerOfTwoBlocks(element, k, axis, layout)  # type: ignore[arg-type]
+        return ScaledBlockFormat(element, parse_format(self.scale), k, self.tensor_scale, axis,  # type: ignore[arg-type]
+                                 layout)
 
     @classmethod
     def of(cls, fmt: NumberFormat) -> "tuple[NumberFormat, BlockScale]":
         """(element, rule) of an existing block format (the inverse of `block_format`)."""
+        layout = str(getattr(fmt, "layout", "")).lstrip("_")
         if isinstance(fmt, MXFormat):
-            return fmt.element_format, cls(E8M0, fmt.block_size)
+            return fmt.element_format, cls(E8M0, fmt.block_size, layout=layout)
         if isinstance(fmt, BlockFloatingPoint):
-            return fmt.element_format, cls(BFP_EXPONENT, fmt.block_size)
+            return fmt.element_format, cls(BFP_EXPONENT, fmt.block_size, layout=layout)
         if isinstance(fmt, PowerOfTwoBlocks):
-            return fmt.element, cls(E8M0, fmt.block_size, fmt.axis)
+            return fmt.element, cls(E8M0, fmt.block_size, fmt.axis, layout=layout)
         if isinstance(fmt, ScaledBlockFormat):
-            return fmt.element, cls(str(fmt.scale), fmt.block_size, fmt.axis, fmt.tensor_scale)
+            return fmt.element, cls(str(fmt.scale), fmt.block_size, fmt.axis, fmt.tensor_scale, layout)
         raise ValueError(f"{fmt} is not a block format")
 
 

@@ -8,6 +8,15 @@ type is one `register` call (plus its tests). Subclasses of a registered class t
 ``forward`` are supported too (a simulated subclass is generated once); storage fills the
 ``packed`` slot of the entries it can pack (`register_packed`).
 
+A block format (MX, NVFP4, BFP, ``block<k>_…``) spec with the suffix ``_r`` asks for blocks
+along the reduction of each output, whatever the layer: `weight_format` gives a layer's weight
+the entry's ``weight_blocks`` layout (a conv weight ``[O, I/groups, *kernel]``: each output
+channel's I/groups · prod(kernel) products, ``_r``; a transposed conv's ``[I, O/groups,
+*kernel]``: ``_rt<groups>``); a Linear weight's last axis already is its reduction. A bare spec
+keeps its blocks along the last axis. This is the one place that decides it: `quantize_`
+(simulation, PTQ, QAT), `pack_` and `lowbit.save` of the quantized model, the storage cost and
+the sensitivity scan all read the format it returns.
+
 transformers' ``Conv1D`` (GPT-2 family; weight ``[in, out]``, so channel axis 1) is registered
 lazily, the first time a model holding one is looked at: transformers stays optional.
 
@@ -18,16 +27,19 @@ lazily, the first time a model holding one is looked at: transformers stays opti
 ('weight', 'output', 'grad')
 >>> quant_class_for(torch.nn.GRU) is None
 True
+>>> str(weight_format(torch.nn.Conv2d(64, 32, 1), "mxfp4_e2m1fn")), str(weight_format(torch.nn.Linear(4, 4), "nvfp4"))
+('mxfp4_e2m1fn_r', 'nvfp4')
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from lowbit.formats import BlockLayout, NumberFormat, parse_format
 from lowbit.simulate import layers as L
 
 __all__ = [
@@ -39,6 +51,7 @@ __all__ = [
     "quant_class_for",
     "layer_types",
     "is_supported",
+    "weight_format",
     "FAST_PATH_LAYERS",
     "NESTED_TENSOR_LAYERS",
 ]
@@ -59,6 +72,8 @@ class LayerEntry:
     reads their weights directly), so those roles cannot run. ``packed``: the packed class.
     ``config_key``: None for layers the config's plain roles cover; else the config key whose
     roles alone apply (normalization layers: ``"norm"``, opt-in).
+    ``weight_blocks``: the `BlockLayout` block formats take on this layer's weight-role tensors
+    (a function of the module; None: the last axis, a Linear's reduction). See `weight_format`.
     """
 
     float_class: type
@@ -73,6 +88,7 @@ class LayerEntry:
     escaped: "Mapping[str, tuple[str, ...]]" = dataclasses.field(default_factory=dict)
     packed: "type | None" = None
     config_key: "str | None" = None
+    weight_blocks: "Callable[[nn.Module], BlockLayout] | None" = None
 
     @property
     def name(self) -> str:
@@ -177,15 +193,54 @@ def layer_types(*, role: "str | None" = None, chunked: "bool | None" = None, qat
     return tuple(out)
 
 
+def weight_format(module: nn.Module, fmt: "NumberFormat | str") -> NumberFormat:
+    """The format ``module``'s weight-role tensors take under ``fmt``. A block format whose spec
+    asks for blocks along each output's reduction (``_r``) gets the rows that are this layer's
+    reduction (the entry's ``weight_blocks``: a conv weight's I/groups × kernel, ``_r``; a
+    transposed conv's input channels of its group × kernel, ``_rt<groups>``; transformers'
+    Conv1D, ``_rt1``). Every other format comes back unchanged: a bare block spec keeps its
+    blocks along the weight's last axis, so weight-only simulation equals the model whose
+    weights were replaced by ``fmt.quantize(weight)``; ``_a<axis>`` and ``_rt<g>`` are kept.
+
+    >>> str(weight_format(nn.ConvTranspose2d(8, 6, 3, groups=2), "mxfp8_e4m3fn_r"))
+    'mxfp8_e4m3fn_rt2'
+    >>> str(weight_format(nn.Conv2d(64, 32, 3), "mxfp8_e4m3fn_r")), str(weight_format(nn.Conv2d(64, 32, 3), "nvfp4"))
+    ('mxfp8_e4m3fn_r', 'nvfp4')
+    >>> str(weight_format(nn.Conv2d(64, 32, 3), "block16_e2m1fn_scale_e4m3fn_a1"))  # the user's axis stays
+    'block16_e2m1fn_scale_e4m3fn_a1'
+    """
+    fmt = parse_format(fmt)
+    layout = getattr(fmt, "layout", None)
+    if layout is None or layout.kind != "rows" or getattr(fmt, "axis", -1) != -1:
+        return fmt
+    entry = entry_for(getattr(module, "lowbit_float_class", type(module)))
+    if entry is None or entry.weight_blocks is None:
+        return fmt
+    return dataclasses.replace(fmt, layout=entry.weight_blocks(module))  # type: ignore[type-var]
+
+
+def _conv_rows(module: nn.Module) -> BlockLayout:
+    """A conv weight [O, I/groups, *kernel]: each output channel's whole reduction."""
+    return BlockLayout.rows()
+
+
+def _conv_transpose_rows(module: nn.Module) -> BlockLayout:
+    """A transposed-conv weight [I, O/groups, *kernel] (or transformers' Conv1D [in, out]): each
+    output channel's reduction."""
+    return BlockLayout.transposed_rows(int(getattr(module, "groups", 1)))
+
+
 _WB = {"weight": "weight", "bias": "bias"}
 register(LayerEntry(nn.Linear, L.QuantLinear, _WB, chunked=True, quire=True, qat=True))
-register(LayerEntry(nn.Conv1d, L.QuantConv1d, _WB, chunked=True, quire=True, qat=True))
-register(LayerEntry(nn.Conv2d, L.QuantConv2d, _WB, chunked=True, quire=True, qat=True))
-register(LayerEntry(nn.Conv3d, L.QuantConv3d, _WB, qat=True))
-register(LayerEntry(nn.ConvTranspose1d, L.QuantConvTranspose1d, _WB))
-# ConvTranspose weights are [in, out / groups, ...]: "channel" keeps meaning axis 0 (as stored)
-register(LayerEntry(nn.ConvTranspose2d, L.QuantConvTranspose2d, _WB, chunked=True, quire=True))
-register(LayerEntry(nn.ConvTranspose3d, L.QuantConvTranspose3d, _WB))
+register(LayerEntry(nn.Conv1d, L.QuantConv1d, _WB, chunked=True, quire=True, qat=True, weight_blocks=_conv_rows))
+register(LayerEntry(nn.Conv2d, L.QuantConv2d, _WB, chunked=True, quire=True, qat=True, weight_blocks=_conv_rows))
+register(LayerEntry(nn.Conv3d, L.QuantConv3d, _WB, qat=True, weight_blocks=_conv_rows))
+# ConvTranspose weights are [in, out / groups, ...]: "channel" keeps meaning axis 0 (as stored);
+# block formats run along each output channel's reduction (input channels of its group x kernel)
+register(LayerEntry(nn.ConvTranspose1d, L.QuantConvTranspose1d, _WB, weight_blocks=_conv_transpose_rows))
+register(LayerEntry(nn.ConvTranspose2d, L.QuantConvTranspose2d, _WB, chunked=True, quire=True,
+                    weight_blocks=_conv_transpose_rows))
+register(LayerEntry(nn.ConvTranspose3d, L.QuantConvTranspose3d, _WB, weight_blocks=_conv_transpose_rows))
 register(LayerEntry(nn.Embedding, L.QuantEmbedding, {"weight": "weight"}, roles=("weight", "output", "grad"),
                     calibrated=False))
 register(LayerEntry(
@@ -210,7 +265,8 @@ def _register_conv1d(conv1d: type) -> None:
     qcls = type("QuantConv1D", (L.QuantLayerMixin, conv1d),
                 {"forward": L.generic_forward, "__module__": L.__name__,
                  "__doc__": "Simulated transformers ``Conv1D`` (weight ``[in, out]``)."})
-    register(LayerEntry(conv1d, qcls, _WB, channel_axis=1))
+    # its weight [in, out] reduces over axis 0: block formats take the transposed rows (w.T)
+    register(LayerEntry(conv1d, qcls, _WB, channel_axis=1, weight_blocks=_conv_transpose_rows))
 
 
 def __getattr__(name: str) -> Any:

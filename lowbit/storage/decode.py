@@ -195,11 +195,12 @@ def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[
     """`_fast_args` of a block format: `_decode_numba.decode_blocks_into` reads the scale codes
     themselves (uint8, one per block) through a 256-entry factor table made here once, so no
     per-block factor tensor is held or rebuilt per forward. None where `_decode_block` decides
-    (float32 tables only, blocks along the last axis, E8M0 codes as stored by `lowbit.save`)."""
+    (float32 tables only, blocks along rows that are a reshape of the codes — the last axis, or a
+    conv weight's output-channel rows — E8M0 codes as stored by `lowbit.save`)."""
     fmt = layer._packed_format
     shape = layer._packed_shape
-    if lut.values.dtype != torch.float32 or bits > 8 or _SCALE in layer._buffers or not len(shape) \
-            or (getattr(fmt, "axis", -1) != -1 and fmt._moves(len(shape))):  # type: ignore[union-attr]
+    row = _view_row_length(fmt, shape)
+    if lut.values.dtype != torch.float32 or bits > 8 or _SCALE in layer._buffers or not len(shape) or row is None:
         return None
     stored = {p: layer._buffers[_PARAM + p] for p in layer._packed_params}
     codes_all = torch.arange(256, dtype=torch.uint8)
@@ -236,7 +237,20 @@ def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[
     blocks = (codes.contiguous().reshape(-1).numpy(), factors.contiguous().numpy(), valid.numpy(),
               tensor_scale.contiguous().numpy(), int(fmt.block_size), products.view(torch.int32).numpy())
     return (_numba().decode_blocks_into, layer._buffers[_DATA].contiguous().numpy(), bits,
-            lut.values.contiguous().view(torch.int32).numpy(), wide.numpy(), lut.wide is not None, blocks, shape[-1])
+            lut.values.contiguous().view(torch.int32).numpy(), wide.numpy(), lut.wide is not None, blocks, row)
+
+
+def _view_row_length(fmt: NumberFormat, shape: torch.Size) -> "int | None":
+    """The length of the rows a block format's blocks run along when they are a plain reshape of
+    the codes in memory order (the last axis; a conv weight's ``_r`` rows: I/groups · kernel),
+    else None (an ``_a<axis>`` or transposed-conv layout: the codes must be permuted)."""
+    moves = getattr(fmt, "_moves", None)
+    if moves is None or not moves(len(shape)):
+        return shape[-1] if len(shape) else 1
+    layout = getattr(fmt, "layout", None)
+    if getattr(fmt, "axis", -1) != -1 or layout is None or not layout.is_view():
+        return None
+    return int(fmt._rows_shape(tuple(shape))[-1])  # type: ignore[attr-defined]
 
 
 _PRODUCTS: "dict[str, torch.Tensor]" = {}
@@ -463,12 +477,10 @@ def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype,
     scale, times the tensor scale, for float scales), as decode_tensor rounds it to ``dtype``.
 
     float32 products go through `_block_products` (one numba pass into ``out``, the staging
-    buffer, when given). None where the reference decoder must run (blocks along another axis,
-    scales it would reject: it then says why)."""
+    buffer, when given; blocks along other rows: `_laid_products`). None where the reference
+    decoder must run (scales it would reject: it then says why)."""
     fmt = layer._packed_format
     shape = layer._packed_shape
-    if getattr(fmt, "axis", -1) != -1 and fmt._moves(len(shape)):  # type: ignore[union-attr]
-        return None  # blocks along another axis than the last: the reference decoder
     stored = {p: layer._buffers[_PARAM + p] for p in layer._packed_params}
     data = layer._buffers[_DATA]
     if isinstance(fmt, ScaledBlockFormat):
@@ -482,8 +494,7 @@ def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype,
             factor = fmt._block_factors(codes, g)  # validates the scale codes
         except (TypeError, ValueError):
             return None
-        values = _block_products(data, fmt.bits, table, factor, shape, fmt.block_size,
-                                 out if dtype == torch.float32 else None)
+        values = _laid_products(fmt, data, fmt.bits, table, factor, shape, out if dtype == torch.float32 else None)
         return values if dtype == torch.float32 else values.to(dtype)
     assert isinstance(fmt, BlockFormat)
     s = fmt.params_from_storage(stored)["scale_exponent"].to(torch.int64)
@@ -495,9 +506,30 @@ def _decode_block(layer: PackedLayerMixin, table: "_Lut", dtype: torch.dtype,
     # exact), so they equal float64 products rounded to float32; other dtypes go through float64
     work = table.values.dtype
     factor = _pow2_table(work).to(data.device)[s + 127]
-    values = _block_products(data, fmt.bits, table, factor, shape, fmt.block_size,
-                             out if work == dtype else None)
+    values = _laid_products(fmt, data, fmt.bits, table, factor, shape, out if work == dtype else None)
     return values if work == dtype else round_float64_to(values.to(torch.float64), dtype)
+
+
+def _laid_products(fmt: NumberFormat, data: torch.Tensor, bits: int, table: "_Lut", factor: torch.Tensor,
+                   shape: torch.Size, out: "torch.Tensor | None") -> torch.Tensor:
+    """`_block_products` for blocks along the format's rows (its ``layout`` / ``axis``): rows that
+    are a reshape of the codes (the last axis, a conv weight's ``_r``) in the one pass; others
+    (a transposed conv's ``_rt<g>``, ``_a<axis>``) decode the elements in stored order, multiply
+    them as rows and lay them back."""
+    k = int(fmt.block_size)  # type: ignore[attr-defined]
+    row = _view_row_length(fmt, shape)
+    if row is not None:
+        rows = torch.Size((shape.numel() // row, row)) if len(shape) > 1 else shape
+        return _block_products(data, bits, table, factor, rows, k, out).view(shape)
+    elements = _lut_decode(data, bits, table, shape.numel()).view(shape)
+    rows = fmt._to_rows(elements)  # type: ignore[attr-defined]
+    products = _row_products(rows, factor, k)
+    result = fmt._from_rows(products, tuple(shape))  # type: ignore[attr-defined]
+    if out is None:
+        return result  # type: ignore[no-any-return]
+    target = out.view(shape)
+    target.copy_(result)
+    return target
 
 
 def _block_products(data: torch.Tensor, bits: int, table: "_Lut", factor: torch.Tensor, shape: torch.Size, k: int,
@@ -517,12 +549,19 @@ def _block_products(data: torch.Tensor, bits: int, table: "_Lut", factor: torch.
                                             result.numpy())
         return result.view(shape)
     elements = _lut_decode(data, bits, table, n)
-    rows = elements.reshape(-1, length)
+    return _row_products(elements.reshape(-1, length), factor, k).reshape(shape)
+
+
+def _row_products(rows: torch.Tensor, factor: torch.Tensor, k: int) -> torch.Tensor:
+    """``rows`` (..., length) times one factor per block of ``k`` along the last axis (the last
+    block shorter), shaped as ``rows``."""
+    length = rows.shape[-1] if rows.dim() else 1
+    flat = rows.reshape(-1, length)
     nb = -(-length // k)
     if nb * k != length:
-        rows = F.pad(rows, (0, nb * k - length))
-    products = (rows.reshape(-1, nb, k) * factor.reshape(-1, nb).unsqueeze(-1)).reshape(-1, nb * k)[:, :length]
-    return products.reshape(shape)
+        flat = F.pad(flat, (0, nb * k - length))
+    products = (flat.reshape(-1, nb, k) * factor.reshape(-1, nb).unsqueeze(-1)).reshape(-1, nb * k)[:, :length]
+    return products.reshape(rows.shape)
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from lowbit.formats.base import NumberFormat
 from lowbit.formats.spec import parse_format
 from lowbit.quant.config import pattern_matches
 from lowbit.simulate.layers import QuantLayerMixin
-from lowbit.simulate.registry import entries, entry_for
+from lowbit.simulate.registry import entries, entry_for, weight_format
 from lowbit.storage.decode import _DATA
 from lowbit.storage.packed import PackedTensor, pack_for_role
 from lowbit.storage.packed_layers import PackedLayerMixin, _packed_class_for
@@ -199,6 +199,7 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
         if isinstance(chosen, PackedTensor):
             plan.append((name, module, chosen))
         else:
+            chosen = weight_format(module, chosen)  # block formats: along the layer's reduction
             rounding = role.rounding if role is not None else "nearest_even"
             generator = role.generator if role is not None else None
             packed = None
