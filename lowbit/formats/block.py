@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from lowbit.errors import FormatSpecError
 from lowbit.formats._float64 import check_float_dtype, check_float_tensor, exponent_of, pow2, round_float64_to
-from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, code_dtype_for
+from lowbit.formats.base import EncodedTensor, NumberFormat, ScalarFormat, _check_out, code_dtype_for
 from lowbit.formats.fixed_point import FixedPoint, IntegerFormat
 from lowbit.formats.block_layout import LAST, BlockLayout, standard_strides
 from lowbit.formats.granules import normalize_axis

@@ -27,8 +27,8 @@ lazily, the first time a model holding one is looked at: transformers stays opti
 ('weight', 'output', 'grad')
 >>> quant_class_for(torch.nn.GRU) is None
 True
->>> str(weight_format(torch.nn.Conv2d(64, 32, 1), "mxfp4_e2m1fn")), str(weight_format(torch.nn.Linear(4, 4), "nvfp4"))
-('mxfp4_e2m1fn_r', 'nvfp4')
+>>> str(weight_format(torch.nn.Conv2d(64, 32, 1), "mxfp4_e2m1fn_r")), str(weight_format(torch.nn.Linear(4, 4), "nvfp4_r"))
+('mxfp4_e2m1fn_r', 'nvfp4_r')
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The registry's one decision on block formats (`lowbit.simulate.registry.weight_format`): a conv
-weight's blocks run along each output channel's reduction (I/groups x kernel, ``_r``), a
-transposed conv's along its output channels' reduction (``_rt<groups>``), a Linear's along its
-last axis; `quantize_` simulates exactly that, and a user's explicit axis or layout is kept."""
+"""The registry's one decision on block formats (`lowbit.simulate.registry.weight_format`): a spec
+with ``_r`` puts a conv weight's blocks along each output channel's reduction (I/groups x
+kernel), a transposed conv's along its output channels' reduction (``_rt<groups>``), a Linear's
+along its last axis; `quantize_` simulates exactly that. A bare spec keeps the last axis on
+every layer (weight-only simulation == weights replaced by ``fmt.quantize(weight)``), and a
+user's explicit axis or layout is kept."""
 
 from __future__ import annotations
 
@@ -62,10 +64,10 @@ def _oracle(layer: nn.Module, spec: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("spec", PRESETS)
 @pytest.mark.parametrize("kind", list(_layers()))
-def test_quantize_simulates_block_formats_along_each_output_channels_reduction(spec, kind):
+def test_quantize_simulates_r_block_formats_along_each_output_channels_reduction(spec, kind):
     layer = _layers()[kind]
     want = _oracle(layer, spec)
-    q = lb.quantize_(nn.Sequential(copy.deepcopy(layer)), {"weight": spec})
+    q = lb.quantize_(nn.Sequential(copy.deepcopy(layer)), {"weight": spec + "_r"})
     fmt = lb.tensor_formats(q)["0.weight"]
     assert torch.equal(fmt.quantize(layer.weight.detach()), want)
     x = torch.randn((2, layer.in_channels) + (5,) * (layer.weight.dim() - 2))
@@ -79,8 +81,21 @@ def test_quantize_simulates_block_formats_along_each_output_channels_reduction(s
                                           ("convT2d", "_rt1"), ("convT2d_groups", "_rt2")])
 def test_weight_format_names_the_layers_reduction_layout(kind, suffix):
     layer = _layers()[kind]
-    assert str(weight_format(layer, "mxfp4_e2m1fn")) == "mxfp4_e2m1fn" + suffix
-    assert str(weight_format(layer, "nvfp4")) == "nvfp4" + suffix
+    assert str(weight_format(layer, "mxfp4_e2m1fn_r")) == "mxfp4_e2m1fn" + suffix
+    assert str(weight_format(layer, "nvfp4_r")) == "nvfp4" + suffix
+
+
+@pytest.mark.parametrize("spec", PRESETS)
+@pytest.mark.parametrize("kind", ["conv2d", "conv2d_1x1", "convT2d_groups"])
+def test_a_bare_block_spec_simulates_the_weight_replaced_by_fmt_quantize(spec, kind):
+    layer = _layers()[kind]
+    assert str(weight_format(layer, spec)) == spec
+    q = lb.quantize_(nn.Sequential(copy.deepcopy(layer)), {"weight": spec})
+    reference = copy.deepcopy(layer)
+    with torch.no_grad():
+        reference.weight.copy_(lb.parse_format(spec).quantize(layer.weight.detach()))
+    x = torch.randn((2, layer.in_channels) + (5,) * (layer.weight.dim() - 2))
+    assert torch.equal(q(x), reference(x))
 
 
 def test_linear_weights_scalar_formats_and_explicit_layouts_are_left_alone():
@@ -113,9 +128,10 @@ def test_storage_bits_of_a_conv_weight_count_one_scale_per_block_of_its_reductio
     from lowbit.quant.sensitivity import storage_bits
 
     conv = nn.Conv2d(64, 32, 1)  # 1x1: blocks along the 64 input channels, 2 per output channel
-    assert storage_bits("mxfp4_e2m1fn", conv.weight, layer=conv) == 32 * 64 * 4 + 32 * 2 * 8
+    assert storage_bits("mxfp4_e2m1fn_r", conv.weight, layer=conv) == 32 * 64 * 4 + 32 * 2 * 8
+    assert storage_bits("mxfp4_e2m1fn", conv.weight, layer=conv) == 32 * 64 * (4 + 8)  # last axis: 1 per block
     dw = nn.Conv2d(32, 32, 3, groups=32)  # depthwise: 9 values per output channel, one block
-    assert storage_bits("nvfp4", dw.weight, layer=dw) == 32 * 9 * 4 + 32 * 8 + 32
+    assert storage_bits("nvfp4_r", dw.weight, layer=dw) == 32 * 9 * 4 + 32 * 8 + 32
 
 
 def test_transformers_conv1d_weights_take_blocks_along_their_input_axis():
@@ -125,7 +141,7 @@ def test_transformers_conv1d_weights_take_blocks_along_their_input_axis():
     torch.manual_seed(0)
     layer = Conv1D(6, 64)  # weight [in=64, out=6]: output j sums over w[:, j]
     w = layer.weight.detach()
-    q = lb.quantize_(nn.Sequential(copy.deepcopy(layer)), {"weight": "mxfp4_e2m1fn"})
+    q = lb.quantize_(nn.Sequential(copy.deepcopy(layer)), {"weight": "mxfp4_e2m1fn_r"})
     assert str(lb.tensor_formats(q)["0.weight"]) == "mxfp4_e2m1fn_rt1"
     want = lb.parse_format("mxfp4_e2m1fn").quantize(w.T.contiguous()).T
     x = torch.randn(3, 64)

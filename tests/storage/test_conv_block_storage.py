@@ -1,6 +1,6 @@
 """Block formats on conv weights, stored: the simulated model (`quantize_`), the packed model
 (`pack_`, both decode paths) and the checkpoint (`lb.save` of the quantized model, `lb.load`)
-agree bit for bit, with the blocks along each output channel's reduction; conv weights decode
+agree bit for bit, with the blocks along each output channel's reduction (`_r`); conv weights decode
 through the one-call numba kernel and store one scale per block of that reduction."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _reduction_oracle(layer: nn.Module, spec: str) -> torch.Tensor:
 def test_simulated_packed_and_saved_conv_weights_agree_bit_for_bit(spec, kind, tmp_path):
     model, x = _model(kind)
     want = _reduction_oracle(model[0], spec)
-    sim = lb.quantize_(copy.deepcopy(model), {"weight": spec})
+    sim = lb.quantize_(copy.deepcopy(model), {"weight": spec + "_r"})
     y = sim(x)
     if type(model[0]) in PACKABLE:
         packed = lb.pack_(copy.deepcopy(sim))
@@ -73,7 +73,7 @@ def test_simulated_packed_and_saved_conv_weights_agree_bit_for_bit(spec, kind, t
         with torch.inference_mode():  # the staging path
             assert torch.equal(packed(x), y)
             assert torch.equal(packed(x), y)
-        assert torch.equal(lb.pack_(copy.deepcopy(model), spec)(x), y)  # a float model with a spec: the same codes
+        assert torch.equal(lb.pack_(copy.deepcopy(model), spec + "_r")(x), y)  # a float model with a spec: the same codes
     lb.save(sim, tmp_path / "m.lb")
     loaded = lb.load(tmp_path / "m.lb")
     assert torch.equal(loaded["0.weight"], want)
@@ -84,7 +84,7 @@ def test_simulated_packed_and_saved_conv_weights_agree_bit_for_bit(spec, kind, t
 def test_conv_block_weights_decode_through_the_one_call_kernel(spec, kind):
     pytest.importorskip("numba")
     model, x = _model(kind)
-    packed = lb.pack_(lb.quantize_(copy.deepcopy(model), {"weight": spec}))
+    packed = lb.pack_(lb.quantize_(copy.deepcopy(model), {"weight": spec + "_r"}))
     with torch.inference_mode():
         packed(x)
     assert packed[0]._packed_table[1].fast[0].__name__ == "decode_blocks_into"
@@ -92,13 +92,13 @@ def test_conv_block_weights_decode_through_the_one_call_kernel(spec, kind):
 
 def test_a_pointwise_conv_stores_one_scale_per_block_of_its_input_channels():
     model, _ = _model("pointwise")  # [6, 40, 1, 1]: two blocks of 32 (the second of 8) per output channel
-    packed = lb.pack_(lb.quantize_(copy.deepcopy(model), {"weight": "mxfp4_e2m1fn"}))
+    packed = lb.pack_(lb.quantize_(copy.deepcopy(model), {"weight": "mxfp4_e2m1fn_r"}))
     assert packed[0].packed_nbytes == 6 * 40 // 2 + 6 * 2  # 4-bit codes + one E8M0 byte per block
 
 
 def test_a_checkpoint_of_a_quantized_conv_names_the_layout_and_loads_packed(tmp_path):
     model, x = _model("convT2d_groups")
-    sim = lb.quantize_(copy.deepcopy(model), {"weight": "nvfp4"})
+    sim = lb.quantize_(copy.deepcopy(model), {"weight": "nvfp4_r"})
     lb.save(sim, tmp_path / "m.lb")
     state = lb.load_packed(tmp_path / "m.lb")
     assert str(state["0.weight"].format) == "nvfp4_rt2"
@@ -112,10 +112,25 @@ def test_the_torch_decode_path_agrees_with_the_simulation(spec, kind):
     from lowbit.kernels import use_backend
 
     model, x = _model(kind)
-    sim = lb.quantize_(copy.deepcopy(model), {"weight": spec})
+    sim = lb.quantize_(copy.deepcopy(model), {"weight": spec + "_r"})
     y = sim(x)
     with use_backend("reference"):
         packed = lb.pack_(copy.deepcopy(sim))
         assert torch.equal(packed[0].weight, _reduction_oracle(model[0], spec))
         with torch.inference_mode():
             assert torch.equal(packed(x), y)
+
+
+@pytest.mark.parametrize("spec", ["mxfp4_e2m1fn", "nvfp4"])
+@pytest.mark.parametrize("kind", ["conv2d", "pointwise", "convT2d_groups"])
+def test_a_bare_block_spec_packs_and_saves_fmt_quantize_of_the_weight(spec, kind, tmp_path):
+    model, x = _model(kind)
+    want = lb.parse_format(spec).quantize(model[0].weight.detach())  # blocks along the last axis
+    sim = lb.quantize_(copy.deepcopy(model), {"weight": spec})
+    if type(model[0]) in PACKABLE:
+        packed = lb.pack_(copy.deepcopy(sim))
+        assert torch.equal(packed[0].weight, want)
+        with torch.inference_mode():
+            assert torch.equal(packed(x), sim(x))
+    lb.save(sim, tmp_path / "m.lb")
+    assert torch.equal(lb.load(tmp_path / "m.lb")["0.weight"], want)
