@@ -19,7 +19,9 @@ the order alternating, so every variant sees the same machine load. One torch th
 the thread's CPU time (time spent descheduled by other processes does not count). Reports the
 median ratio to FP32 per format and model, and the machine load (``os.getloadavg``). The bar:
 every format <= 1.1x FP32. ``int4/group32``: groups of 32 output channels, or of 16 / 8 where 32
-does not divide a layer's output channels (EfficientNet's 16, 24, 40, 112). Writes
+does not divide a layer's output channels (EfficientNet's 16, 24, 40, 112). The bare block specs
+put their blocks along each weight's last axis (a conv's kernel width: a 1x1 conv gets one scale per
+element); the ``_r`` rows (conv model only) put them along each output channel's reduction. Writes
 ``packed_inference.json`` and ``packed_inference.md`` under ``--out``.
 """
 
@@ -51,7 +53,13 @@ FORMATS: "dict[str, Any]" = {
     "mxfp4_e2m1fn": "mxfp4_e2m1fn",
     "mxfp8_e4m3fn": "mxfp8_e4m3fn",
     "nvfp4": "nvfp4",
+    # blocks along each output channel's reduction (a conv weight's I/groups x kernel); on a Linear
+    # weight the same blocks as the bare spec, so timed on the conv model only
+    "mxfp4_e2m1fn_r": "mxfp4_e2m1fn_r",
+    "mxfp8_e4m3fn_r": "mxfp8_e4m3fn_r",
+    "nvfp4_r": "nvfp4_r",
 }
+CONV_ONLY = ("mxfp4_e2m1fn_r", "mxfp8_e4m3fn_r", "nvfp4_r")
 SENTENCE = "A man is playing a guitar on the stage."
 
 
@@ -170,7 +178,8 @@ def main() -> None:
     lines: "list[str]" = []
     for name, (model, forward, kinds, what) in _models(args.models).items():
         load_before = os.getloadavg()
-        rows = run(model, forward, kinds, args.formats, args.repeats)
+        formats = [f for f in args.formats if f not in CONV_ONLY or nn.Conv2d in kinds]
+        rows = run(model, forward, kinds, formats, args.repeats)
         load_after = os.getloadavg()
         results[name] = {"description": what, "loadavg_before": load_before, "loadavg_after": load_after, "rows": rows}
         lines += [f"{what}, 1 torch thread, thread CPU time, median of {args.repeats}; "
