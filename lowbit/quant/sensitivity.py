@@ -116,8 +116,9 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     one set per granule, as `encode_channels` returns them), and ``scaling="absmax"``'s float32 scale
     per tensor / channel / group. Power-of-two scales (``posit8_es2_s-3``, ``"histogram"``,
     ``"amax"``) are part of the spec and cost nothing per tensor. ``layer``: the layer holding
-    ``weight``, whose reduction block formats run along (`lowbit.simulate.registry.weight_format`:
-    a conv weight's blocks cover each output channel's I/groups · kernel values).
+    ``weight``: a block spec with ``_r`` runs along that layer's reduction
+    (`lowbit.simulate.registry.weight_format`: a conv weight's blocks cover each output channel's
+    I/groups · kernel values); a bare block spec along the weight's last axis.
 
     >>> w = torch.zeros(4, 64)
     >>> storage_bits("posit5_es1", w), storage_bits("mxfp4_e2m1fn", w), storage_bits(None, w)
@@ -129,7 +130,7 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
     >>> storage_bits("codebook2", w, granularity={"kind": "group", "axis": 1, "group_size": 32})  # 8 x 4 levels
     1536
     >>> conv = torch.nn.Conv2d(64, 4, 1)                          # 4 x 64 weights, blocks of 32 per output channel
-    >>> storage_bits("mxfp4_e2m1fn", conv.weight, layer=conv), storage_bits("mxfp4_e2m1fn", conv.weight)
+    >>> storage_bits("mxfp4_e2m1fn_r", conv.weight, layer=conv), storage_bits("mxfp4_e2m1fn", conv.weight, layer=conv)
     (1088, 3072)
     """
     if not isinstance(weight, torch.Tensor):
