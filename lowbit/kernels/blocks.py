@@ -11,7 +11,7 @@ data-sized passes, so results are bit-identical, stochastic rounding included.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from lowbit.formats.block import BlockFormat, _rows
 from lowbit.formats.rounding import ROUNDING_MODES, Rounding
 from lowbit.formats.scaled_block import ScaledBlockFormat
 from lowbit.kernels import resolve_backend
-from lowbit.kernels.dispatch import _params, _run, _seed
+from lowbit.kernels.dispatch import _params, _run, _seed, _writes_in_place
 
 __all__ = ["scaled_block_encode", "scaled_block_quantize", "pow2_block_encode", "pow2_block_quantize"]
 
@@ -96,8 +96,9 @@ def _blocks(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding, generator: 
 
 def scaled_block_encode(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding,
                         generator: "torch.Generator | None") -> "EncodedTensor | None":
-    """``fmt.encode_tensor(x)`` for blocks along x's last axis; None where the fast path does not apply."""
-    if not _applies(fmt, x) or fmt._moves(x.dim()):
+    """``fmt.encode_tensor(x)`` for blocks along x's last axis (the format moves other rows there
+    first); None where the fast path does not apply."""
+    if not _applies(fmt, x):
         return None
     codes, params = _blocks(fmt, x, mode, generator, True, None)
     return EncodedTensor(fmt, codes.reshape(x.shape), params)  # type: ignore[union-attr]
@@ -105,21 +106,27 @@ def scaled_block_encode(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding,
 
 def scaled_block_quantize(fmt: ScaledBlockFormat, x: torch.Tensor, mode: Rounding,
                           generator: "torch.Generator | None", out: "torch.Tensor | None") -> "torch.Tensor | None":
-    """``fmt.quantize(x, out=out)`` in one fused pass after the amax pass; None where it does not apply."""
+    """``fmt.quantize(x, out=out)`` (blocks along x's last axis) in one fused pass after the amax
+    pass; None where it does not apply."""
     if not _applies(fmt, x):
         return None
-    if fmt._moves(x.dim()):  # blocks along other rows (an axis, a conv weight's reduction)
-        moved = scaled_block_quantize(fmt._last_axis_twin(), fmt._to_rows(x), mode, generator, None)
-        result = fmt._from_rows(moved, tuple(x.shape))  # type: ignore[arg-type]
-    else:
-        direct = out is not None and out.dtype == torch.float32 and out.is_contiguous()
-        values = out.reshape(-1) if direct else torch.empty(x.numel(), dtype=torch.float32)  # type: ignore[union-attr]
-        _blocks(fmt, x, mode, generator, False, values)
-        if direct:
-            return out
-        result = values.reshape(x.shape)
-        if x.dtype != torch.float32:
-            result = result.to(x.dtype)
+    return _values_into(x, out, lambda values: _blocks(fmt, x, mode, generator, False, values))
+
+
+def _values_into(x: torch.Tensor, out: "torch.Tensor | None",
+                 write: "Callable[[torch.Tensor], object]") -> torch.Tensor:
+    """Run ``write(values)`` (flat float32 values of ``x``) straight into ``out`` when it is a
+    contiguous float32 tensor that is x's own memory or does not overlap it; else into a new
+    tensor, cast to x's dtype and copied into ``out`` (a partial overlap would be read after
+    being written)."""
+    direct = out is not None and out.dtype == torch.float32 and _writes_in_place(out, x)
+    values = out.reshape(-1) if direct else torch.empty(x.numel(), dtype=torch.float32)  # type: ignore[union-attr]
+    write(values)
+    if direct:
+        return out  # type: ignore[return-value]
+    result = values.reshape(x.shape)
+    if x.dtype != torch.float32:
+        result = result.to(x.dtype)
     if out is None:
         return result
     out.copy_(result)
@@ -178,30 +185,8 @@ def pow2_block_encode(fmt: BlockFormat, x: torch.Tensor, mode: Rounding,
 
 def pow2_block_quantize(fmt: BlockFormat, x: torch.Tensor, mode: Rounding, generator: "torch.Generator | None",
                         out: "torch.Tensor | None") -> "torch.Tensor | None":
-    """``fmt.quantize(x, out=out)`` in one fused pass after the amax pass; None where it does not apply."""
+    """``fmt.quantize(x, out=out)`` (blocks along x's last axis) in one fused pass after the amax
+    pass; None where it does not apply."""
     if not _pow2_applies(fmt, x):
         return None
-    moves = getattr(fmt, "_moves", None)
-    if moves is not None and moves(x.dim()):  # blocks along other rows (an axis, a conv weight's reduction)
-        moved = pow2_block_quantize(fmt._last_axis_twin(), fmt._to_rows(x), mode, generator, None)  # type: ignore[attr-defined]
-        result = fmt._from_rows(moved, tuple(x.shape))  # type: ignore[attr-defined]
-    else:
-        direct = out is not None and out.is_contiguous() and not _overlaps(out, x)
-        values = out.reshape(-1) if direct else torch.empty(x.numel(), dtype=torch.float32)  # type: ignore[union-attr]
-        _pow2_blocks(fmt, x, mode, generator, False, values)
-        if direct:
-            return out
-        result = values.reshape(x.shape)
-    if out is None:
-        return result
-    out.copy_(result)
-    return out
-
-
-def _overlaps(out: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether writing ``out`` could change ``x`` before the kernel reads it (in place on exactly
-    x's memory is fine: each block is read whole (its amax pass) before any of it is written)."""
-    from lowbit.kernels.dispatch import _shares_memory
-
-    same = out.data_ptr() == x.data_ptr() and out.numel() == x.numel() and x.is_contiguous()
-    return not same and _shares_memory(out, x)
+    return _values_into(x, out, lambda values: _pow2_blocks(fmt, x, mode, generator, False, values))

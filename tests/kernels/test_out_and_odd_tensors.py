@@ -139,3 +139,20 @@ def test_a_bad_code_in_a_later_chunk_is_still_refused(small_chunks):
     codes[4321] = 128  # int8n does not use -128
     with pytest.raises(ValueError, match="got 128"):
         fmt.decode(codes, backend="reference")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("spec", ["nvfp4", "nvfp4_1l", "mxfp4_e2m1fn", "block16_posit8_es1_scale_e4m3fn", "nvfp4_r"])
+@pytest.mark.parametrize("layout", list(OVERLAPS))
+def test_block_format_out_overlapping_the_input_gives_the_values_of_a_separate_input(layout, spec, dtype):
+    from lowbit.kernels import use_backend
+
+    fmt = lb.parse_format(spec)
+    make_x, make_out = OVERLAPS[layout]
+    b = _data(65536 + 256, dtype)
+    x, out = make_x(b), make_out(b)
+    with use_backend("reference"):
+        want = fmt.quantize(x.clone())
+    got = fmt.quantize(x, out=out)  # the fused kernels (auto backend on the CPU)
+    assert got is out
+    assert_same_bits(out, want, what=f"{layout} {spec} {dtype}")
