@@ -5,8 +5,8 @@ block of a row is shorter when the axis length is not a multiple of the block si
 as if padded with zeros, which change no block maximum). Every block shares one power-of-two scale
 2^s; each element is stored as a code of a small element format and means ``element × 2^s``.
 Other rows than the last axis: a `BlockLayout` (spec suffix ``_r``: a conv weight's output-channel
-reductions, ``_rt<g>``: a transposed conv's; `lowbit.formats.block_layout`), which `quantize_`
-gives conv weights, or ``axis`` (``_a<axis>``, `PowerOfTwoBlocks` and `ScaledBlockFormat`).
+reductions, ``_rt<g>``: a transposed conv's; `lowbit.formats.block_layout`; `quantize_` resolves
+``_r`` per layer), or ``axis`` (``_a<axis>``, `PowerOfTwoBlocks` and `ScaledBlockFormat`).
 
 OCP MX v1.0 (section 6.3), as in the spec's reference code (microsoft/microxcaling) and gfloat:
 

@@ -52,7 +52,7 @@ VALID_FORMS = (
     "block32_int4_scale_e8m0fnu, block16_e3m2fn_scale_e4m3fn_t)",
     "any block spec above + _r | _rt<g>  (block layout: blocks along each x[i] flattened, a conv weight's "
     "output-channel reduction; _rt<g>: a transposed-conv weight's [I, O/g, ...] reduction with g groups; "
-    "quantize_ gives conv weights these layouts; e.g. mxfp4_e2m1fn_r, nvfp4_rt2)",
+    "quantize_ resolves _r per layer: a transposed conv gets _rt<groups>; e.g. mxfp4_e2m1fn_r, nvfp4_rt2)",
     "binary | ternary | codebook<k>  (fitted to each tensor: sign·mean|x|; {-a, 0, a} with threshold "
     "0.7·mean|x|; k-means with at most 2^k levels, 1 <= k <= 8)",
 )

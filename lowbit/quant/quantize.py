@@ -112,7 +112,7 @@ def quantize_(model: nn.Module, config: Any, *, on_unsupported: str = "warn") ->
             entry = entry_for(type(module))
             for attr in [a for a, r in entry.tensors.items() if r == role] if entry is not None else ():
                 param = _float_tensor(module, attr)
-                if rc is not None and role == "weight" and isinstance(param, torch.Tensor) and param is not None:
+                if rc is not None and role == "weight" and isinstance(param, torch.Tensor):
                     try:  # a block axis / layout that does not fit the weight: say so now, not mid-forward
                         _check_blocks(weight_format(module, rc.format), param.shape)
                     except ValueError as err:
@@ -277,7 +277,7 @@ def _convert(module: nn.Module, qcls: type, layer: LayerConfig, name: str, seed:
             continue
 
         def make(key: str, rc: RoleConfig = rc, role: str = role) -> RoleQuantizer:
-            # block formats on a weight run along the layer's reduction (the registry decides)
+            # a block spec with _r on a weight: the layer's reduction rows (the registry decides)
             fmt = weight_format(module, rc.format) if role == "weight" else rc.format
             return RoleQuantizer(fmt, rc.rounding, rc.scaling, rc.every, rc.history,
                                  _role_seed(seed, name, key), _granularity(rc.granularity, entry, role), rc.range)

@@ -139,7 +139,7 @@ def storage_bits(fmt: "NumberFormat | str | None", weight: torch.Tensor, *, scal
         return weight.numel() * weight.element_size() * 8
     from lowbit.schemes import Scheme
 
-    if layer is not None and scaling is None:
+    if layer is not None:
         fmt = weight_format(layer, fmt)
     return Scheme.from_role(fmt, scaling=scaling, granularity=granularity).storage_bits(weight)
 

@@ -199,7 +199,7 @@ def _plan(model: nn.Module, formats: Any) -> "list[tuple[str, nn.Module, Any]]":
         if isinstance(chosen, PackedTensor):
             plan.append((name, module, chosen))
         else:
-            chosen = weight_format(module, chosen)  # block formats: along the layer's reduction
+            chosen = weight_format(module, chosen)  # a block spec with _r: the layer's reduction rows
             rounding = role.rounding if role is not None else "nearest_even"
             generator = role.generator if role is not None else None
             packed = None
