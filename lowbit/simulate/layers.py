@@ -190,19 +190,13 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @dataclasses.dataclass
 class _CachedWeight:
-    """One inference-cache entry: the float tensor's bits, its quantized value (and that tensor's
-    version), the tracker exponent it was quantized with and the tracker's statistic of it."""
+    """One inference-cache entry: the float tensor's bits, its quantized value (never handed out:
+    readers get a copy), the tracker exponent it was quantized with and the tracker's statistic of it."""
 
     float_copy: torch.Tensor
     quantized: torch.Tensor
-    version: int
     exponent: "int | None" = None
     statistic: "int | float | None" = None
-
-
-def _version(t: torch.Tensor) -> int:
-    """``t._version``; -1 for an inference tensor (which has no version counter)."""
-    return -1 if t.is_inference() else t._version
 
 
 def _float_descriptor(cls: type, name: str) -> Any:
@@ -306,8 +300,8 @@ class QuantLayerMixin:
         # inference_mode change no version counter, so only the values themselves are a safe key
         cache = self.__dict__.get("_lowbit_weight_cache")
         hit = None if cache is None else cache.get(name)
-        if hit is not None and not (_version(hit.quantized) == hit.version and _same_bits(raw, hit.float_copy)):
-            hit = None  # (an in-place write into the returned tensor bumps its version: not reused)
+        if hit is not None and not _same_bits(raw, hit.float_copy):
+            hit = None
         tracker, exponent = q.tracker, None
         statistic = None if hit is None else hit.statistic
         if tracker is not None:  # the tracker counts this read as a call, exactly as q(raw) would
@@ -317,9 +311,9 @@ class QuantLayerMixin:
                     hit.statistic = statistic
             exponent = tracker.advance(statistic)
             if hit is not None and hit.exponent == exponent:
-                return hit.quantized
+                return hit.quantized.clone()
         elif hit is not None:
-            return hit.quantized
+            return hit.quantized.clone()
         outside = torch.is_inference_mode_enabled() and not raw.is_inference()
         with torch.inference_mode(False) if outside else contextlib.nullcontext(), torch.no_grad():
             # a cache filled under inference_mode must still serve forwards that autograd records
@@ -327,8 +321,10 @@ class QuantLayerMixin:
             qw = q(raw.detach()) if tracker is None else q.quantize_as(raw.detach(), tracker.format())
         if cache is None:
             cache = self.__dict__["_lowbit_weight_cache"] = {}
-        cache[name] = _CachedWeight(ref, qw, _version(qw), exponent, statistic)
-        return qw
+        # readers get a copy: a write into it through .data or a numpy view bumps no version
+        # counter, so the cached tensor itself must never be shared
+        cache[name] = _CachedWeight(ref, qw, exponent, statistic)
+        return qw.clone()
 
     def _lowbit_weight(self) -> torch.Tensor:
         return self.weight  # type: ignore[attr-defined,no-any-return]

@@ -74,6 +74,32 @@ def test_inference_cache_is_not_reused_after_an_in_place_write_into_the_returned
         assert torch.equal(q.weight, INT4.quantize(_param(q).detach()))
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("write", ["mul_", "data_mul", "numpy_view", "data_copy"])
+def test_writes_into_the_returned_weight_never_reach_later_forwards(write: str, mode: str) -> None:
+    # .data and numpy views share the returned tensor's memory but not its version counter: the
+    # cache must not have handed out its own tensor
+    torch.manual_seed(0)
+    q = lb.quantize_(nn.Linear(8, 4), {"weight": "int4"}).eval()
+    x = torch.randn(3, 8)
+    ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    with ctx():
+        q(x)  # fills the cache
+        returned = q.weight
+        if write == "mul_":
+            returned.mul_(3)
+        elif write == "data_mul":
+            returned.data.mul_(3)
+        elif write == "numpy_view":
+            returned.detach().numpy()[:] *= -2
+        else:
+            returned.data.copy_(torch.randn(4, 8))
+        got = q(x)
+        again = q(x)
+    assert torch.equal(got, _want(q, x)) and torch.equal(again, _want(q, x))
+    assert torch.equal(q.weight, INT4.quantize(_param(q).detach()))
+
+
 # ------------------------------------------------------------------ a supported root with children
 def test_quantize_on_a_parametrized_root_layer_quantizes_it() -> None:
     torch.manual_seed(0)
