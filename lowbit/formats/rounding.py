@@ -13,7 +13,7 @@ import enum
 
 import torch
 
-__all__ = ["Rounding", "ROUNDING_MODES", "check_rounding", "round_up", "draw_seed", "uniform_stream"]
+__all__ = ["Rounding", "ROUNDING_MODES", "check_rounding", "round_up", "draw_seed", "uniform_stream", "uniforms_at"]
 
 
 class Rounding(str, enum.Enum):
@@ -95,10 +95,12 @@ def rounds_toward_zero(mode: Rounding, negative: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- stochastic rounding stream
-# Stochastic rounding draws one 64-bit seed from the caller's torch.Generator, then element i
-# (in row-major order) uses u_i = splitmix64(seed + (i + 1)·φ) >> 11 as a 53-bit uniform. The
-# stream is counter based, so the torch reference and the fast kernels produce the same bits for
-# the same generator state, whatever the device, thread count or chunking.
+# Stochastic rounding draws one 64-bit seed from the caller's torch.Generator; then elements 2m
+# and 2m + 1 (in row-major order) take the high and the low 32 bits of
+# h_m = splitmix64(seed + (m + 1)·φ) as their uniforms u = bits · 2^-32 (one hash serves two
+# elements). The stream is counter based, so the torch reference and the fast kernels produce the
+# same bits for the same generator state, whatever the device, thread count or chunking. Round up
+# where u < p: the probability of rounding up is p rounded up to a multiple of 2^-32.
 _PHI = 0x9E3779B97F4A7C15 - (1 << 64)
 _MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _MIX2 = 0x94D049BB133111EB - (1 << 64)
@@ -115,10 +117,19 @@ def _shift_right_logical(z: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def uniform_stream(seed: int, start: int, count: int, device: "torch.device | str" = "cpu") -> torch.Tensor:
-    """Uniforms u_start … u_(start+count−1) in [0, 1), float64, multiples of 2^-53."""
-    i = torch.arange(start + 1, start + count + 1, dtype=torch.int64, device=device)
-    z = seed + i * _PHI  # int64 arithmetic wraps mod 2^64 like the uint64 original
+    """Uniforms u_start … u_(start+count−1) in [0, 1), float64, multiples of 2^-32."""
+    return uniforms_at(seed, torch.arange(start, start + count, dtype=torch.int64, device=device))
+
+
+def uniforms_at(seed: int, index: torch.Tensor) -> torch.Tensor:
+    """The uniforms u_i of the stream of ``seed`` at the int64 element indices ``index``.
+
+    >>> bool(torch.equal(uniforms_at(7, torch.tensor([2, 0])), uniform_stream(7, 0, 3)[[2, 0]]))
+    True
+    """
+    z = seed + ((index >> 1) + 1) * _PHI  # int64 arithmetic wraps mod 2^64 like the uint64 original
     z = (z ^ _shift_right_logical(z, 30)) * _MIX1
     z = (z ^ _shift_right_logical(z, 27)) * _MIX2
     z = z ^ _shift_right_logical(z, 31)
-    return _shift_right_logical(z, 11).to(torch.float64) * 2.0**-53
+    half = torch.where((index & 1) == 0, _shift_right_logical(z, 32), z & 0xFFFFFFFF)
+    return half.to(torch.float64) * 2.0**-32

@@ -10,6 +10,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from lowbit.kernels.runtime import key_caches_on_kernel_sources
+
+key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
+
 
 @njit(parallel=True, cache=True)
 def finite_amax_float(x, chunk):

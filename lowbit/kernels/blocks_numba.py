@@ -29,6 +29,10 @@ from typing import Any, Callable
 import numpy as np
 from numba import float64, int64, njit, prange
 
+from lowbit.kernels.runtime import key_caches_on_kernel_sources
+
+key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
+
 from lowbit.kernels.numba_cpu import (
     NEAREST_EVEN,
     STOCHASTIC,

@@ -19,7 +19,7 @@ from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import ROUNDING_MODES, Rounding, draw_seed
-from lowbit.kernels import get_backend, resolve_backend, runtime
+from lowbit.kernels import get_backend, resolve_backend, runtime, stochastic_tables
 
 _TABLE_BITS = 16
 
@@ -175,10 +175,15 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
     big = deterministic and flat.numel() >= _TABLES_FROM
     table32 = (_float32_table(fmt, m) if deterministic and x.dtype == torch.float32
                and flat.numel() >= _FLOAT32_TABLE_FROM else None)
+    stochastic32 = (stochastic_tables.float32_tables(fmt) if not deterministic and x.dtype == torch.float32
+                    and flat.numel() >= _STOCHASTIC_TABLES_FROM else None)
     if big and x.dtype in _HALF:
         _run(k.table_lookup16, _array(flat), _half_table(fmt, m, x.dtype), _array(result))
     elif table32 is not None:
         _run(k.table_lookup32, flat.view(torch.int32).numpy(), table32, _array(result))
+    elif stochastic32 is not None:
+        _run(k.stochastic_lookup32(stochastic32.divide), flat.view(torch.int32).numpy(), flat.numpy(),
+             *stochastic32.arrays, _seed(mode, generator), _array(result))
     else:
         _quantize_into(fmt, family, p, m, _seed(mode, generator), _array(flat), _array(result), x.dtype)
     if out is None:
@@ -214,6 +219,9 @@ _TABLES_FROM = 1 << 16  # 16-bit inputs of at least this many elements use a loo
 # thread costs ~0.5 ns per element, the element kernel ~2 ns plus waking a worker (~20 µs on an
 # idle machine, often milliseconds on a loaded one; benchmarks/bench_training.py)
 _FLOAT32_TABLE_FROM = 1
+# stochastic rounding of float32 inputs by bucket tables (`stochastic_tables`: ~0.1-0.2 s to build
+# once per format) from this many elements
+_STOCHASTIC_TABLES_FROM = 1 << 12
 
 
 @functools.lru_cache(maxsize=64)

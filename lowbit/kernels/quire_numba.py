@@ -23,6 +23,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from lowbit.kernels.runtime import key_caches_on_kernel_sources
+
+key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
+
 _M30 = (1 << 30) - 1
 _MAXF64 = 1.7976931348623157e308
 _NORMALIZE_EVERY = 1 << 24

@@ -28,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hashlib
 import os
 import threading
 import traceback
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -65,11 +67,65 @@ def _load() -> "tuple[Any, Any] | str":
     except Exception as err:  # ImportError, or a broken install failing in its own import
         return f"numba cannot be imported ({type(err).__name__}: {err})"
     _choose_threading_layer(numba)
+    key_caches_on_kernel_sources()
     try:
         from lowbit.kernels import numba_cpu
     except Exception as err:
         return f"lowbit's numba kernels cannot load ({type(err).__name__}: {err})"
     return numba, numba_cpu
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+KERNEL_SOURCE_DIRS = ("kernels", "storage")  # every lowbit module with numba kernels lives here
+
+
+def kernel_sources_digest(package: Path = _PACKAGE) -> bytes:
+    """sha256 of the names and bytes of every module in lowbit's kernel directories."""
+    digest = hashlib.sha256()
+    for folder in KERNEL_SOURCE_DIRS:
+        for path in sorted((package / folder).glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.digest()
+
+
+def key_caches_on_kernel_sources() -> None:
+    """Key every cached lowbit kernel on the sources of all kernel modules, not only its own file.
+
+    numba's disk cache checks only the file that defines a kernel; lowbit's kernels inline helpers
+    of other modules (blocks_numba uses numba_cpu's rounding and uniforms), so after an edit or an
+    upgrade that changed only the helper's file, numba would load the old machine code and return
+    wrong bits. lowbit puts its own locators (numba's, with the digest of every kernel module
+    added to the source stamp) in front of numba's list, for files inside the lowbit package."""
+    from numba.core import caching
+
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # numba ≥ 0.62 / older
+    classes = getattr(impl, "_locator_classes", None)
+    if classes is None or any(getattr(c, "lowbit_digest", None) for c in classes):
+        return
+    digest = kernel_sources_digest()
+    root = str(_PACKAGE) + os.sep
+
+    def keyed(base: Any) -> Any:
+        class Keyed(base):  # type: ignore[misc, valid-type]
+            lowbit_digest = digest
+
+            @classmethod
+            def from_function(cls, py_func: Any, py_file: str) -> Any:
+                if not os.path.abspath(py_file).startswith(root):
+                    return None
+                return super().from_function(py_func, py_file)
+
+            def get_source_stamp(self) -> Any:
+                return super().get_source_stamp(), digest
+
+        Keyed.__name__ = Keyed.__qualname__ = f"LowbitKeyed{base.__name__}"
+        return Keyed
+
+    bases = [getattr(caching, name, None) for name in ("UserProvidedCacheLocator", "InTreeCacheLocator",
+                                                      "UserWideCacheLocator", "_UserProvidedCacheLocator",
+                                                      "_InTreeCacheLocator", "_UserWideCacheLocator")]
+    ours = [keyed(c) for c in classes if c in bases]
+    impl._locator_classes = ours + list(classes)
 
 
 def _choose_threading_layer(numba: Any) -> None:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
+from lowbit.kernels.runtime import key_caches_on_kernel_sources
+
+key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
+
 __all__ = ["pack_into", "unpack_into"]
 
 

@@ -30,6 +30,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
+from lowbit.kernels.runtime import key_caches_on_kernel_sources
+
+key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
+
 __all__ = ["block_rows_apply", "decode_block_rows", "decode_scaled_rows", "scaled_rows_apply"]
 
 #: the least codes per scale of `decode_scaled_rows`: below it, making a row's table (256

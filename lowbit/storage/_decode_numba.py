@@ -21,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
+from lowbit.kernels.runtime import key_caches_on_kernel_sources
+
+key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
+
 from lowbit.storage._block_rows_numba import block_rows_apply, decode_block_rows, decode_scaled_rows, scaled_rows_apply
 
 __all__ = ["WIDE_BITS", "lut_decode_into", "wide_decode_into", "decode_into", "decode_runs_into", "decode_grid_into",

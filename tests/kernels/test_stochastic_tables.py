@@ -1,0 +1,120 @@
+"""Stochastic rounding of float32 inputs by bucket tables (`lowbit.kernels.stochastic_tables`):
+the same bits as the reference for every slot's boundary floats of every ≤ 8-bit format, and the
+stream the kernels draw equals an independent splitmix64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit as lb
+from lowbit.formats.rounding import uniform_stream, uniforms_at
+from lowbit.kernels import numba_cpu, stochastic_tables
+
+pytestmark = pytest.mark.skipif(lb.kernels.runtime.numba_problem() is not None, reason="numba does not load")
+
+# every family and the corner cases of each: es, scales, NaN / inf policies, subnormals, grids
+TABLE_FORMATS = [
+    "posit8_es0", "posit8_es1", "posit8_es2", "posit8_es2_s-3", "posit6_es1", "posit4_es0", "posit5_es3",
+    "e4m3fn", "e5m2", "e2m1fn", "e3m2fn", "e2m3fn", "e4m3fnuz", "e5m2fnuz", "e4m3", "e3m4",
+    "fixed8_f4", "fixed8_f0", "fixed6_f7", "int8", "int4", "uint8",
+]
+
+
+def _boundary_floats() -> torch.Tensor:
+    """Per bucket of 2^16 float32 patterns: its first two, middle and last two patterns."""
+    top = torch.arange(1 << 16, dtype=torch.int64) << 16
+    pats = torch.cat([top, top | 1, top | 0x8000, top | 0xFFFE, top | 0xFFFF])
+    pats = torch.where(pats >= 1 << 31, pats - (1 << 32), pats).to(torch.int32)
+    return pats.view(torch.float32)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    nan = torch.isnan(a) & torch.isnan(b)
+    return bool(((a.view(torch.int32) == b.view(torch.int32)) | nan).all())
+
+
+@pytest.mark.parametrize("spec", TABLE_FORMATS)
+def test_table_path_equals_reference_at_every_slot_boundary(spec):
+    fmt = lb.parse_format(spec)
+    tables = stochastic_tables.float32_tables(fmt)
+    assert tables is not None, f"{spec}: every ≤ 8-bit format of these families has tables"
+    x = _boundary_floats()
+    for seed in (0, 1):
+        fast = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="numba")
+        ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="reference")
+        assert _same_bits(fast, ref), spec
+
+
+@pytest.mark.parametrize("spec", ["posit8_es2", "e4m3fn", "e5m2", "int8"])
+def test_table_path_equals_reference_on_wide_random_data_and_specials(spec):
+    fmt = lb.parse_format(spec)
+    g = torch.Generator().manual_seed(5)
+    scales = torch.tensor([1e-30, 1e-7, 1e-3, 1.0, 300.0, 1e5, 1e30])
+    x = (torch.randn(7, 40_000, generator=g) * scales[:, None]).reshape(-1)
+    x[::997] = float("nan")
+    x[1::991] = float("inf")
+    x[2::983] = -float("inf")
+    x[3::977] = -0.0
+    x[4::971] = 0.0
+    x = x[torch.randperm(x.numel(), generator=g)]
+    fast = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(9), backend="numba")
+    ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(9), backend="reference")
+    assert _same_bits(fast, ref)
+
+
+def test_kernel_divides_only_where_a_gap_is_not_a_power_of_two():
+    # posit8_es2 cuts exponent bits at its extreme regimes: gaps like 2^18 - 2^16
+    assert stochastic_tables.float32_tables(lb.parse_format("posit8_es2")).divide
+    assert not stochastic_tables.float32_tables(lb.parse_format("e4m3fn")).divide
+    assert not stochastic_tables.float32_tables(lb.parse_format("posit8_es0")).divide
+
+
+def test_wider_formats_have_no_tables():
+    assert stochastic_tables.float32_tables(lb.parse_format("posit16_es1")) is None
+    assert stochastic_tables.float32_tables(lb.parse_format("e5m10")) is None
+
+
+def test_table_path_keeps_in_place_and_out_semantics():
+    fmt = lb.parse_format("e4m3fn")
+    x = torch.randn(50_000, generator=torch.Generator().manual_seed(2))
+    expected = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(3), backend="reference")
+    inplace = x.clone()
+    fmt.quantize(inplace, "stochastic", torch.Generator().manual_seed(3), out=inplace)
+    assert _same_bits(inplace, expected)
+    shifted = torch.cat([x, torch.zeros(1)])
+    fmt.quantize(shifted[:-1], "stochastic", torch.Generator().manual_seed(3), out=shifted[1:])
+    assert _same_bits(shifted[1:], expected)
+
+
+# ------------------------------------------------------------------------------ the stream
+def _splitmix64(state: int) -> int:
+    """Vigna's splitmix64 output for one state (pure Python, arbitrary precision ints)."""
+    mask = (1 << 64) - 1
+    z = state & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def _oracle_uniform(seed: int, i: int) -> float:
+    h = _splitmix64(seed + (i // 2 + 1) * 0x9E3779B97F4A7C15)
+    half = h >> 32 if i % 2 == 0 else h & 0xFFFFFFFF
+    return half / 2**32
+
+
+@pytest.mark.parametrize("seed", [0, 1, (1 << 62) - 1, 123456789])
+def test_stream_is_splitmix64_halves(seed):
+    index = torch.tensor([0, 1, 2, 3, 4, 5, 1001, 1 << 40, (1 << 40) + 1], dtype=torch.int64)
+    got = uniforms_at(seed, index).tolist()
+    assert got == [_oracle_uniform(seed, int(i)) for i in index]
+
+
+@pytest.mark.parametrize("start", [0, 1, 2, 7])
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 512])
+def test_kernel_uniforms_equal_the_stream_from_any_start(start, count):
+    seed = 987654321
+    got = np.zeros(max(count, 1))
+    numba_cpu.fill_uniforms(got, seed, start, count)
+    assert got[:count].tolist() == uniform_stream(seed, start, count).tolist()
