@@ -281,18 +281,20 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
 
 
 def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch.Tensor | None":
-    """Posits of more than 16 bits: decode each code in float64 (exact), then round once to ``dtype``."""
-    _, k = _numba()
+    """Posits of more than 16 bits (`lowbit.kernels.posit_decode_numba`): each code's exact value,
+    rounded once to ``dtype``. int32 / int64 codes are read as they are (no widened copy)."""
+    from lowbit.kernels import posit_decode_numba
+
     flat = codes.detach().contiguous().reshape(-1)
     if flat.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         return None  # the reference says what is wrong with the codes
-    flat = flat.to(torch.int64)
+    if flat.dtype not in (torch.int32, torch.int64):
+        flat = flat.to(torch.int32)  # one compiled kernel per output for every narrower code dtype
     out = torch.empty(flat.shape, dtype=dtype)
     fmax, tiny = _limits(dtype)
-    bit_tricks = (fmt.n - 2) * (1 << fmt.es) + abs(fmt.scale) + fmt.n <= 1000
-    bad = _run(k.posit_decode(_OUT_KIND[dtype]), flat.numpy(), fmt.n, fmt.es, fmt.scale, _array(out), fmax, tiny,
-               bit_tricks)
-    if bad:
+    kernel = posit_decode_numba.posit_decode(_OUT_KIND[dtype], flat.dtype == torch.int64)
+    largest = _run(kernel, flat.numpy(), fmt.n, fmt.es, fmt.scale, _array(out), fmax, tiny)
+    if int(largest) >> fmt.n:  # a code outside [0, 2^n) (a negative one reads as huge)
         return None
     return out.reshape(codes.shape)
 
