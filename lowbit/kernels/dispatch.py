@@ -19,7 +19,7 @@ from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import ROUNDING_MODES, Rounding, draw_seed
-from lowbit.kernels import get_backend, resolve_backend, runtime
+from lowbit.kernels import get_backend, hugepages, resolve_backend, runtime
 
 _TABLE_BITS = 16
 
@@ -143,7 +143,7 @@ def encode(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "torch
     flat = _flat_input(x)
     if flat.dtype in _HALF:  # exact in float32: the encode kernels take float32 / float64 input only
         flat = flat.to(torch.float32)
-    out = torch.empty(flat.shape, dtype=fmt.code_dtype)
+    out = hugepages.empty(flat.shape, fmt.code_dtype)
     m = ROUNDING_MODES.index(mode.value)
     seed = _seed(mode, generator)
     xs, os = flat.numpy(), out.numpy()
@@ -169,7 +169,7 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
     if out is not None and _writes_in_place(out, flat):
         result = out
     else:
-        result = torch.empty(x.shape, dtype=x.dtype)
+        result = hugepages.empty(x.shape, x.dtype)
     m = ROUNDING_MODES.index(mode.value)
     deterministic = mode is not Rounding.STOCHASTIC
     big = deterministic and flat.numel() >= _TABLES_FROM
@@ -273,7 +273,7 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
     flat = codes.detach().contiguous().reshape(-1)
     if flat.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         flat = flat.to(torch.int64)
-    out = torch.empty(flat.shape, dtype=dtype)
+    out = hugepages.empty(flat.shape, dtype)
     bad = _run(k.table_decode, flat.numpy(), table, _unused_code(fmt), _array(out))
     if bad:
         return None
@@ -290,7 +290,7 @@ def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch
         return None  # the reference says what is wrong with the codes
     if flat.dtype not in (torch.int32, torch.int64):
         flat = flat.to(torch.int32)  # one compiled kernel per output for every narrower code dtype
-    out = torch.empty(flat.shape, dtype=dtype)
+    out = hugepages.empty(flat.shape, dtype)
     fmax, tiny = _limits(dtype)
     kernel = posit_decode_numba.posit_decode(_OUT_KIND[dtype], flat.dtype == torch.int64)
     largest = _run(kernel, flat.numpy(), fmt.n, fmt.es, fmt.scale, _array(out), fmax, tiny)
