@@ -292,7 +292,10 @@ def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch
         flat = flat.to(torch.int32)  # one compiled kernel per output for every narrower code dtype
     out = hugepages.empty(flat.shape, dtype)
     fmax, tiny = _limits(dtype)
-    kernel = posit_decode_numba.posit_decode(_OUT_KIND[dtype], flat.dtype == torch.int64)
+    kind = _OUT_KIND[dtype]
+    if dtype == torch.float32 and fmt.max <= fmax and fmt.min_positive >= tiny:
+        kind = posit_decode_numba.OUT_F32_IN_RANGE  # nothing to saturate: a plain cast rounds
+    kernel = posit_decode_numba.posit_decode(kind)
     largest = _run(kernel, flat.numpy(), fmt.n, fmt.es, fmt.scale, _array(out), fmax, tiny)
     if int(largest) >> fmt.n:  # a code outside [0, 2^n) (a negative one reads as huge)
         return None

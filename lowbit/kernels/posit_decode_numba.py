@@ -16,10 +16,11 @@ decode here, field by field, with no loop over the regime and no float arithmeti
 The value is then rounded once to the output (`numba_cpu._store`: float64, float32 or the bit
 patterns of float16 / bfloat16), as the reference does. Codes are read in their own integer dtype
 (int32 or int64): no widened copy of the input is made. Each worker takes `BLOCK` codes at a
-time; int64 codes are first narrowed into a small buffer (a 2-3x faster decode on large tensors
-than reading them in the decode loop itself). The kernel returns the largest code it saw, read
-as unsigned (a negative code counts as huge), so that the caller can reject codes outside
-[0, 2^n) and let the reference raise its precise error.
+time, narrows them into a buffer that stays in the L1 cache, then decodes from it (measured on
+2^24 codes, 2 threads: the whole decode 1.2-1.4x faster for int32 codes, and a single-thread
+decode loop 2.7x faster for int64 codes, than decoding straight from the codes). The kernel
+returns the largest code it saw, read as unsigned (a negative code counts as huge), so that the
+caller can reject codes outside [0, 2^n) and let the reference raise its precise error.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ import functools
 from typing import Any, Callable
 
 import numpy as np
-from numba import int32, int64, njit, prange, uint32, uint64
+from numba import float32, int32, int64, njit, prange, uint32, uint64
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from lowbit.kernels.numba_cpu import _store
 
-__all__ = ["BLOCK", "posit_decode_value", "posit_decode"]
+__all__ = ["BLOCK", "OUT_F32_IN_RANGE", "posit_decode_value", "posit_decode"]
 
-BLOCK = 1 << 12  # codes per work item: a narrowed int64 block stays in the L1 cache
+BLOCK = 1 << 12  # codes per work item: their narrowed copy (16 KiB) stays in the L1 cache
+#: output kind: float32 for a format whose every value lies in [2^-149, float32 max]: one plain
+#: cast rounds it (no saturation, and no nonzero value rounds to 0); 25% less work per code
+OUT_F32_IN_RANGE = -1
 
 
 @njit(inline="always", cache=True)
@@ -61,28 +65,27 @@ def posit_decode_value(c, n, es, scale):
 
 
 @functools.lru_cache(maxsize=None)
-def posit_decode(out_kind: int, wide: bool) -> Callable[..., Any]:
-    """The decode kernel writing output kind ``out_kind`` (`numba_cpu.OUT_F64` …) from int64
-    codes (``wide``) or int32 codes: out[i] = the value of codes[i] (`posit_decode_value`, on its
-    low n bits) rounded once to the output. Returns the largest code read as unsigned 64-bit."""
+def posit_decode(out_kind: int) -> Callable[..., Any]:
+    """The decode kernel writing output kind ``out_kind`` (`numba_cpu.OUT_F64` …, or
+    `OUT_F32_IN_RANGE`): out[i] = the value of codes[i] (int32 or int64; `posit_decode_value` of
+    its low n bits) rounded once to the output. Returns the largest code read as unsigned 64-bit
+    (a negative code reads as huge)."""
+
+    @njit(inline="always", cache=True)
+    def rounded(v, fmax, tiny):
+        if out_kind == OUT_F32_IN_RANGE:
+            return float32(v)
+        return _store(v, out_kind, fmax, tiny)
 
     @njit(inline="always", cache=True)
     def block(codes, n, es, scale, out, fmax, tiny, buffer):
         largest = uint64(0)
-        if wide:
-            for j in range(codes.size):
-                c = codes[j]
-                largest = max(largest, uint64(c))
-                buffer[j] = uint32(c)
-            for j in range(codes.size):
-                out[j] = _store(posit_decode_value(buffer[j], n, es, scale), out_kind, fmax, tiny)
-        else:
-            small = uint32(0)
-            for j in range(codes.size):
-                c = uint32(codes[j])
-                small = max(small, c)
-                out[j] = _store(posit_decode_value(c, n, es, scale), out_kind, fmax, tiny)
-            largest = uint64(small) if small < uint32(0x80000000) else uint64(0xFFFFFFFFFFFFFFFF)  # negative int32
+        for j in range(codes.size):  # narrow into the cached buffer, checking the range
+            c = codes[j]
+            largest = max(largest, uint64(int64(c)))
+            buffer[j] = uint32(c)
+        for j in range(codes.size):
+            out[j] = rounded(posit_decode_value(buffer[j], n, es, scale), fmax, tiny)
         return largest
 
     @njit(parallel=True, cache=True)
@@ -92,7 +95,7 @@ def posit_decode(out_kind: int, wide: bool) -> Callable[..., Any]:
         for b in prange(count):
             lo = b * BLOCK
             hi = min(lo + BLOCK, codes.size)
-            buffer = np.empty(BLOCK if wide else 0, np.uint32)
+            buffer = np.empty(BLOCK, np.uint32)
             largest[b] = block(codes[lo:hi], n, es, scale, out[lo:hi], fmax, tiny, buffer)
         return largest.max()
 
