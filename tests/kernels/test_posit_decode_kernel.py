@@ -149,3 +149,23 @@ def test_the_value_function_alone_decodes_every_code_of_small_posits_exactly():
             out = torch.empty(len(codes), dtype=torch.float64)
             values(torch.tensor(codes).numpy(), n, es, 3, out.numpy())
             assert_same_bits(out, _oracle_float64(codes, n, es, 3), torch.tensor(codes), what=f"posit{n}_es{es}_s3")
+
+
+def test_int64_codes_read_as_word_pairs_give_the_same_values_in_either_word_order():
+    # the kernel reads an int64 code as two 32-bit words; on a big-endian machine the low word
+    # comes second: that order is checked here on swapped pairs
+    from lowbit.kernels import dispatch
+
+    fmt = lb.parse_format("posit32_es3_s-7")
+    codes = torch.tensor(_pattern_codes(32, seed=11) + [1 << 32, (1 << 32) + 5], dtype=torch.int64)
+    words = codes.numpy().view("uint32").reshape(-1, 2)
+    kernel = posit_decode_numba.posit_decode(dispatch._OUT_KIND[torch.float64])
+    results = []
+    for low, pairs in ((0, words), (1, words[:, ::-1].copy())):
+        out = torch.empty(len(codes), dtype=torch.float64)
+        low_max, high_max = kernel(pairs.reshape(-1), 2, low, 32, 3, -7, out.numpy(), 0.0, 0.0)
+        assert (int(low_max), int(high_max)) == (0xFFFFFFFF, 1)  # the two codes >= 2^32 show in the high word
+        results.append(out[:-2])
+    want = _oracle_float64([int(c) for c in codes[:-2]], 32, 3, -7)
+    assert_same_bits(results[0], want)
+    assert_same_bits(results[1], want)
