@@ -10,8 +10,9 @@ The kernel bars are checked in the same run and listed at the end ("bars"): 8-bi
 ≥ 50 % of ``torch.add(x, 0, out=y)``, allocating quantize ≥ 80 % of ``x.clone()``, stochastic
 ≥ 50 % of nearest, float16 / bfloat16 inputs at least as fast per element as float32 and ≤ 2×
 the input's size in extra memory, the reference path ≤ 4× the input's size in extra memory,
-posit17–32 decode ≥ 25 % of add. ``--contention`` repeats the key figures with two other
-CPU-bound processes running on the same cores.
+posit17–32 decode ≥ 25 % of add (these two bars time the operation and its baseline
+alternately, so that a busy neighbour slows both alike). ``--contention`` repeats the key
+figures with two other CPU-bound processes running on the same cores.
 
 Extra memory is the peak resident set size above the resident size before the call, read from
 Linux's /proc/self/status (VmHWM, reset through /proc/self/clear_refs): it counts every page the
@@ -51,6 +52,20 @@ def rate(fn: Callable[[], object], n: int, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return n / statistics.median(times)
+
+
+def paired_rates(fn: Callable[[], object], baseline: Callable[[], object], n: int,
+                 repeats: int) -> "tuple[float, float]":
+    """(rate of fn, rate of baseline), the two timed alternately (median of ``repeats`` each), so
+    that a noisy neighbour slows both alike and their ratio holds."""
+    fn(), baseline()  # warm up
+    times: "tuple[list[float], list[float]]" = ([], [])
+    for _ in range(repeats):
+        for f, kept in ((baseline, times[1]), (fn, times[0])):
+            t0 = time.perf_counter()
+            f()
+            kept.append(time.perf_counter() - t0)
+    return n / statistics.median(times[0]), n / statistics.median(times[1])
 
 
 def _status_kib(field: str) -> "int | None":
@@ -195,7 +210,14 @@ def kernel_bars(x: torch.Tensor, y: torch.Tensor, n: int, args: argparse.Namespa
     add("torch.add(x, 0, out=y)", "memory-bandwidth baseline (again)", lambda: torch.add(x, 0, out=y))
     add_rate = last()
     add("x.clone()", "allocating copy (again)", lambda: x.clone())
-    clone_rate = last()
+
+    def paired(name: str, what: str, fn: Callable[[], object], baseline: Callable[[], object]) -> float:
+        """Add fn's row (timed alternately with baseline) and return fn's rate / baseline's."""
+        rate_fn, rate_base = paired_rates(fn, baseline, n, args.repeats)
+        rows.append({"name": name, "operation": what, "elements_per_s": rate_fn})
+        print(f"{name:28s} {what:28s} {rate_fn:10.3e}", flush=True)
+        return rate_fn / rate_base
+
     eight = [s for s in args.formats if lb.parse_format(s).bits == 8]
     for spec in args.formats:
         fmt = lb.parse_format(spec)
@@ -203,8 +225,9 @@ def kernel_bars(x: torch.Tensor, y: torch.Tensor, n: int, args: argparse.Namespa
         nearest = last()
         if spec in eight:
             bar(f"{spec} quantize(out=) / torch.add(out=)", nearest / add_rate, ">=", 0.5)
-            add(f"lowbit {spec}", "bars: quantize (allocating)", lambda fmt=fmt: fmt.quantize(x))
-            bar(f"{spec} quantize / x.clone()", last() / clone_rate, ">=", 0.8)
+            ratio = paired(f"lowbit {spec}", "bars: quantize (allocating), beside x.clone()",
+                           lambda fmt=fmt: fmt.quantize(x), lambda: x.clone())
+            bar(f"{spec} quantize / x.clone()", ratio, ">=", 0.8)
         sg = torch.Generator().manual_seed(1)
         add(f"lowbit {spec}", "bars: stochastic (out=y)", lambda fmt=fmt, sg=sg: fmt.quantize(x, "stochastic", sg, out=y))
         bar(f"{spec} stochastic / nearest", last() / nearest, ">=", 0.5)
@@ -225,8 +248,9 @@ def kernel_bars(x: torch.Tensor, y: torch.Tensor, n: int, args: argparse.Namespa
     for spec in ("posit17_es1", "posit24_es2", "posit32_es2"):
         fmt = lb.parse_format(spec)
         codes = fmt.encode(x)
-        add(f"lowbit {spec}", "bars: decode", lambda fmt=fmt, codes=codes: fmt.decode(codes))
-        bar(f"{spec} decode / torch.add(out=)", last() / add_rate, ">=", 0.25)
+        ratio = paired(f"lowbit {spec}", "bars: decode, beside torch.add(out=)",
+                       lambda fmt=fmt, codes=codes: fmt.decode(codes), lambda: torch.add(x, 0, out=y))
+        bar(f"{spec} decode / torch.add(out=)", ratio, ">=", 0.25)
     if args.contention:
         busy = _busy_processes(2)
         try:

@@ -9,6 +9,7 @@ runs the torch reference.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable
 
 import torch
@@ -19,7 +20,7 @@ from lowbit.formats.fixed_point import _UniformGrid
 from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import ROUNDING_MODES, Rounding, draw_seed
-from lowbit.kernels import get_backend, resolve_backend, runtime, stochastic_tables
+from lowbit.kernels import get_backend, hugepages, resolve_backend, runtime, stochastic_tables
 
 _TABLE_BITS = 16
 
@@ -143,7 +144,7 @@ def encode(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "torch
     flat = _flat_input(x)
     if flat.dtype in _HALF:  # exact in float32: the encode kernels take float32 / float64 input only
         flat = flat.to(torch.float32)
-    out = torch.empty(flat.shape, dtype=fmt.code_dtype)
+    out = hugepages.empty(flat.shape, fmt.code_dtype)
     m = ROUNDING_MODES.index(mode.value)
     seed = _seed(mode, generator)
     xs, os = flat.numpy(), out.numpy()
@@ -169,7 +170,7 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
     if out is not None and _writes_in_place(out, flat):
         result = out
     else:
-        result = torch.empty(x.shape, dtype=x.dtype)
+        result = hugepages.empty(x.shape, x.dtype)
     m = ROUNDING_MODES.index(mode.value)
     deterministic = mode is not Rounding.STOCHASTIC
     big = deterministic and flat.numel() >= _TABLES_FROM
@@ -281,7 +282,7 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
     flat = codes.detach().contiguous().reshape(-1)
     if flat.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         flat = flat.to(torch.int64)
-    out = torch.empty(flat.shape, dtype=dtype)
+    out = hugepages.empty(flat.shape, dtype)
     bad = _run(k.table_decode, flat.numpy(), table, _unused_code(fmt), _array(out))
     if bad:
         return None
@@ -289,18 +290,28 @@ def decode(fmt: ScalarFormat, codes: torch.Tensor, dtype: torch.dtype,
 
 
 def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch.Tensor | None":
-    """Posits of more than 16 bits: decode each code in float64 (exact), then round once to ``dtype``."""
-    _, k = _numba()
+    """Posits of more than 16 bits (`lowbit.kernels.posit_decode_numba`): each code's exact value,
+    rounded once to ``dtype``. int32 / int64 codes are read as they are (no widened copy)."""
+    from lowbit.kernels import posit_decode_numba
+
     flat = codes.detach().contiguous().reshape(-1)
     if flat.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         return None  # the reference says what is wrong with the codes
-    flat = flat.to(torch.int64)
-    out = torch.empty(flat.shape, dtype=dtype)
+    if flat.dtype not in (torch.int32, torch.int64):
+        flat = flat.to(torch.int32)  # one compiled kernel per output for every narrower code dtype
+    out = hugepages.empty(flat.shape, dtype)
     fmax, tiny = _limits(dtype)
-    bit_tricks = (fmt.n - 2) * (1 << fmt.es) + abs(fmt.scale) + fmt.n <= 1000
-    bad = _run(k.posit_decode(_OUT_KIND[dtype]), flat.numpy(), fmt.n, fmt.es, fmt.scale, _array(out), fmax, tiny,
-               bit_tricks)
-    if bad:
+    kind = _OUT_KIND[dtype]
+    if dtype == torch.float32 and fmt.max <= fmax and fmt.min_positive >= tiny:
+        kind = posit_decode_numba.OUT_F32_IN_RANGE  # nothing to saturate: a plain cast rounds
+    wide = flat.dtype == torch.int64
+    words = flat.numpy().view("uint32")  # 1 (int32) or 2 (int64) words per code
+    kernel = posit_decode_numba.posit_decode(kind)
+    low, high = _run(kernel, words, 2 if wide else 1, 0 if sys.byteorder == "little" else 1, fmt.n, fmt.es,
+                     fmt.scale, _array(out), fmax, tiny)
+    # a code outside [0, 2^n): a high word of an int64 code set, or a low word too wide (an int32
+    # code must also be nonnegative: below 2^31)
+    if int(high) or int(low) >> (fmt.n if wide else min(fmt.n, 31)):
         return None
     return out.reshape(codes.shape)
 

@@ -250,10 +250,17 @@ def _posit_encode(v, n, es, scale, mode, u):
     elif mode == CEIL:
         up = (guard | rest) & (not negative)
     else:
-        lo = _posit_decode_mag(mag, n, es, scale)
-        hi = _posit_decode_mag(min(mag + 1, maxmag), n, es, scale)
-        gap = hi - lo
-        p_up = (safe - lo) / gap if gap > 0 else 0.0
+        kept = n - 1 - regime_len - es  # fraction bits the posit keeps (< 0: exponent bits cut off)
+        if kept >= 0 and mag < maxmag:
+            # lo is safe cut to `kept` fraction bits and the gap one unit there, so
+            # (safe - lo) / gap is exactly safe's dropped fraction bits, read as a fraction
+            dropped = 52 - kept
+            p_up = float64(fraction & ((int64(1) << dropped) - 1)) * _pow2(-dropped)
+        else:
+            lo = _posit_decode_mag(mag, n, es, scale)
+            hi = _posit_decode_mag(min(mag + 1, maxmag), n, es, scale)
+            gap = hi - lo
+            p_up = (safe - lo) / gap if gap > 0 else 0.0
         up = u < p_up
     mag = min(max(mag + (1 if up else 0), 1), maxmag)
     mag = maxmag if above else mag
@@ -571,60 +578,6 @@ def table_decode(codes, table, unused_code, out):
         bad += 1 if invalid else 0
         out[i] = table[min(max(c, 0), size - 1)]
     return bad
-
-
-@njit(inline="always", cache=True)
-def _posit_code_value(c, n, es, scale, nar, mask):
-    """The exact float64 value of posit code c in [0, 2^n), times 2^scale (NaR -> NaN), read field
-    by field (a posit of at most 32 bits has at most 29 fraction bits: exact in float64)."""
-    if c == 0:
-        return 0.0
-    if c == nar:
-        return np.nan
-    neg = c >= nar
-    if neg:
-        c = (-c) & mask  # two's complement magnitude
-    pos = n - 2  # the bit after the sign
-    first = (c >> pos) & 1
-    run = 0
-    while pos >= 0 and ((c >> pos) & 1) == first:
-        run += 1
-        pos -= 1
-    regime = run - 1 if first == 1 else -run
-    pos -= 1  # the regime's terminating bit (absent when the run reaches the end)
-    e = 0
-    for _ in range(es):  # exponent bits cut off by the end of the word count as 0
-        e <<= 1
-        if pos >= 0:
-            e |= (c >> pos) & 1
-            pos -= 1
-    fbits = pos + 1 if pos >= 0 else 0
-    frac = c & ((int64(1) << fbits) - 1)
-    v = math.ldexp(float64((int64(1) << fbits) + frac), regime * (1 << es) + e + scale - fbits)
-    return -v if neg else v
-
-
-@functools.lru_cache(maxsize=None)
-def posit_decode(out_kind: int) -> Callable[..., Any]:
-    """out[i] = the value of posit<n, es> code codes[i] (`_posit_code_value`), rounded once to the
-    output (`_store`: float64, float32 or 16-bit patterns). The kernel returns how many codes were
-    outside [0, 2^n)."""
-
-    @njit(parallel=True, cache=True)
-    def kernel(codes, n, es, scale, out, fmax, tiny, bit_tricks):
-        bad = 0
-        mask = (int64(1) << n) - 1
-        nar = int64(1) << (n - 1)
-        for i in prange(codes.size):
-            c = int64(codes[i])
-            bad += 1 if ((c < 0) | (c > mask)) else 0
-            c = c & mask
-            # bit_tricks: every value's exponent is within 2^±1022, so the branch-free decode applies
-            v = _posit_decode(c, n, es, scale) if bit_tricks else _posit_code_value(c, n, es, scale, nar, mask)
-            out[i] = _store(v, out_kind, fmax, tiny)
-        return bad
-
-    return kernel
 
 
 # ------------------------------------------------------------------------------ codebook k-means
