@@ -120,3 +120,17 @@ def test_quantize_into_a_huge_page_output_gives_the_same_bits_as_a_plain_one():
     plain = torch.empty_like(x)
     fmt.quantize(x, out=plain, backend="numba")
     assert_same_bits(fmt.quantize(x, backend="numba"), plain)
+
+
+def test_the_environment_switch_turns_the_advice_off(monkeypatch):
+    import torch
+
+    from lowbit.kernels import hugepages
+
+    hugepages._madvise.cache_clear()
+    monkeypatch.setenv(hugepages.SWITCH, "0")
+    try:
+        assert hugepages._madvise() is None
+        assert not hugepages.advise_huge_pages(torch.empty(4 * hugepages.HUGE_PAGE // 4, dtype=torch.float32))
+    finally:
+        hugepages._madvise.cache_clear()
