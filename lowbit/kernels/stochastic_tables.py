@@ -33,7 +33,7 @@ from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import Rounding
 
-__all__ = ["Float32Tables", "float32_tables", "slots_of"]
+__all__ = ["Float32Tables", "float32_tables"]
 
 _MAX_BITS = 8  # wider formats have values inside most buckets
 _FAMILIES = (Posit, Minifloat, _UniformGrid)
@@ -53,16 +53,6 @@ class Float32Tables:
     @property
     def arrays(self) -> tuple[Any, Any, Any]:
         return self.lo, self.gap, self.results
-
-
-def slots_of(bits: torch.Tensor) -> torch.Tensor:
-    """The slot (top 16 bits · 2 + whether the low 16 bits are nonzero) of int32 float32 patterns.
-
-    >>> slots_of(torch.tensor([1.0, 1.5, 1.0000001]).view(torch.int32)).tolist()
-    [32512, 32514, 32513]
-    """
-    b = bits.to(torch.int64) & 0xFFFFFFFF
-    return ((b >> 16) << 1) | ((b & 0xFFFF) != 0).to(torch.int64)
 
 
 def _forced(fmt: ScalarFormat, x: torch.Tensor, u: float) -> torch.Tensor:
