@@ -250,17 +250,10 @@ def _posit_encode(v, n, es, scale, mode, u):
     elif mode == CEIL:
         up = (guard | rest) & (not negative)
     else:
-        kept = n - 1 - regime_len - es  # fraction bits the posit keeps (< 0: exponent bits cut off)
-        if kept >= 0 and mag < maxmag:
-            # lo is safe cut to `kept` fraction bits and the gap one unit there, so
-            # (safe - lo) / gap is exactly safe's dropped fraction bits, read as a fraction
-            dropped = 52 - kept
-            p_up = float64(fraction & ((int64(1) << dropped) - 1)) * _pow2(-dropped)
-        else:
-            lo = _posit_decode_mag(mag, n, es, scale)
-            hi = _posit_decode_mag(min(mag + 1, maxmag), n, es, scale)
-            gap = hi - lo
-            p_up = (safe - lo) / gap if gap > 0 else 0.0
+        lo = _posit_decode_mag(mag, n, es, scale)
+        hi = _posit_decode_mag(min(mag + 1, maxmag), n, es, scale)
+        gap = hi - lo
+        p_up = (safe - lo) / gap if gap > 0 else 0.0
         up = u < p_up
     mag = min(max(mag + (1 if up else 0), 1), maxmag)
     mag = maxmag if above else mag
