@@ -251,12 +251,9 @@ def _float32_table(fmt: ScalarFormat, m: int) -> Any:
     if fmt.bits > 8:
         return None
     family, p = _params(fmt)  # type: ignore[misc]
-    top = torch.arange(1 << 16, dtype=torch.int64) << 16
-    probes = torch.stack([top, top | 1, top | 0x8000, top | 0xFFFF])  # (4, 65536)
-    probes = torch.where(probes >= 1 << 31, probes - (1 << 32), probes).to(torch.int32)
+    probes = stochastic_tables.bucket_probes()  # (4, 65536)
     values = torch.empty(probes.shape, dtype=torch.float32)
-    _quantize_into(fmt, family, p, m, 0, probes.view(torch.float32).reshape(-1).numpy(), _array(values),
-                   torch.float32)
+    _quantize_into(fmt, family, p, m, 0, probes.reshape(-1).numpy(), _array(values), torch.float32)
     bits = values.view(torch.int32)
     if not (torch.equal(bits[1], bits[2]) and torch.equal(bits[2], bits[3])):
         return None

@@ -67,7 +67,6 @@ def _load() -> "tuple[Any, Any] | str":
     except Exception as err:  # ImportError, or a broken install failing in its own import
         return f"numba cannot be imported ({type(err).__name__}: {err})"
     _choose_threading_layer(numba)
-    key_caches_on_kernel_sources()
     try:
         from lowbit.kernels import numba_cpu
     except Exception as err:

@@ -33,7 +33,7 @@ from lowbit.formats.minifloat import Minifloat
 from lowbit.formats.posit import Posit
 from lowbit.formats.rounding import Rounding
 
-__all__ = ["Float32Tables", "float32_tables"]
+__all__ = ["Float32Tables", "bucket_probes", "float32_tables"]
 
 _MAX_BITS = 8  # wider formats have values inside most buckets
 _FAMILIES = (Posit, Minifloat, _UniformGrid)
@@ -53,6 +53,20 @@ class Float32Tables:
     @property
     def arrays(self) -> tuple[Any, Any, Any]:
         return self.lo, self.gap, self.results
+
+
+def bucket_probes() -> torch.Tensor:
+    """The float32 probes of every bucket of 2^16 patterns (its top 16 bits), shape (4, 2^16): the
+    bucket's first float, the one after it, its middle and its last float. The nearest-rounding
+    table (`lowbit.kernels.dispatch`) and these tables check a bucket at these four.
+
+    >>> bucket_probes()[:, 0x3F80].tolist()   # the bucket of 1.0
+    [1.0, 1.0000001192092896, 1.00390625, 1.0078123807907104]
+    """
+    top = torch.arange(1 << 16, dtype=torch.int64) << 16
+    patterns = torch.stack([top, top | 1, top | 0x8000, top | 0xFFFF])
+    patterns = torch.where(patterns >= 1 << 31, patterns - (1 << 32), patterns).to(torch.int32)
+    return patterns.view(torch.float32)
 
 
 def _forced(fmt: ScalarFormat, x: torch.Tensor, u: float) -> torch.Tensor:
@@ -79,10 +93,7 @@ def float32_tables(fmt: ScalarFormat) -> "Float32Tables | None":
     bucket the tables cannot serve."""
     if fmt.bits > _MAX_BITS or not isinstance(fmt, _FAMILIES):
         return None
-    top = torch.arange(1 << 16, dtype=torch.int64) << 16
-    patterns = torch.stack([top, top | 1, top | 0x8000, top | 0xFFFF])  # (4, 2^16): first, then the rest
-    patterns = torch.where(patterns >= 1 << 31, patterns - (1 << 32), patterns).to(torch.int32)
-    probes = patterns.view(torch.float32).to(torch.float64)
+    probes = bucket_probes().to(torch.float64)  # (4, 2^16): the first float, then three of the rest
     down, up = _forced(fmt, probes, 2.0), _forced(fmt, probes, -1.0)
     up[0] = _forced(fmt, probes[0], 0.0)
 
