@@ -9,9 +9,11 @@ runs the torch reference.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from lowbit.formats._float64 import round_float64_to
@@ -23,6 +25,7 @@ from lowbit.formats.rounding import ROUNDING_MODES, Rounding, draw_seed
 from lowbit.kernels import get_backend, hugepages, resolve_backend, runtime, stochastic_tables
 
 _TABLE_BITS = 16
+_FMAX32 = 3.4028234663852886e38  # float32's largest finite value
 
 
 def _numba() -> Any:
@@ -176,12 +179,21 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
     big = deterministic and flat.numel() >= _TABLES_FROM
     table32 = (_float32_table(fmt, m) if deterministic and x.dtype == torch.float32
                and flat.numel() >= _FLOAT32_TABLE_FROM else None)
+    arithmetic32 = _stochastic32(fmt) if not deterministic and x.dtype == torch.float32 else None
     stochastic32 = (stochastic_tables.float32_tables(fmt) if not deterministic and x.dtype == torch.float32
                     and flat.numel() >= _STOCHASTIC_TABLES_FROM else None)
     if big and x.dtype in _HALF:
         _run(k.table_lookup16, _array(flat), _half_table(fmt, m, x.dtype), _array(result))
     elif table32 is not None:
         _run(k.table_lookup32, flat.view(torch.int32).numpy(), table32, _array(result))
+    elif arithmetic32 is not None:
+        from lowbit.kernels import stochastic_numba
+
+        flags, params = arithmetic32
+        staged = result.data_ptr() == flat.data_ptr()  # in place: the flagged elements need x still
+        tables = stochastic32.arrays + (stochastic32.divide,) if stochastic32 is not None else _NO_TABLES
+        _run(stochastic_numba.stochastic_float32(*flags, staged),
+             flat.view(torch.int32).numpy(), flat.numpy(), *params, *tables, _seed(mode, generator), _array(result))
     elif stochastic32 is not None:
         _run(k.stochastic_lookup32(stochastic32.divide), flat.view(torch.int32).numpy(), flat.numpy(),
              *stochastic32.arrays, _seed(mode, generator), _array(result))
@@ -223,6 +235,43 @@ _FLOAT32_TABLE_FROM = 1
 # stochastic rounding of float32 inputs by bucket tables (`stochastic_tables`: ~0.1-0.2 s to build
 # once per format) from this many elements
 _STOCHASTIC_TABLES_FROM = 1 << 12
+
+
+_NO_TABLES = (np.zeros(1), np.zeros(1), np.zeros(2, dtype=np.float32), False)
+
+
+@functools.lru_cache(maxsize=256)
+def _stochastic32(fmt: ScalarFormat) -> "tuple[tuple[Any, ...], tuple[Any, ...]] | None":
+    """The closure constants (but ``staged``) and the parameters of
+    `stochastic_numba.stochastic_float32` for ``fmt``, or None where its arithmetic does not hold
+    exactly (a spacing outside float32's normal powers of two, limits not exact in float32)."""
+    from lowbit.kernels import stochastic_numba as sn
+
+    family, p = _params(fmt)  # type: ignore[misc]
+    f32, i32 = np.float32, np.int32
+    none = np.zeros(1, dtype=np.float32)
+    if family == "posit":
+        n, es, scale = p
+        table = _value_table(fmt, torch.float32) if fmt.bits <= _TABLE_BITS else none
+        return (sn.POSIT, True, True, False), (i32(n), i32(es), i32(scale), i32(0), f32(_FMAX32), f32(_FMAX32), f32(0),
+                                               np.zeros(1), table)
+    if family == "minifloat":
+        e, mb, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code, signed_nan = p
+        qmin = emin - mb
+        if not (1 <= mb <= 23 and -126 <= qmin <= 0 and float(f32(maxv)) == maxv and float(f32(minpos)) == minpos):
+            return None
+        element = np.array([maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mb, emin], dtype=np.float64)
+        check_min = bool(fnu or not sub)  # no zero (fnu: 0 becomes NaN) or no values below min_positive
+        return (sn.MINIFLOAT, bool(fnuz), bool(signed and not fnu), check_min), (
+            i32(mb << 23), i32(0), i32(0), i32((qmin + 127) << 23), f32(maxv), f32(maxv), f32(minpos), element, none)
+    frac_scale, bound, k_min, k_max, _ = p
+    q = -round(math.log2(frac_scale))
+    top, bottom = k_max / frac_scale, -k_min / frac_scale
+    if not (2.0**q == 1 / frac_scale and -126 <= q <= 0 and float(f32(top)) == top and float(f32(bottom)) == bottom):
+        return None
+    element = np.array([frac_scale, bound, k_min, k_max], dtype=np.float64)
+    return (sn.GRID, True, True, False), (i32(0x7F800000), i32(0), i32(0), i32((q + 127) << 23), f32(top), f32(bottom),
+                                          f32(0), element, none)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,6 +1,9 @@
 """Stochastic rounding of float32 inputs by bucket tables (`lowbit.kernels.stochastic_tables`):
 the same bits as the reference for every slot's boundary floats of every ≤ 8-bit format, and the
-stream the kernels draw equals an independent splitmix64."""
+stream the kernels draw equals an independent splitmix64.
+
+The tables serve the arithmetic kernel's flagged elements and the formats it does not cover
+(`quantize` takes `stochastic_numba` first): the table kernel is called directly here."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 import lowbit as lb
-from lowbit.formats.rounding import uniform_stream, uniforms_at
+from lowbit.formats.rounding import draw_seed, uniform_stream, uniforms_at
 from lowbit.kernels import numba_cpu, stochastic_tables
 
 pytestmark = pytest.mark.skipif(lb.kernels.runtime.numba_problem() is not None, reason="numba does not load")
@@ -30,6 +33,16 @@ def _boundary_floats() -> torch.Tensor:
     return pats.view(torch.float32)
 
 
+def _table_kernel(fmt, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """quantize(x, "stochastic") by the bucket-table kernel itself, with the generator seed ``seed``."""
+    tables = stochastic_tables.float32_tables(fmt)
+    out = torch.empty_like(x)
+    kernel = numba_cpu.SERIAL[numba_cpu.stochastic_lookup32(tables.divide)]
+    kernel(x.view(torch.int32).numpy(), x.numpy(), *tables.arrays, draw_seed(torch.Generator().manual_seed(seed)),
+           out.numpy())
+    return out
+
+
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     nan = torch.isnan(a) & torch.isnan(b)
     return bool(((a.view(torch.int32) == b.view(torch.int32)) | nan).all())
@@ -42,9 +55,11 @@ def test_table_path_equals_reference_at_every_slot_boundary(spec):
     assert tables is not None, f"{spec}: every ≤ 8-bit format of these families has tables"
     x = _boundary_floats()
     for seed in (0, 1):
-        fast = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="numba")
+        fast = _table_kernel(fmt, x, seed)
         ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="reference")
         assert _same_bits(fast, ref), spec
+        public = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="numba")
+        assert _same_bits(public, ref), spec
 
 
 @pytest.mark.parametrize("spec", ["posit8_es2", "e4m3fn", "e5m2", "int8"])
@@ -59,7 +74,7 @@ def test_table_path_equals_reference_on_wide_random_data_and_specials(spec):
     x[3::977] = -0.0
     x[4::971] = 0.0
     x = x[torch.randperm(x.numel(), generator=g)]
-    fast = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(9), backend="numba")
+    fast = _table_kernel(fmt, x, 9)
     ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(9), backend="reference")
     assert _same_bits(fast, ref)
 

@@ -1,0 +1,203 @@
+"""Stochastic rounding of float32 arrays by arithmetic on their bit patterns (numba).
+
+For a posit, minifloat or uniform-grid format, the values around a float32 ``x`` are spaced by a
+power of two ``Q`` that follows from x's exponent field alone: ``max(e, emin) − man_bits`` for a
+minifloat, the grid's step for fixed point and integers, and ``e − f`` for a posit whose
+regime leaves ``f ≥ 1`` fraction bits at x's scale. Stochastic rounding then is, exactly::
+
+    s = |x| · 2^-q            (exact: a power-of-two scaling of a 24-bit significand)
+    kept = floor(s)           (s − kept is the exact (|x| − lo) / gap of the element kernels)
+    up = u_i < s − kept       (u_i: the element's uniform, lowbit.formats.rounding's stream)
+    result = ±(kept + up) · Q
+
+which a vectorised loop computes for every element of a block. Elements outside that arithmetic
+(NaN, ±inf, overflow, a format without subnormals or without negative values, a posit's cut
+exponent or full-length regime, float32 subnormals for posits) are flagged in the same loop and
+finished one by one by the element kernels' own functions (`numba_cpu`), or by the bucket tables
+(`stochastic_tables`) where the caller has them. Results are bit for bit those of the reference
+(tests/kernels/test_stochastic_kernel.py checks boundaries, specials and random data per family).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import math
+
+import numpy as np
+from numba import float64, int64, njit, prange, uint64
+
+from lowbit.kernels.runtime import key_caches_on_kernel_sources
+
+key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
+
+from lowbit.kernels import numba_cpu as _k  # noqa: E402  (after the cache keying)
+
+__all__ = ["MINIFLOAT", "GRID", "POSIT", "BLOCK", "fill_halves", "stochastic_float32"]
+
+MINIFLOAT, GRID, POSIT = range(3)
+BLOCK = 512  # elements per block: their uniforms (4 KiB) and results stay in L1
+_LINE = 16  # float32 elements per 64-byte cache line
+_FMAX32 = 3.4028234663852886e38
+_TINY32 = 2.0**-149
+
+
+@njit(cache=True)
+def fill_halves(high, low, seed, start, m):
+    """The uniforms u_(start + k), k < m, of lowbit.formats.rounding's stream, split exactly into
+    float32 parts: ``high[k]`` (the top 24 of the 32 bits) + ``low[k]`` (the last 8)."""
+    if start % 2 == 0:
+        for q in range(m >> 1):  # one hash per pair, in a loop LLVM vectorises
+            z = _k._splitmix(seed, (start >> 1) + q)
+            first, second = z >> uint64(32), z & uint64(0xFFFFFFFF)
+            high[2 * q] = np.float32(first >> uint64(8)) * np.float32(2.0**-24)
+            low[2 * q] = np.float32(first & uint64(0xFF)) * np.float32(2.0**-32)
+            high[2 * q + 1] = np.float32(second >> uint64(8)) * np.float32(2.0**-24)
+            low[2 * q + 1] = np.float32(second & uint64(0xFF)) * np.float32(2.0**-32)
+        first_odd = m - (m & 1)
+    else:
+        first_odd = 0
+    for k in range(first_odd, m):
+        u = _k._uniform(seed, start + k)
+        high[k] = np.float32(math.floor(u * 2.0**24) * 2.0**-24)
+        low[k] = np.float32(u - float64(high[k]))
+
+
+@functools.lru_cache(maxsize=None)
+def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_min: bool,
+                       staged: bool) -> Callable[..., Any]:
+    """The parallel kernel ``(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value,
+    element, table, lo, gap, results, divide, seed, out)`` for one family, built once; its serial
+    twin is registered in ``numba_cpu.SERIAL``.
+
+    ``bits``: x's int32 view. ``p0, p1, p2`` (int32): a minifloat's ``man_bits << 23``, a grid's
+    ``0x7F800000`` (its step never changes), a posit's ``n, es, scale``. ``qmin_bits`` (int32): the
+    float32 bits of the smallest spacing (minifloat, grid). ``pos_limit``/``neg_limit`` (float32):
+    the largest magnitude the arithmetic may give for positive / negative inputs (a grid clamps to
+    it); ``min_value``: the smallest it may give (with ``check_min``). ``element``: the element
+    kernels' parameters (minifloat ``[max, min_positive, subnormals, saturate, inf, nan, fnu, fnuz,
+    man_bits, emin]``, grid ``[frac_scale, bound, k_min, k_max]``); ``table``: a posit's float32
+    values by code (size 1: decode instead). ``lo, gap, results, divide``: the bucket tables of
+    `stochastic_tables` for the flagged elements (``lo.size == 1``: none). Closure constants:
+    ``zero_positive`` (a result 0 is +0), ``signed_ok`` (negative inputs take the arithmetic),
+    ``staged`` (results go through a block buffer: ``out`` may be ``x``).
+
+    The loop is written in int32 / float32 only (every integer result cast back to int32, the
+    flags OR-ed into an int32), so LLVM vectorises it 8 lanes wide: with one int64 value in it,
+    it ran at half the speed.
+    """
+    i32, f32 = np.int32, np.float32
+
+    @njit(inline="always", cache=True)
+    def spacing(b, p0, p1, p2, qmin_bits):
+        """float32 bits of the spacing Q at pattern b, and whether the arithmetic applies."""
+        if family == POSIT:  # p0 - 1 - run - p1 fraction bits at x's scale (run: the regime's length)
+            e = i32(i32(i32(b >> i32(23)) & i32(0xFF)) - i32(127))
+            regime = i32(i32(e - p2) >> p1)
+            q = i32(i32(e + i32(i32(p1 + i32(1)) - p0)) + max(i32(regime + i32(2)), i32(i32(1) - regime)))
+            ok = (q < e) & (q >= i32(-126))  # a fraction bit left; Q normal (so x is too)
+            qb = i32(i32(max(q, i32(-126)) + i32(127)) << i32(23))
+            return qb, ok | (i32(b & i32(0x7FFFFFFF)) == i32(0))
+        return max(i32(i32(b & i32(0x7F800000)) - p0), qmin_bits), True
+
+    @njit(inline="always", cache=True)
+    def arithmetic(x, b, high, low, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value):
+        qb, ok = spacing(b, p0, p1, p2, qmin_bits)
+        step = i32(qb).view(np.float32)
+        inverse = i32(i32(0x7F000000) - qb).view(np.float32)  # 2^-q
+        s = abs(x) * inverse  # exact
+        kept = np.floor(s)
+        # u < s - kept, exactly: u = high + low, and (s - kept) - high is exact (see fill_halves)
+        r = (kept + (f32(1) if low < (s - kept) - high else f32(0))) * step
+        negative = b < i32(0)
+        limit = neg_limit if negative else pos_limit
+        if family == GRID:  # clamps (±inf too); min(NaN, limit) is NaN, flagged below
+            r = min(r, limit)
+        ok = ok & (r <= limit)  # NaN, ±inf and overflow are flagged
+        if check_min:
+            ok = ok & (r >= min_value)
+        if not signed_ok:
+            ok = ok & (not negative)
+        if zero_positive:
+            r = f32(-r) if (negative and r != f32(0)) else r
+        else:
+            r = f32(-r) if negative else r
+        return r, ok
+
+    @njit(inline="always", cache=True)
+    def flagged(x, b, u, p0, p1, p2, element, table, lo, gap, results, divide):
+        """The element kernels' (or the bucket tables') result for one element."""
+        if lo.size > 1:
+            w = int64(b) & 0xFFFFFFFF
+            j = ((w >> 16) << 1) | (int64(1) if (w & 0xFFFF) != 0 else int64(0))
+            d = abs(x) - lo[j]
+            up = (u < d / gap[j]) if divide else (u * gap[j] < d)
+            return results[2 * j + (1 if up else 0)]
+        if family == MINIFLOAT:
+            r = _k._mf_value(x, int64(element[8]), int64(element[9]), element[0], element[1], element[2] != 0,
+                             element[3] != 0, element[4] != 0, element[5] != 0, element[6] != 0, element[7] != 0,
+                             _k.STOCHASTIC, u)
+            return f32(_k._store(r, _k.OUT_F32, _FMAX32, _TINY32))
+        if family == GRID:
+            kk = _k._grid_k(x, element[0], element[1], int64(element[2]), int64(element[3]), _k.STOCHASTIC, u)
+            return f32(_k._store(float64(kk) * (1.0 / element[0]), _k.OUT_F32, _FMAX32, _TINY32))
+        n, es, scale = int64(p0), int64(p1), int64(p2)
+        code = _k._posit_encode(x, n, es, scale, _k.STOCHASTIC, u)
+        if table.size > 1:
+            return table[code]
+        return f32(_k._store(_k._posit_decode(code, n, es, scale), _k.OUT_F32, _FMAX32, _TINY32))
+
+    @njit(cache=True)
+    def rows(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+             divide, seed, start, out):
+        n = x.size
+        high = np.empty(BLOCK, dtype=np.float32)
+        low = np.empty(BLOCK, dtype=np.float32)
+        buffer = np.empty(BLOCK, dtype=np.float32)
+        flags = np.empty(BLOCK, dtype=np.int32)
+        touched = i32(0)
+        for a in range(0, n, BLOCK):
+            m = min(BLOCK, n - a)
+            fill_halves(high, low, seed, start + a, m)
+            if family == POSIT:  # read the next block ahead, a load per cache line (see the module doc)
+                for t in range(a + BLOCK, min(a + 2 * BLOCK, n), _LINE):
+                    touched = i32(touched | bits[t])
+            xb, bb = x[a:a + m], bits[a:a + m]
+            ob = buffer[:m] if staged else out[a:a + m]
+            any_flag = i32(0)
+            for j in range(m):
+                r, ok = arithmetic(xb[j], bb[j], high[j], low[j], p0, p1, p2, qmin_bits, pos_limit, neg_limit,
+                                   min_value)
+                ob[j] = r
+                flag = i32(0) if ok else i32(1)
+                flags[j] = flag
+                any_flag = i32(any_flag | flag)
+            if any_flag:
+                for j in range(m):
+                    if flags[j]:
+                        u = float64(high[j]) + float64(low[j])
+                        ob[j] = flagged(float64(xb[j]), bb[j], u, p0, p1, p2, element, table, lo, gap, results,
+                                        divide)
+            if staged:
+                out[a:a + m] = buffer[:m]
+        return touched
+
+    @njit(cache=True)
+    def serial(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+               divide, seed, out):
+        rows(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+             divide, seed, 0, out)
+
+    @njit(parallel=True, cache=True)
+    def kernel(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+               divide, seed, out):
+        n = x.size
+        for c in prange((n + _k.LOOKUP_CHUNK - 1) // _k.LOOKUP_CHUNK):
+            a = c * _k.LOOKUP_CHUNK
+            b = min(a + _k.LOOKUP_CHUNK, n)
+            rows(bits[a:b], x[a:b], p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap,
+                 results, divide, seed, a, out[a:b])
+
+    _k.SERIAL[kernel] = serial
+    return kernel
