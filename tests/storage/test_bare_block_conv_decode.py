@@ -183,3 +183,18 @@ def test_one_scale_per_element_with_a_tensor_scale_multiplies_it_into_each_facto
     for g in (1.0, 0.1, 3.7e-3, 448.0 * 6):
         got, want = _element_blocks(bits, values, factors, g, 4096 + 9, seed=int(g * 10))
         assert np.array_equal(got.view(np.int32), want.view(np.int32)), g
+
+
+@pytest.mark.parametrize("spec", ["mxfp4_e2m1fn", "nvfp4", "mxfp8_e4m3fn"])
+@pytest.mark.parametrize("tile_bytes", [0, 1000])
+def test_a_linear_with_one_input_feature_a_block_per_weight_decodes_to_the_reference_also_tiled(spec, tile_bytes):
+    # rows of length 1 in a Linear too: decoded whole, or a tile of output rows at a time (odd
+    # tiles: 1000 bytes = 250 float32 rows, 4099 rows)
+    lin = nn.Linear(1, 4099)
+    packed = lb.pack_(nn.Sequential(lin), spec)[0]
+    packed.tile_bytes = tile_bytes
+    reference = packed.packed_weight.decode(torch.float32)
+    x = torch.randn(3, 1, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        assert torch.equal(packed(x), torch.nn.functional.linear(x, reference, packed.bias))
+        assert torch.equal(_bits(packed._lowbit_weight()), _bits(reference))
