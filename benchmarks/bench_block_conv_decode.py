@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,10 +34,10 @@ LAYERS = {
 }
 
 
-def decode_seconds(spec: str, make: "type | object", repeats: int) -> float:
+def decode_seconds(spec: str, make: "Callable[[], nn.Module]", repeats: int) -> float:
     """Median thread-CPU seconds of one staging decode of the layer ``make()`` packed in ``spec``."""
     torch.manual_seed(0)
-    layer = lb.pack_(nn.Sequential(make()), spec)[0]  # type: ignore[operator]
+    layer = lb.pack_(nn.Sequential(make()), spec)[0]
     times = []
     with torch.inference_mode():
         layer._lowbit_weight()  # builds the table and the staging plan (and compiles, the first time)
