@@ -198,3 +198,18 @@ def test_a_linear_with_one_input_feature_a_block_per_weight_decodes_to_the_refer
     with torch.inference_mode():
         assert torch.equal(packed(x), torch.nn.functional.linear(x, reference, packed.bias))
         assert torch.equal(_bits(packed._lowbit_weight()), _bits(reference))
+
+
+@pytest.mark.parametrize("spec", ["nvfp4", "block16_e2m1fn_scale_posit8_es1_t", "mxfp4_e2m1fn"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_scaled_block_linear_computing_in_another_dtype_decodes_the_reference(spec, dtype):
+    # a scaled block format's element table is float32 for every compute dtype; the one-call kernel
+    # writes float32 only, so a float16 / bfloat16 / float64 layer must not take it (it used to:
+    # wrong weights, and memory written past its output)
+    packed = lb.pack_(nn.Sequential(nn.Linear(64, 3000)), spec)[0].to(dtype)
+    reference = packed.packed_weight.decode(dtype)
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(7)).to(dtype)
+    assert _same(packed.weight, reference)
+    with torch.inference_mode():
+        assert _same(packed._lowbit_weight(), reference)
+        assert _same(packed(x), torch.nn.functional.linear(x, reference, packed.bias))
