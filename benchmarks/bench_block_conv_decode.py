@@ -57,7 +57,8 @@ def main() -> None:
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     lines = [f"staging decode of one packed conv weight, median of {args.repeats}, 1 thread; load average {load:.2f}",
-             "", "| layer | format | bare us | bare ns/weight | _r us | _r ns/weight |", "|---|---|---:|---:|---:|---:|"]
+             "", "| layer | format | bare us | bare ns/weight | _r us | _r ns/weight |",
+             "|---|---|---:|---:|---:|---:|"]
     for name, make in LAYERS.items():
         n = make().weight.numel()
         for spec in args.formats:

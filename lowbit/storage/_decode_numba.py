@@ -477,7 +477,8 @@ def _pow2_factor(code, tiny, nan):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _decode_element_blocks(data, bits, table, wide, use_wide, codes, factors, g, scaled, n, out, out2, outf):  # type: ignore[no-untyped-def]
+def _decode_element_blocks(data, bits, table, wide, use_wide, codes, factors, g, scaled, n,  # type: ignore[no-untyped-def]
+                           out, out2, outf):
     """Block-format codes with one scale code per element (rows of length 1, as a bare block spec
     gives a 1x1 conv weight): ``outf[i] = table[code i] · f`` with ``f = factors[codes[i]]``
     (``g · factors[codes[i]]`` when ``scaled``), the float32 operations of `decode_blocks_into`.
@@ -485,10 +486,11 @@ def _decode_element_blocks(data, bits, table, wide, use_wide, codes, factors, g,
     Chunk by chunk (`SCALE_CHUNK`): the element values are decoded as a plain table decode is
     (4-bit: one wide lookup per byte), then every element is multiplied by its own factor while
     the chunk is still in cache. E8M0 factors (`_is_pow2_scale`) are formed from the scale code's
-    bits (`_pow2_factor`), a loop LLVM vectorizes; other scales read a table of the 256 factors (times ``g``), or,
-    for 4-bit elements, `_decode_element_products`. Measured on a 1152x192 1x1 conv: 470 us
-    row by row before, 51 us so (MXFP4; NVFP4 83 us, MXFP8 77 us); the ``_r`` layout of the same
-    weight (a scale per 32 elements) decodes in 31 us."""
+    bits (`_pow2_factor`), a loop LLVM vectorizes; other scales read a table of the 256 factors
+    (times ``g``), or, for 4-bit elements, go through `_decode_element_products`. Measured on a
+    1152 -> 192 1x1 conv (`benchmarks/bench_block_conv_decode.py`): 458 us row by row before,
+    53 us so (MXFP4; NVFP4 82 us, MXFP8 80 us); its ``_r`` layout (a scale per 32 elements)
+    decodes in 32 us."""
     pow2 = _is_pow2_scale(factors) and not scaled
     scaled_factors = np.empty(256, np.float32)  # g · factors[c], as decode_blocks_into forms f
     for c in range(256):
@@ -525,7 +527,7 @@ def _decode_element_products(data, table, factors, codes, n, outf):  # type: ign
     """4-bit codes with one scale code per element, scales that are not E8M0 (NVFP4's E4M3
     times its tensor scale): ``outf[i] = table[code i] · factors[codes[i]]`` through a table of
     the 16 x 256 products made here (``factors`` already times the tensor scale), one lookup per
-    element (measured: 83 us on a 1152x192 1x1 conv, against 107 us decoding then scaling)."""
+    element (measured: 83 us on a 1152 -> 192 1x1 conv, against 107 us decoding then scaling)."""
     values = table.view(np.float32)
     products = np.empty(256 * 16, np.float32)
     for c in range(256):

@@ -194,10 +194,11 @@ def _group_geometry(shape: torch.Size, scale: torch.Tensor, axis: "int | None", 
 def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, ...] | None":
     """`_fast_args` of a block format: `_decode_numba.decode_blocks_into` reads the scale codes
     themselves (uint8, one per block) through a 256-entry factor table made here once, so no
-    per-block factor tensor is held or rebuilt per forward. The kernel writes float32 only: a
-    layer computing in another dtype never gets here (a scaled block format's element table is
-    float32 for every dtype). None where `_decode_block` decides (float32 tables only, blocks along rows that are a reshape of the codes — the last axis, or a
-    conv weight's output-channel rows — E8M0 codes as stored by `lowbit.save`)."""
+    per-block factor tensor is held or rebuilt per forward. The kernel writes float32 only, so
+    `_fast_args` sends only float32 layers here (a scaled block format's element table is float32
+    for every compute dtype). None where `_decode_block` decides (float32 tables only, blocks
+    along rows that are a reshape of the codes — the last axis, or a conv weight's output-channel
+    rows — E8M0 codes as stored by `lowbit.save`)."""
     fmt = layer._packed_format
     shape = layer._packed_shape
     row = _view_row_length(fmt, shape)
