@@ -139,10 +139,10 @@ class _Lut(NamedTuple):
 _VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, ...] | None":
+def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int, dtype: torch.dtype) -> "tuple[Any, ...] | None":
     """numpy views (made once) of what `_decode_numba.decode_into` reads, for a scalar or fitted
-    format on the CPU with the numba backend (block formats: `_fast_block_args`); None otherwise
-    (other scales)."""
+    format on the CPU with the numba backend, decoded into ``dtype`` (block formats:
+    `_fast_block_args`); None otherwise (other scales)."""
     from lowbit.kernels import resolve_backend
 
     fmt = layer._packed_format
@@ -150,7 +150,7 @@ def _fast_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, .
     if data.device.type != "cpu" or resolve_backend(None, "cpu") != "numba":
         return None
     if isinstance(fmt, (BlockFormat, ScaledBlockFormat)):
-        return _fast_block_args(layer, lut, bits)
+        return _fast_block_args(layer, lut, bits) if dtype == torch.float32 else None
     shape = layer._packed_shape
     scale = layer._buffers.get(_SCALE)
     row: "int | tuple[int, int, int]" = 0
@@ -194,9 +194,11 @@ def _group_geometry(shape: torch.Size, scale: torch.Tensor, axis: "int | None", 
 def _fast_block_args(layer: "PackedLayerMixin", lut: _Lut, bits: int) -> "tuple[Any, ...] | None":
     """`_fast_args` of a block format: `_decode_numba.decode_blocks_into` reads the scale codes
     themselves (uint8, one per block) through a 256-entry factor table made here once, so no
-    per-block factor tensor is held or rebuilt per forward. None where `_decode_block` decides
-    (float32 tables only, blocks along rows that are a reshape of the codes — the last axis, or a
-    conv weight's output-channel rows — E8M0 codes as stored by `lowbit.save`)."""
+    per-block factor tensor is held or rebuilt per forward. The kernel writes float32 only, so
+    `_fast_args` sends only float32 layers here (a scaled block format's element table is float32
+    for every compute dtype). None where `_decode_block` decides (float32 tables only, blocks
+    along rows that are a reshape of the codes — the last axis, or a conv weight's output-channel
+    rows — E8M0 codes as stored by `lowbit.save`)."""
     fmt = layer._packed_format
     shape = layer._packed_shape
     row = _view_row_length(fmt, shape)
@@ -558,6 +560,8 @@ def _row_products(rows: torch.Tensor, factor: torch.Tensor, k: int) -> torch.Ten
     length = rows.shape[-1] if rows.dim() else 1
     flat = rows.reshape(-1, length)
     nb = -(-length // k)
+    if nb == 1:  # rows no longer than a block (a conv weight's kernel width): one factor per row, no padding
+        return (flat * factor.reshape(-1, 1)).reshape(rows.shape)
     if nb * k != length:
         flat = F.pad(flat, (0, nb * k - length))
     products = (flat.reshape(-1, nb, k) * factor.reshape(-1, nb).unsqueeze(-1)).reshape(-1, nb * k)[:, :length]

@@ -322,7 +322,7 @@ class PackedLayerMixin(nn.Module):
         bits = fmt.element_format.bits if isinstance(fmt, BlockFormat) else fmt.bits
         wide = _wide_table(values, bits)
         lut = _Lut(values, wide, None)
-        lut = lut._replace(fast=_fast_args(self, lut, bits))
+        lut = lut._replace(fast=_fast_args(self, lut, bits, dtype))
         self._packed_table = (key, lut)
         return lut
 
