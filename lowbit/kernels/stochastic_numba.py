@@ -97,7 +97,7 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
             regime = i32(i32(e - p2) >> p1)
             q = i32(i32(e + i32(i32(p1 + i32(1)) - p0)) + max(i32(regime + i32(2)), i32(i32(1) - regime)))
             ok = (q < e) & (q >= i32(-126))  # a fraction bit left; Q normal (so x is too)
-            qb = i32(i32(max(q, i32(-126)) + i32(127)) << i32(23))
+            qb = i32(i32(min(max(q, i32(-126)), i32(126)) + i32(127)) << i32(23))  # a positive step for x = 0
             return qb, ok | (i32(b & i32(0x7FFFFFFF)) == i32(0))
         return max(i32(i32(b & i32(0x7F800000)) - p0), qmin_bits), True
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(lb.kernels.runtime.numba_problem() is not None, 
 # policies, no subnormals, saturation, unsigned grids, wide minifloats
 ARITHMETIC_FORMATS = [
     "posit8_es2", "posit8_es0", "posit8_es2_s-3", "posit6_es1_s-4", "posit4_es0", "posit12_es1", "posit16_es1",
-    "posit16_es2", "posit20_es3", "posit32_es2",
+    "posit16_es2", "posit20_es3", "posit32_es2", "posit8_es2_s976", "posit16_es1_s-972",
     "e4m3fn", "e5m2", "e2m1fn", "e3m2fn", "e4m3fnuz", "e5m2fnuz", "e4m3", "e4m3_sat", "e4m3fn_sat", "e5m10",
     "e6m1",
     "fixed8_f4", "fixed8_f0", "fixed6_f7", "ufixed8_f4", "int8", "int4", "uint8", "int16",
