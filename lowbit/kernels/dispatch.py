@@ -254,7 +254,7 @@ def _stochastic32(fmt: ScalarFormat) -> "tuple[tuple[Any, ...], tuple[Any, ...]]
         n, es, scale = p
         table = _value_table(fmt, torch.float32) if fmt.bits <= _TABLE_BITS else none
         return (sn.POSIT, True, True, False), (i32(n), i32(es), i32(scale), i32(0), f32(_FMAX32), f32(_FMAX32), f32(0),
-                                               np.zeros(1), table)
+                                               np.zeros(10), table)
     if family == "minifloat":
         e, mb, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code, signed_nan = p
         qmin = emin - mb
@@ -269,7 +269,7 @@ def _stochastic32(fmt: ScalarFormat) -> "tuple[tuple[Any, ...], tuple[Any, ...]]
     top, bottom = k_max / frac_scale, -k_min / frac_scale
     if not (2.0**q == 1 / frac_scale and -126 <= q <= 0 and float(f32(top)) == top and float(f32(bottom)) == bottom):
         return None
-    element = np.array([frac_scale, bound, k_min, k_max], dtype=np.float64)
+    element = np.array([frac_scale, bound, k_min, k_max] + [0] * 6, dtype=np.float64)
     return (sn.GRID, True, True, False), (i32(0x7F800000), i32(0), i32(0), i32((q + 127) << 23), f32(top), f32(bottom),
                                           f32(0), element, none)
 

@@ -10,12 +10,15 @@ regime leaves ``f ≥ 1`` fraction bits at x's scale. Stochastic rounding then i
     up = u_i < s − kept       (u_i: the element's uniform, lowbit.formats.rounding's stream)
     result = ±(kept + up) · Q
 
-which a vectorised loop computes for every element of a block. Elements outside that arithmetic
-(NaN, ±inf, overflow, a format without subnormals or without negative values, a posit's cut
-exponent or full-length regime, float32 subnormals for posits) are flagged in the same loop and
-finished one by one by the element kernels' own functions (`numba_cpu`), or by the bucket tables
-(`stochastic_tables`) where the caller has them. Results are bit for bit those of the reference
-(tests/kernels/test_stochastic_kernel.py checks boundaries, specials and random data per family).
+which a vectorised loop computes for every element of a block, in int32 / float32 only (8 lanes
+wide here). Elements outside that arithmetic (NaN, ±inf, overflow, a format without subnormals
+or without negative values, a posit's cut exponent bits or full-length regime) are flagged in the
+same loop and finished one by one: by the bucket tables (`stochastic_tables`, formats of ≤ 8 bits
+on inputs of ≥ 2^12 elements), a posit's value table, or the element kernels' own functions
+(`numba_cpu`). A flagged element costs ~17 ns that way, so after a block of more than 1/16 flagged
+elements (a posit8's gradients, mostly below its fraction-carrying regimes) the next 31 blocks go
+through the bucket tables alone, as `numba_cpu.stochastic_lookup32` does. Results are bit for bit
+the reference's (tests/kernels/test_stochastic_kernel.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = ["MINIFLOAT", "GRID", "POSIT", "BLOCK", "fill_halves", "stochastic_flo
 MINIFLOAT, GRID, POSIT = range(3)
 BLOCK = 512  # elements per block: their uniforms (4 KiB) and results stay in L1
 _LINE = 16  # float32 elements per 64-byte cache line
+_SKIP_BLOCKS = 31  # after a block over 1/16 flagged (~17 ns each), the next ones by the bucket tables alone
 _FMAX32 = 3.4028234663852886e38
 _TINY32 = 2.0**-149
 
@@ -77,7 +81,7 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
     the largest magnitude the arithmetic may give for positive / negative inputs (a grid clamps to
     it); ``min_value``: the smallest it may give (with ``check_min``). ``element``: the element
     kernels' parameters (minifloat ``[max, min_positive, subnormals, saturate, inf, nan, fnu, fnuz,
-    man_bits, emin]``, grid ``[frac_scale, bound, k_min, k_max]``); ``table``: a posit's float32
+    man_bits, emin]``, grid ``[frac_scale, bound, k_min, k_max]``, 10 entries in all); ``table``: a posit's float32
     values by code (size 1: decode instead). ``lo, gap, results, divide``: the bucket tables of
     `stochastic_tables` for the flagged elements (``lo.size == 1``: none). Closure constants:
     ``zero_positive`` (a result 0 is +0), ``signed_ok`` (negative inputs take the arithmetic),
@@ -126,26 +130,18 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
         return r, ok
 
     @njit(inline="always", cache=True)
-    def flagged(x, b, u, p0, p1, p2, element, table, lo, gap, results, divide):
-        """The element kernels' (or the bucket tables') result for one element."""
-        if lo.size > 1:
-            w = int64(b) & 0xFFFFFFFF
-            j = ((w >> 16) << 1) | (int64(1) if (w & 0xFFFF) != 0 else int64(0))
-            d = abs(x) - lo[j]
-            up = (u < d / gap[j]) if divide else (u * gap[j] < d)
-            return results[2 * j + (1 if up else 0)]
+    def element_value(x, u, p0, p1, p2, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9):
+        """The element kernels' result for one element (scalars only: an array argument would cost
+        reference counting per call, ~30 ns)."""
         if family == MINIFLOAT:
-            r = _k._mf_value(x, int64(element[8]), int64(element[9]), element[0], element[1], element[2] != 0,
-                             element[3] != 0, element[4] != 0, element[5] != 0, element[6] != 0, element[7] != 0,
+            r = _k._mf_value(x, int64(e8), int64(e9), e0, e1, e2 != 0, e3 != 0, e4 != 0, e5 != 0, e6 != 0, e7 != 0,
                              _k.STOCHASTIC, u)
             return f32(_k._store(r, _k.OUT_F32, _FMAX32, _TINY32))
         if family == GRID:
-            kk = _k._grid_k(x, element[0], element[1], int64(element[2]), int64(element[3]), _k.STOCHASTIC, u)
-            return f32(_k._store(float64(kk) * (1.0 / element[0]), _k.OUT_F32, _FMAX32, _TINY32))
+            kk = _k._grid_k(x, e0, e1, int64(e2), int64(e3), _k.STOCHASTIC, u)
+            return f32(_k._store(float64(kk) * (1.0 / e0), _k.OUT_F32, _FMAX32, _TINY32))
         n, es, scale = int64(p0), int64(p1), int64(p2)
         code = _k._posit_encode(x, n, es, scale, _k.STOCHASTIC, u)
-        if table.size > 1:
-            return table[code]
         return f32(_k._store(_k._posit_decode(code, n, es, scale), _k.OUT_F32, _FMAX32, _TINY32))
 
     @njit(cache=True)
@@ -156,29 +152,55 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
         low = np.empty(BLOCK, dtype=np.float32)
         buffer = np.empty(BLOCK, dtype=np.float32)
         flags = np.empty(BLOCK, dtype=np.int32)
+        uniforms = np.empty(BLOCK)
+        tables, values = lo.size > 1, table.size > 1
+        skip = 0
+        e0, e1, e2, e3, e4 = element[0], element[1], element[2], element[3], element[4]  # scalars for the
+        e5, e6, e7, e8, e9 = element[5], element[6], element[7], element[8], element[9]  # element kernels
         touched = i32(0)
         for a in range(0, n, BLOCK):
             m = min(BLOCK, n - a)
-            fill_halves(high, low, seed, start + a, m)
-            if family == POSIT:  # read the next block ahead, a load per cache line (see the module doc)
-                for t in range(a + BLOCK, min(a + 2 * BLOCK, n), _LINE):
-                    touched = i32(touched | bits[t])
             xb, bb = x[a:a + m], bits[a:a + m]
             ob = buffer[:m] if staged else out[a:a + m]
-            any_flag = i32(0)
-            for j in range(m):
-                r, ok = arithmetic(xb[j], bb[j], high[j], low[j], p0, p1, p2, qmin_bits, pos_limit, neg_limit,
-                                   min_value)
-                ob[j] = r
-                flag = i32(0) if ok else i32(1)
-                flags[j] = flag
-                any_flag = i32(any_flag | flag)
-            if any_flag:
+            if skip > 0:  # the last tried block was mostly flagged: the bucket tables serve every element
+                skip -= 1
+                _k.fill_uniforms(uniforms, seed, start + a, m)
+                for j in range(m):  # as numba_cpu.stochastic_lookup32
+                    w = int64(bb[j]) & 0xFFFFFFFF
+                    slot = ((w >> 16) << 1) | (int64(1) if (w & 0xFFFF) != 0 else int64(0))
+                    d = abs(float64(xb[j])) - lo[slot]
+                    up = (uniforms[j] < d / gap[slot]) if divide else (uniforms[j] * gap[slot] < d)
+                    ob[j] = results[2 * slot + (1 if up else 0)]
+            else:
+                fill_halves(high, low, seed, start + a, m)
+                if family == POSIT:  # read the next block ahead, a load per cache line (see the module doc)
+                    for t in range(a + BLOCK, min(a + 2 * BLOCK, n), _LINE):
+                        touched = i32(touched | bits[t])
+                flagged_count = i32(0)
                 for j in range(m):
-                    if flags[j]:
-                        u = float64(high[j]) + float64(low[j])
-                        ob[j] = flagged(float64(xb[j]), bb[j], u, p0, p1, p2, element, table, lo, gap, results,
-                                        divide)
+                    r, ok = arithmetic(xb[j], bb[j], high[j], low[j], p0, p1, p2, qmin_bits, pos_limit, neg_limit,
+                                       min_value)
+                    ob[j] = r
+                    flag = i32(0) if ok else i32(1)
+                    flags[j] = flag
+                    flagged_count = i32(flagged_count + flag)
+                if tables and flagged_count * 16 > m:
+                    skip = _SKIP_BLOCKS
+                if flagged_count:  # by the bucket tables, a posit's value table or the element kernels
+                    for j in range(m):
+                        if flags[j]:
+                            v = float64(xb[j])
+                            u = float64(high[j]) + float64(low[j])
+                            if tables:  # as numba_cpu.stochastic_lookup32
+                                w = int64(bb[j]) & 0xFFFFFFFF
+                                slot = ((w >> 16) << 1) | (int64(1) if (w & 0xFFFF) != 0 else int64(0))
+                                d = abs(v) - lo[slot]
+                                up = (u < d / gap[slot]) if divide else (u * gap[slot] < d)
+                                ob[j] = results[2 * slot + (1 if up else 0)]
+                            elif family == POSIT and values:
+                                ob[j] = table[_k._posit_encode(v, int64(p0), int64(p1), int64(p2), _k.STOCHASTIC, u)]
+                            else:
+                                ob[j] = element_value(v, u, p0, p1, p2, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9)
             if staged:
                 out[a:a + m] = buffer[:m]
         return touched

@@ -111,6 +111,20 @@ def test_equals_reference_at_odd_sizes_in_place_and_out_of_place(spec, size):
     assert _same_bits(shifted[1:], expected)
 
 
+@pytest.mark.parametrize("spec", ["posit8_es2", "e4m3fnuz", "posit16_es1"])
+def test_runs_of_flagged_and_ordinary_blocks_equal_reference(spec):
+    # posit8_es2 flags |x| < 2^-12 (cut exponent bits): after a mostly flagged block the kernel
+    # serves 31 blocks by the bucket tables, then tries the arithmetic again
+    fmt = lb.parse_format(spec)
+    g = torch.Generator().manual_seed(12)
+    parts = [torch.randn(n, generator=g) * scale for n, scale in
+             [(512 * 40, 1e-6), (512 * 40 + 17, 1.0), (300, 1e-6), (512 * 3, 1.0), (512 * 70, 1e-3), (999, 10.0)]]
+    x = torch.cat(parts)
+    x[::4099] = float("nan")
+    _check(fmt, x, 4)
+    _check(fmt, x[5:], 4)
+
+
 def test_strided_input_equals_reference():
     fmt = lb.parse_format("e5m2")
     x = torch.randn(300, 200, generator=torch.Generator().manual_seed(4)).T
