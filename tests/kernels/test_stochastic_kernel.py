@@ -13,6 +13,7 @@ import torch
 import lowbit as lb
 from lowbit.formats.rounding import draw_seed, uniform_stream
 from lowbit.kernels import dispatch, stochastic_numba
+from tests.kernels.test_stochastic_tables import same_bits, wide_random_with_specials
 
 pytestmark = pytest.mark.skipif(lb.kernels.runtime.numba_problem() is not None, reason="numba does not load")
 
@@ -25,11 +26,6 @@ ARITHMETIC_FORMATS = [
     "e6m1",
     "fixed8_f4", "fixed8_f0", "fixed6_f7", "ufixed8_f4", "int8", "int4", "uint8", "int16",
 ]
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    nan = torch.isnan(a) & torch.isnan(b)
-    return bool(((a.view(torch.int32) == b.view(torch.int32)) | nan).all())
 
 
 def _patterns(values: torch.Tensor) -> torch.Tensor:
@@ -63,7 +59,7 @@ def _format_points(fmt) -> torch.Tensor:
 def _check(fmt, x: torch.Tensor, seed: int) -> None:
     ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="reference")
     fast = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="numba")
-    assert _same_bits(fast, ref), f"{fmt}: {int((fast.view(torch.int32) != ref.view(torch.int32)).sum())} differ"
+    assert same_bits(fast, ref), f"{fmt}: {int((fast.view(torch.int32) != ref.view(torch.int32)).sum())} differ"
 
 
 @pytest.mark.parametrize("spec", ARITHMETIC_FORMATS)
@@ -83,15 +79,7 @@ def test_equals_reference_at_powers_of_two_values_midpoints_and_neighbours(spec)
 @pytest.mark.parametrize("spec", ARITHMETIC_FORMATS)
 def test_equals_reference_on_wide_random_data_and_specials(spec):
     fmt = lb.parse_format(spec)
-    g = torch.Generator().manual_seed(5)
-    scales = torch.tensor([1e-40, 1e-30, 1e-7, 1e-3, 1.0, 300.0, 1e5, 1e30])
-    x = (torch.randn(8, 20_000, generator=g) * scales[:, None]).reshape(-1)
-    x[::997] = float("nan")
-    x[1::991] = float("inf")
-    x[2::983] = -float("inf")
-    x[3::977] = -0.0
-    x[4::971] = 0.0
-    x = x[torch.randperm(x.numel(), generator=g)]
+    x = wide_random_with_specials((1e-40, 1e-30, 1e-7, 1e-3, 1.0, 300.0, 1e5, 1e30))
     _check(fmt, x, 9)
 
 
@@ -102,13 +90,13 @@ def test_equals_reference_at_odd_sizes_in_place_and_out_of_place(spec, size):
     x = torch.randn(size, generator=torch.Generator().manual_seed(size)) * 3
     x[::7] = 1e-6  # flagged by posits (cut exponent bits), ordinary for the others
     expected = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(3), backend="reference")
-    assert _same_bits(fmt.quantize(x, "stochastic", torch.Generator().manual_seed(3)), expected)
+    assert same_bits(fmt.quantize(x, "stochastic", torch.Generator().manual_seed(3)), expected)
     inplace = x.clone()
     fmt.quantize(inplace, "stochastic", torch.Generator().manual_seed(3), out=inplace)
-    assert _same_bits(inplace, expected)
+    assert same_bits(inplace, expected)
     shifted = torch.cat([x, torch.zeros(1)])
     fmt.quantize(shifted[:-1], "stochastic", torch.Generator().manual_seed(3), out=shifted[1:])
-    assert _same_bits(shifted[1:], expected)
+    assert same_bits(shifted[1:], expected)
 
 
 @pytest.mark.parametrize("spec", ["posit8_es2", "e4m3fnuz", "posit16_es1"])
@@ -129,7 +117,7 @@ def test_strided_input_equals_reference():
     fmt = lb.parse_format("e5m2")
     x = torch.randn(300, 200, generator=torch.Generator().manual_seed(4)).T
     expected = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(8), backend="reference")
-    assert _same_bits(fmt.quantize(x, "stochastic", torch.Generator().manual_seed(8)), expected)
+    assert same_bits(fmt.quantize(x, "stochastic", torch.Generator().manual_seed(8)), expected)
 
 
 @pytest.mark.parametrize("spec", ["e4m3fn", "e5m2", "int8", "fixed8_f4"])
@@ -145,7 +133,7 @@ def test_a_uniform_equal_to_the_fraction_rounds_down(spec):
     assert int(exact.sum()) > 100  # about 1 in 256 (u's last 8 bits zero)
     ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(11), backend="reference")
     fast = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(11))
-    assert _same_bits(fast, ref)
+    assert same_bits(fast, ref)
 
 
 @pytest.mark.parametrize("start", [0, 1, 2, 7, 1 << 33])

@@ -43,7 +43,20 @@ def _table_kernel(fmt, x: torch.Tensor, seed: int) -> torch.Tensor:
     return out
 
 
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+def wide_random_with_specials(scales: "tuple[float, ...]" = (1e-30, 1e-7, 1e-3, 1.0, 300.0, 1e5, 1e30)) -> torch.Tensor:
+    """Normal samples at each scale, NaN / ±inf / ±0 sprinkled in, shuffled (shared with
+    test_stochastic_kernel)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(len(scales), 280_000 // len(scales), generator=g) * torch.tensor(scales)[:, None]).reshape(-1)
+    x[::997] = float("nan")
+    x[1::991] = float("inf")
+    x[2::983] = -float("inf")
+    x[3::977] = -0.0
+    x[4::971] = 0.0
+    return x[torch.randperm(x.numel(), generator=g)]
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     nan = torch.isnan(a) & torch.isnan(b)
     return bool(((a.view(torch.int32) == b.view(torch.int32)) | nan).all())
 
@@ -57,26 +70,18 @@ def test_table_path_equals_reference_at_every_slot_boundary(spec):
     for seed in (0, 1):
         fast = _table_kernel(fmt, x, seed)
         ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="reference")
-        assert _same_bits(fast, ref), spec
+        assert same_bits(fast, ref), spec
         public = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(seed), backend="numba")
-        assert _same_bits(public, ref), spec
+        assert same_bits(public, ref), spec
 
 
 @pytest.mark.parametrize("spec", ["posit8_es2", "e4m3fn", "e5m2", "int8"])
 def test_table_path_equals_reference_on_wide_random_data_and_specials(spec):
     fmt = lb.parse_format(spec)
-    g = torch.Generator().manual_seed(5)
-    scales = torch.tensor([1e-30, 1e-7, 1e-3, 1.0, 300.0, 1e5, 1e30])
-    x = (torch.randn(7, 40_000, generator=g) * scales[:, None]).reshape(-1)
-    x[::997] = float("nan")
-    x[1::991] = float("inf")
-    x[2::983] = -float("inf")
-    x[3::977] = -0.0
-    x[4::971] = 0.0
-    x = x[torch.randperm(x.numel(), generator=g)]
+    x = wide_random_with_specials()
     fast = _table_kernel(fmt, x, 9)
     ref = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(9), backend="reference")
-    assert _same_bits(fast, ref)
+    assert same_bits(fast, ref)
 
 
 def test_kernel_divides_only_where_a_gap_is_not_a_power_of_two():
@@ -97,10 +102,10 @@ def test_table_path_keeps_in_place_and_out_semantics():
     expected = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(3), backend="reference")
     inplace = x.clone()
     fmt.quantize(inplace, "stochastic", torch.Generator().manual_seed(3), out=inplace)
-    assert _same_bits(inplace, expected)
+    assert same_bits(inplace, expected)
     shifted = torch.cat([x, torch.zeros(1)])
     fmt.quantize(shifted[:-1], "stochastic", torch.Generator().manual_seed(3), out=shifted[1:])
-    assert _same_bits(shifted[1:], expected)
+    assert same_bits(shifted[1:], expected)
 
 
 # ------------------------------------------------------------------------------ the stream
