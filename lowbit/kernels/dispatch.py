@@ -253,8 +253,11 @@ def _stochastic32(fmt: ScalarFormat) -> "tuple[tuple[Any, ...], tuple[Any, ...]]
     if family == "posit":
         n, es, scale = p
         table = _value_table(fmt, torch.float32) if fmt.bits <= _TABLE_BITS else none
-        return (sn.POSIT, True, True, False), (i32(n), i32(es), i32(scale), i32(0), f32(_FMAX32), f32(_FMAX32), f32(0),
-                                               np.zeros(10), table)
+        if abs(scale) > 128:  # the exponent-field arithmetic stays inside int32
+            return None
+        element = np.array([n, es, scale] + [0] * 7, dtype=np.float64)
+        return (sn.POSIT, True, True, False), (i32((127 + scale) << 23), i32(23 + es), i32(n - 1 - es), i32(0),
+                                               f32(_FMAX32), f32(_FMAX32), f32(0), element, table)
     if family == "minifloat":
         e, mb, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code, signed_nan = p
         qmin = emin - mb

@@ -75,20 +75,22 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
     element, table, lo, gap, results, divide, seed, out)`` for one family, built once; its serial
     twin is registered in ``numba_cpu.SERIAL``.
 
-    ``bits``: x's int32 view. ``p0, p1, p2`` (int32): a minifloat's ``man_bits << 23``, a grid's
-    ``0x7F800000`` (its step never changes), a posit's ``n, es, scale``. ``qmin_bits`` (int32): the
-    float32 bits of the smallest spacing (minifloat, grid). ``pos_limit``/``neg_limit`` (float32):
-    the largest magnitude the arithmetic may give for positive / negative inputs (a grid clamps to
-    it); ``min_value``: the smallest it may give (with ``check_min``). ``element``: the element
-    kernels' parameters (minifloat ``[max, min_positive, subnormals, saturate, inf, nan, fnu, fnuz,
-    man_bits, emin]``, grid ``[frac_scale, bound, k_min, k_max]``, 10 entries in all); ``table``: a posit's float32
-    values by code (size 1: decode instead). ``lo, gap, results, divide``: the bucket tables of
+    ``bits``: x's int32 view. ``p0, p1, p2`` (int32): a minifloat's ``man_bits << 23``, a
+    grid's ``0x7F800000`` (its step never changes), a posit's ``(127 + scale) << 23``,
+    ``23 + es`` and ``n - 1 - es`` (its exponent-field arithmetic; ``|scale| ≤ 128``).
+    ``qmin_bits`` (int32): the float32 bits of the smallest spacing (minifloat, grid).
+    ``pos_limit``/``neg_limit`` (float32): the largest magnitude the arithmetic may give for
+    positive / negative inputs (a grid clamps to it); ``min_value``: the smallest it may give
+    (with ``check_min``). ``element``: the element kernels' parameters, 10 entries (minifloat
+    ``[max, min_positive, subnormals, saturate, inf, nan, fnu, fnuz, man_bits, emin]``, grid
+    ``[frac_scale, bound, k_min, k_max]``, posit ``[n, es, scale]``, zeros after); ``table``: a
+    posit's float32 values by code (size 1: decode instead). ``lo, gap, results, divide``: the bucket tables of
     `stochastic_tables` for the flagged elements (``lo.size == 1``: none). Closure constants:
     ``zero_positive`` (a result 0 is +0), ``signed_ok`` (negative inputs take the arithmetic),
     ``staged`` (results go through a block buffer: ``out`` may be ``x``).
 
     The loop is written in int32 / float32 only (every integer result cast back to int32, the
-    flags OR-ed into an int32), so LLVM vectorises it 8 lanes wide: with one int64 value in it,
+    flags summed in an int32), so LLVM vectorises it 8 lanes wide: with one int64 value in it,
     it ran at half the speed.
     """
     i32, f32 = np.int32, np.float32
@@ -96,18 +98,20 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
     @njit(inline="always", cache=True)
     def spacing(b, p0, p1, p2, qmin_bits):
         """float32 bits of the spacing Q at pattern b, and whether the arithmetic applies."""
-        if family == POSIT:  # p0 - 1 - run - p1 fraction bits at x's scale (run: the regime's length)
-            e = i32(i32(i32(b >> i32(23)) & i32(0xFF)) - i32(127))
-            regime = i32(i32(e - p2) >> p1)
-            q = i32(i32(e + i32(i32(p1 + i32(1)) - p0)) + max(i32(regime + i32(2)), i32(i32(1) - regime)))
-            ok = (q < e) & (q >= i32(-126))  # a fraction bit left; Q normal (so x is too)
-            qb = i32(i32(min(max(q, i32(-126)), i32(126)) + i32(127)) << i32(23))  # a positive step for x = 0
-            return qb, ok | (i32(b & i32(0x7FFFFFFF)) == i32(0))
+        if family == POSIT:  # in exponent-field units: p0 = (127 + scale) << 23, p1 = 23 + es, p2 = n - 1 - es
+            eb = i32(b & i32(0x7F800000))
+            regime = i32(i32(eb - p0) >> p1)
+            run = max(i32(regime + i32(2)), i32(i32(1) - regime))  # the regime's length in bits
+            qb = i32(eb + i32(i32(run - p2) << i32(23)))  # x's exponent minus the p2 - run fraction bits left
+            ok = (run < p2) & (qb >= i32(1 << 23))  # a fraction bit left; Q normal (so x is too)
+            return (qb if ok else i32(127 << 23)), ok
         return max(i32(i32(b & i32(0x7F800000)) - p0), qmin_bits), True
 
     @njit(inline="always", cache=True)
     def arithmetic(x, b, high, low, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value):
         qb, ok = spacing(b, p0, p1, p2, qmin_bits)
+        if family == POSIT:
+            ok = ok | (x == f32(0))  # Q = 1 there: ±0 gives +0
         step = i32(qb).view(np.float32)
         inverse = i32(i32(0x7F000000) - qb).view(np.float32)  # 2^-q
         s = abs(x) * inverse  # exact
@@ -140,7 +144,7 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
         if family == GRID:
             kk = _k._grid_k(x, e0, e1, int64(e2), int64(e3), _k.STOCHASTIC, u)
             return f32(_k._store(float64(kk) * (1.0 / e0), _k.OUT_F32, _FMAX32, _TINY32))
-        n, es, scale = int64(p0), int64(p1), int64(p2)
+        n, es, scale = int64(e0), int64(e1), int64(e2)
         code = _k._posit_encode(x, n, es, scale, _k.STOCHASTIC, u)
         return f32(_k._store(_k._posit_decode(code, n, es, scale), _k.OUT_F32, _FMAX32, _TINY32))
 
@@ -198,7 +202,7 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
                                 up = (u < d / gap[slot]) if divide else (u * gap[slot] < d)
                                 ob[j] = results[2 * slot + (1 if up else 0)]
                             elif family == POSIT and values:
-                                ob[j] = table[_k._posit_encode(v, int64(p0), int64(p1), int64(p2), _k.STOCHASTIC, u)]
+                                ob[j] = table[_k._posit_encode(v, int64(e0), int64(e1), int64(e2), _k.STOCHASTIC, u)]
                             else:
                                 ob[j] = element_value(v, u, p0, p1, p2, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9)
             if staged:
