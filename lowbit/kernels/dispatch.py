@@ -186,17 +186,14 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
         _run(k.table_lookup16, _array(flat), _half_table(fmt, m, x.dtype), _array(result))
     elif table32 is not None:
         _run(k.table_lookup32, flat.view(torch.int32).numpy(), table32, _array(result))
-    elif arithmetic32 is not None:
+    elif arithmetic32 is not None or stochastic32 is not None:
         from lowbit.kernels import stochastic_numba
 
-        flags, params = arithmetic32
+        flags, params = arithmetic32 if arithmetic32 is not None else _TABLES_ONLY
         staged = result.data_ptr() == flat.data_ptr()  # in place: the flagged elements need x still
         tables = stochastic32.arrays + (stochastic32.divide,) if stochastic32 is not None else _NO_TABLES
         _run(stochastic_numba.stochastic_float32(*flags, staged),
              flat.view(torch.int32).numpy(), flat.numpy(), *params, *tables, _seed(mode, generator), _array(result))
-    elif stochastic32 is not None:
-        _run(k.stochastic_lookup32(stochastic32.divide), flat.view(torch.int32).numpy(), flat.numpy(),
-             *stochastic32.arrays, _seed(mode, generator), _array(result))
     else:
         _quantize_into(fmt, family, p, m, _seed(mode, generator), _array(flat), _array(result), x.dtype)
     if out is None:
@@ -238,6 +235,9 @@ _STOCHASTIC_TABLES_FROM = 1 << 12
 
 
 _NO_TABLES = (np.zeros(1), np.zeros(1), np.zeros(2, dtype=np.float32), False)
+# `stochastic_numba`'s TABLES family (every element by the bucket tables): flags and unused parameters
+_TABLES_ONLY = ((3, False, True, False), (np.int32(0), np.int32(0), np.int32(0), np.int32(0), np.float32(0),
+                                          np.float32(0), np.float32(0), np.zeros(10), np.zeros(1, dtype=np.float32)))
 
 
 @functools.lru_cache(maxsize=256)

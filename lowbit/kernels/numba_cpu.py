@@ -454,7 +454,6 @@ def grid_encode(mode: int) -> Callable[..., Any]:
 # a plain range loop runs 2-2.5x faster per element here than the same body inside ``prange``,
 # and the calling thread needs no worker woken (about 20 µs per launch).
 LOOKUP_CHUNK = 1 << 14
-STOCHASTIC_BLOCK = 512  # uniforms drawn ahead by the stochastic lookup (4 KiB: stays in L1)
 
 
 @njit(cache=True)
@@ -491,68 +490,6 @@ def table_lookup16(x, table, out):
         lo = c * LOOKUP_CHUNK
         hi = min(lo + LOOKUP_CHUNK, n)
         table_lookup16_serial(x[lo:hi], table, out[lo:hi])
-
-
-@njit(cache=True)
-def fill_uniforms(uniforms, seed, start, m):
-    """uniforms[k] = u_(start + k) for k < m: one hash per pair of elements (in a loop that LLVM
-    vectorises) when start is even."""
-    if start % 2 == 0:
-        for q in range(m >> 1):
-            z = _splitmix(seed, (start >> 1) + q)
-            uniforms[2 * q] = float64(int64(z >> uint64(32))) * 2.3283064365386963e-10
-            uniforms[2 * q + 1] = float64(int64(z & uint64(0xFFFFFFFF))) * 2.3283064365386963e-10
-        if m % 2 == 1:
-            uniforms[m - 1] = _uniform(seed, start + m - 1)
-    else:
-        for k in range(m):
-            uniforms[k] = _uniform(seed, start + k)
-
-
-@functools.lru_cache(maxsize=None)
-def stochastic_lookup32(divide: bool) -> Callable[..., Any]:
-    """Stochastic rounding of float32 arrays by bucket tables (`lowbit.kernels.stochastic_tables`):
-    slot j of an element is its top 16 bits and whether its low 16 bits are nonzero; it rounds up
-    (to results[2j + 1], else to results[2j]) where u_i < (|x| − lo[j]) / gap[j], as the element
-    kernels do. Without ``divide`` every gap is a power of two (or +inf) and the test is the exact
-    u_i · gap < |x| − lo: a multiplication, 20 % faster than the division. Returns the parallel
-    kernel ``(bits, x, lo, gap, results, seed, out)`` (``bits``: x's int32 view), which works
-    `LOOKUP_CHUNK`-element slices, and registers its serial twin in `SERIAL`."""
-
-    @njit(cache=True)
-    def rows(bits, x, lo, gap, results, seed, start, out):
-        # the uniforms of each block of STOCHASTIC_BLOCK elements first, in a loop LLVM vectorises;
-        # then the table loop (scalar: the tables are read at data-dependent places)
-        n = x.size
-        uniforms = np.empty(STOCHASTIC_BLOCK)
-        for a in range(0, n, STOCHASTIC_BLOCK):
-            m = min(STOCHASTIC_BLOCK, n - a)
-            fill_uniforms(uniforms, seed, start + a, m)
-            xb, bb, ob = x[a:a + m], bits[a:a + m], out[a:a + m]
-            for k in range(m):
-                b = int64(bb[k]) & 0xFFFFFFFF
-                j = ((b >> 16) << 1) | (int64(1) if (b & 0xFFFF) != 0 else int64(0))
-                d = abs(float64(xb[k])) - lo[j]
-                if divide:
-                    up = int64(1) if uniforms[k] < d / gap[j] else int64(0)
-                else:
-                    up = int64(1) if uniforms[k] * gap[j] < d else int64(0)
-                ob[k] = results[2 * j + up]
-
-    @njit(cache=True)
-    def serial(bits, x, lo, gap, results, seed, out):
-        rows(bits, x, lo, gap, results, seed, 0, out)
-
-    @njit(parallel=True, cache=True)
-    def kernel(bits, x, lo, gap, results, seed, out):
-        n = x.size
-        for c in prange((n + LOOKUP_CHUNK - 1) // LOOKUP_CHUNK):
-            a = c * LOOKUP_CHUNK
-            b = min(a + LOOKUP_CHUNK, n)
-            rows(bits[a:b], x[a:b], lo, gap, results, seed, a, out[a:b])
-
-    SERIAL[kernel] = serial
-    return kernel
 
 
 #: parallel kernel -> its serial loop, which `runtime.launch` runs on the calling thread for a

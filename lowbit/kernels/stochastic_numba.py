@@ -17,7 +17,8 @@ same loop and finished one by one: by the bucket tables (`stochastic_tables`, fo
 on inputs of ≥ 2^12 elements), a posit's value table, or the element kernels' own functions
 (`numba_cpu`). A flagged element costs ~17 ns that way, so after a block of more than 1/16 flagged
 elements (a posit8's gradients, mostly below its fraction-carrying regimes) the next 31 blocks go
-through the bucket tables alone, as `numba_cpu.stochastic_lookup32` does. Results are bit for bit
+through the bucket tables alone. The family ``TABLES`` runs every element so: the ≤ 8-bit formats
+the arithmetic does not cover (e.g. ``e8m0fnu``). Results are bit for bit
 the reference's (tests/kernels/test_stochastic_kernel.py).
 """
 
@@ -37,14 +38,22 @@ key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
 
 from lowbit.kernels import numba_cpu as _k  # noqa: E402  (after the cache keying)
 
-__all__ = ["MINIFLOAT", "GRID", "POSIT", "BLOCK", "fill_halves", "stochastic_float32"]
+__all__ = ["MINIFLOAT", "GRID", "POSIT", "TABLES", "BLOCK", "fill_halves", "stochastic_float32"]
 
-MINIFLOAT, GRID, POSIT = range(3)
+MINIFLOAT, GRID, POSIT, TABLES = range(4)  # TABLES: the bucket tables alone (any ≤ 8-bit format)
 BLOCK = 512  # elements per block: their uniforms (4 KiB) and results stay in L1
 _LINE = 16  # float32 elements per 64-byte cache line
 _SKIP_BLOCKS = 31  # after a block over 1/16 flagged (~17 ns each), the next ones by the bucket tables alone
 _FMAX32 = 3.4028234663852886e38
 _TINY32 = 2.0**-149
+
+
+@njit(inline="always", cache=True)
+def _slot(b):
+    """The bucket-table slot of float32 pattern b: its top 16 bits, and whether its low 16 bits are
+    nonzero (`stochastic_tables`)."""
+    w = int64(b) & 0xFFFFFFFF
+    return ((w >> 16) << 1) | (int64(1) if (w & 0xFFFF) != 0 else int64(0))
 
 
 @njit(cache=True)
@@ -156,7 +165,6 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
         low = np.empty(BLOCK, dtype=np.float32)
         buffer = np.empty(BLOCK, dtype=np.float32)
         flags = np.empty(BLOCK, dtype=np.int32)
-        uniforms = np.empty(BLOCK)
         tables, values = lo.size > 1, table.size > 1
         skip = 0
         e0, e1, e2, e3, e4 = element[0], element[1], element[2], element[3], element[4]  # scalars for the
@@ -166,21 +174,20 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
             m = min(BLOCK, n - a)
             xb, bb = x[a:a + m], bits[a:a + m]
             ob = buffer[:m] if staged else out[a:a + m]
-            if skip > 0:  # the last tried block was mostly flagged: the bucket tables serve every element
-                skip -= 1
-                _k.fill_uniforms(uniforms, seed, start + a, m)
-                for j in range(m):  # as numba_cpu.stochastic_lookup32
-                    w = int64(bb[j]) & 0xFFFFFFFF
-                    slot = ((w >> 16) << 1) | (int64(1) if (w & 0xFFFF) != 0 else int64(0))
+            fill_halves(high, low, seed, start + a, m)
+            flagged_count = i32(0)
+            if family == TABLES or skip > 0:  # every element by the bucket tables, in a tight loop
+                skip = max(skip - 1, 0)
+                for j in range(m):
+                    slot = _slot(bb[j])
+                    u = float64(high[j]) + float64(low[j])
                     d = abs(float64(xb[j])) - lo[slot]
-                    up = (uniforms[j] < d / gap[slot]) if divide else (uniforms[j] * gap[slot] < d)
+                    up = (u < d / gap[slot]) if divide else (u * gap[slot] < d)
                     ob[j] = results[2 * slot + (1 if up else 0)]
             else:
-                fill_halves(high, low, seed, start + a, m)
                 if family == POSIT:  # read the next block ahead, a load per cache line (see the module doc)
                     for t in range(a + BLOCK, min(a + 2 * BLOCK, n), _LINE):
                         touched = i32(touched | bits[t])
-                flagged_count = i32(0)
                 for j in range(m):
                     r, ok = arithmetic(xb[j], bb[j], high[j], low[j], p0, p1, p2, qmin_bits, pos_limit, neg_limit,
                                        min_value)
@@ -190,21 +197,20 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
                     flagged_count = i32(flagged_count + flag)
                 if tables and flagged_count * 16 > m:
                     skip = _SKIP_BLOCKS
-                if flagged_count:  # by the bucket tables, a posit's value table or the element kernels
-                    for j in range(m):
-                        if flags[j]:
-                            v = float64(xb[j])
-                            u = float64(high[j]) + float64(low[j])
-                            if tables:  # as numba_cpu.stochastic_lookup32
-                                w = int64(bb[j]) & 0xFFFFFFFF
-                                slot = ((w >> 16) << 1) | (int64(1) if (w & 0xFFFF) != 0 else int64(0))
-                                d = abs(v) - lo[slot]
-                                up = (u < d / gap[slot]) if divide else (u * gap[slot] < d)
-                                ob[j] = results[2 * slot + (1 if up else 0)]
-                            elif family == POSIT and values:
-                                ob[j] = table[_k._posit_encode(v, int64(e0), int64(e1), int64(e2), _k.STOCHASTIC, u)]
-                            else:
-                                ob[j] = element_value(v, u, p0, p1, p2, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9)
+            if flagged_count:  # by the bucket tables, a posit's value table or the element kernels
+                for j in range(m):
+                    if flags[j]:
+                        v = float64(xb[j])
+                        u = float64(high[j]) + float64(low[j])
+                        if tables:
+                            slot = _slot(bb[j])
+                            d = abs(v) - lo[slot]
+                            up = (u < d / gap[slot]) if divide else (u * gap[slot] < d)
+                            ob[j] = results[2 * slot + (1 if up else 0)]
+                        elif family == POSIT and values:
+                            ob[j] = table[_k._posit_encode(v, int64(e0), int64(e1), int64(e2), _k.STOCHASTIC, u)]
+                        else:
+                            ob[j] = element_value(v, u, p0, p1, p2, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9)
             if staged:
                 out[a:a + m] = buffer[:m]
         return touched

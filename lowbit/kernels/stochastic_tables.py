@@ -4,7 +4,8 @@ Stochastic rounding of a magnitude ``a`` picks the format's next value up where 
 uniform ``u < (a − lo) / gap``, with ``lo`` the value toward zero and ``gap`` the distance to the
 next value up (posit, minifloat and uniform-grid formats all round so). For a format of ≤ 8 bits,
 ``lo``, ``gap`` and both results are constant over every group of float32 inputs that share their
-top 16 bits, so the kernel (`numba_cpu.stochastic_lookup32`) reads them from tables and only
+top 16 bits, so the kernel (`stochastic_numba`, for the elements its arithmetic flags and for
+the formats it does not cover) reads them from tables and only
 hashes and compares per element: about twice the speed of the element kernels, bit for bit the
 same results.
 

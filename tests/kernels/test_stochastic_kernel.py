@@ -13,7 +13,7 @@ import torch
 import lowbit as lb
 from lowbit.formats.rounding import draw_seed, uniform_stream
 from lowbit.kernels import dispatch, stochastic_numba
-from tests.kernels.test_stochastic_tables import same_bits, wide_random_with_specials
+from tests.kernels.test_stochastic_tables import assert_out_semantics, same_bits, wide_random_with_specials
 
 pytestmark = pytest.mark.skipif(lb.kernels.runtime.numba_problem() is not None, reason="numba does not load")
 
@@ -89,14 +89,7 @@ def test_equals_reference_at_odd_sizes_in_place_and_out_of_place(spec, size):
     fmt = lb.parse_format(spec)
     x = torch.randn(size, generator=torch.Generator().manual_seed(size)) * 3
     x[::7] = 1e-6  # flagged by posits (cut exponent bits), ordinary for the others
-    expected = fmt.quantize(x, "stochastic", torch.Generator().manual_seed(3), backend="reference")
-    assert same_bits(fmt.quantize(x, "stochastic", torch.Generator().manual_seed(3)), expected)
-    inplace = x.clone()
-    fmt.quantize(inplace, "stochastic", torch.Generator().manual_seed(3), out=inplace)
-    assert same_bits(inplace, expected)
-    shifted = torch.cat([x, torch.zeros(1)])
-    fmt.quantize(shifted[:-1], "stochastic", torch.Generator().manual_seed(3), out=shifted[1:])
-    assert same_bits(shifted[1:], expected)
+    assert_out_semantics(fmt, x)
 
 
 @pytest.mark.parametrize("spec", ["posit8_es2", "e4m3fnuz", "posit16_es1"])
