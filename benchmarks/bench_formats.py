@@ -10,9 +10,10 @@ The kernel bars are checked in the same run and listed at the end ("bars"): 8-bi
 ≥ 50 % of ``torch.add(x, 0, out=y)``, allocating quantize ≥ 80 % of ``x.clone()``, stochastic
 ≥ 50 % of nearest, float16 / bfloat16 inputs at least as fast per element as float32 and ≤ 2×
 the input's size in extra memory, the reference path ≤ 4× the input's size in extra memory,
-posit17–32 decode ≥ 25 % of add (these two bars time the operation and its baseline
-alternately, so that a busy neighbour slows both alike). ``--contention`` repeats the key
-figures with two other CPU-bound processes running on the same cores.
+posit17–32 decode ≥ 25 % of add. Every bar that is a ratio of two rates times the operation
+and its baseline alternately (median of --repeats each), so that a busy neighbour slows both
+alike. ``--contention`` repeats the key figures with two other CPU-bound processes running on
+the same cores.
 
 Extra memory is the peak resident set size above the resident size before the call, read from
 Linux's /proc/self/status (VmHWM, reset through /proc/self/clear_refs): it counts every page the
@@ -204,13 +205,6 @@ def kernel_bars(x: torch.Tensor, y: torch.Tensor, n: int, args: argparse.Namespa
         bars.append({"bar": name, "measured": measured, "op": op, "target": target, "met": bool(met)})
         print(f"bar {name:60s} {measured:8.2f} {op} {target:<5} {'met' if met else 'NOT met'}", flush=True)
 
-    def last() -> float:
-        return float(rows[-1]["elements_per_s"])  # type: ignore[arg-type]
-
-    add("torch.add(x, 0, out=y)", "memory-bandwidth baseline (again)", lambda: torch.add(x, 0, out=y))
-    add_rate = last()
-    add("x.clone()", "allocating copy (again)", lambda: x.clone())
-
     def paired(name: str, what: str, fn: Callable[[], object], baseline: Callable[[], object]) -> float:
         """Add fn's row (timed alternately with baseline) and return fn's rate / baseline's."""
         rate_fn, rate_base = paired_rates(fn, baseline, n, args.repeats)
@@ -221,22 +215,25 @@ def kernel_bars(x: torch.Tensor, y: torch.Tensor, n: int, args: argparse.Namespa
     eight = [s for s in args.formats if lb.parse_format(s).bits == 8]
     for spec in args.formats:
         fmt = lb.parse_format(spec)
-        add(f"lowbit {spec}", "bars: quantize(out=y)", lambda fmt=fmt: fmt.quantize(x, out=y))
-        nearest = last()
+        nearest_fn = lambda fmt=fmt: fmt.quantize(x, out=y)  # noqa: E731
         if spec in eight:
-            bar(f"{spec} quantize(out=) / torch.add(out=)", nearest / add_rate, ">=", 0.5)
+            ratio = paired(f"lowbit {spec}", "bars: quantize(out=y), beside torch.add(out=)",
+                           nearest_fn, lambda: torch.add(x, 0, out=y))
+            bar(f"{spec} quantize(out=) / torch.add(out=)", ratio, ">=", 0.5)
             ratio = paired(f"lowbit {spec}", "bars: quantize (allocating), beside x.clone()",
                            lambda fmt=fmt: fmt.quantize(x), lambda: x.clone())
             bar(f"{spec} quantize / x.clone()", ratio, ">=", 0.8)
         sg = torch.Generator().manual_seed(1)
-        add(f"lowbit {spec}", "bars: stochastic (out=y)", lambda fmt=fmt, sg=sg: fmt.quantize(x, "stochastic", sg, out=y))
-        bar(f"{spec} stochastic / nearest", last() / nearest, ">=", 0.5)
+        ratio = paired(f"lowbit {spec}", "bars: stochastic (out=y), beside nearest (out=y)",
+                       lambda fmt=fmt, sg=sg: fmt.quantize(x, "stochastic", sg, out=y), nearest_fn)
+        bar(f"{spec} stochastic / nearest", ratio, ">=", 0.5)
         for dt in (torch.float16, torch.bfloat16):
             xh = x.to(dt)
             yh = torch.empty_like(xh)
             name = str(dt).replace("torch.", "")
-            add(f"lowbit {spec}", f"bars: {name} input quantize(out=)", lambda fmt=fmt, xh=xh, yh=yh: fmt.quantize(xh, out=yh))
-            bar(f"{spec} {name} input / float32 input (per element)", last() / nearest, ">=", 1.0)
+            ratio = paired(f"lowbit {spec}", f"bars: {name} input quantize(out=), beside float32 input",
+                           lambda fmt=fmt, xh=xh, yh=yh: fmt.quantize(xh, out=yh), nearest_fn)
+            bar(f"{spec} {name} input / float32 input (per element)", ratio, ">=", 1.0)
             mem = extra_memory(lambda fmt=fmt, xh=xh: fmt.quantize(xh))
             if mem is not None:
                 bar(f"{spec} {name} input: extra memory / input size", mem / (xh.numel() * xh.element_size()), "<=", 2.0)
@@ -255,12 +252,11 @@ def kernel_bars(x: torch.Tensor, y: torch.Tensor, n: int, args: argparse.Namespa
         busy = _busy_processes(2)
         try:
             time.sleep(1.0)
-            add("torch.add(x, 0, out=y)", "contention: baseline", lambda: torch.add(x, 0, out=y))
-            busy_add = last()
             for spec in eight[:2]:
                 fmt = lb.parse_format(spec)
-                add(f"lowbit {spec}", "contention: quantize(out=y)", lambda fmt=fmt: fmt.quantize(x, out=y))
-                bar(f"{spec} quantize(out=) / torch.add(out=), 2 busy processes", last() / busy_add, ">=", 0.5)
+                ratio = paired(f"lowbit {spec}", "contention: quantize(out=y), beside torch.add(out=)",
+                               lambda fmt=fmt: fmt.quantize(x, out=y), lambda: torch.add(x, 0, out=y))
+                bar(f"{spec} quantize(out=) / torch.add(out=), 2 busy processes", ratio, ">=", 0.5)
         finally:
             for p in busy:
                 p.kill()
