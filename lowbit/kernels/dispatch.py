@@ -236,8 +236,8 @@ _STOCHASTIC_TABLES_FROM = 1 << 12
 
 _NO_TABLES = (np.zeros(1), np.zeros(1), np.zeros(2, dtype=np.float32), False)
 # `stochastic_numba`'s TABLES family (every element by the bucket tables): flags and unused parameters
-_TABLES_ONLY = ((3, False, True, False), (np.int32(0), np.int32(0), np.int32(0), np.int32(0), np.float32(0),
-                                          np.float32(0), np.float32(0), np.zeros(10), np.zeros(1, dtype=np.float32)))
+_TABLES_ONLY = ((3, False, True, False, 0), (np.int32(0), np.int32(0), np.int32(0), np.float32(0), np.float32(0),
+                                             np.float32(0), np.zeros(10), np.zeros(1, dtype=np.float32)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -256,8 +256,8 @@ def _stochastic32(fmt: ScalarFormat) -> "tuple[tuple[Any, ...], tuple[Any, ...]]
         if abs(scale) > 128:  # the exponent-field arithmetic stays inside int32
             return None
         element = np.array([n, es, scale] + [0] * 7, dtype=np.float64)
-        return (sn.POSIT, True, True, False), (i32((127 + scale) << 23), i32(23 + es), i32(n - 1 - es), i32(0),
-                                               f32(_FMAX32), f32(_FMAX32), f32(0), element, table)
+        return (sn.POSIT, True, True, False, 23 + es), (i32((127 + scale) << 23), i32(n - 1 - es), i32(0),
+                                                        f32(_FMAX32), f32(_FMAX32), f32(0), element, table)
     if family == "minifloat":
         e, mb, bias, emin, maxv, minpos, signed, sub, sat, inf, nan, fnu, fnuz, nan_code, signed_nan = p
         qmin = emin - mb
@@ -265,16 +265,16 @@ def _stochastic32(fmt: ScalarFormat) -> "tuple[tuple[Any, ...], tuple[Any, ...]]
             return None
         element = np.array([maxv, minpos, sub, sat, inf, nan, fnu, fnuz, mb, emin], dtype=np.float64)
         check_min = bool(fnu or not sub)  # no zero (fnu: 0 becomes NaN) or no values below min_positive
-        return (sn.MINIFLOAT, bool(fnuz), bool(signed and not fnu), check_min), (
-            i32(mb << 23), i32(0), i32(0), i32((qmin + 127) << 23), f32(maxv), f32(maxv), f32(minpos), element, none)
+        return (sn.MINIFLOAT, bool(fnuz), bool(signed and not fnu), check_min, 0), (
+            i32(mb << 23), i32(0), i32((qmin + 127) << 23), f32(maxv), f32(maxv), f32(minpos), element, none)
     frac_scale, bound, k_min, k_max, _ = p
     q = -round(math.log2(frac_scale))
     top, bottom = k_max / frac_scale, -k_min / frac_scale
     if not (2.0**q == 1 / frac_scale and -126 <= q <= 0 and float(f32(top)) == top and float(f32(bottom)) == bottom):
         return None
     element = np.array([frac_scale, bound, k_min, k_max] + [0] * 6, dtype=np.float64)
-    return (sn.GRID, True, True, False), (i32(0x7F800000), i32(0), i32(0), i32((q + 127) << 23), f32(top), f32(bottom),
-                                          f32(0), element, none)
+    return (sn.GRID, True, True, False, 0), (i32(0x7F800000), i32(0), i32((q + 127) << 23), f32(top), f32(bottom),
+                                             f32(0), element, none)
 
 
 @functools.lru_cache(maxsize=64)

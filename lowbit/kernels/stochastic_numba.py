@@ -78,15 +78,15 @@ def fill_halves(high, low, seed, start, m):
 
 
 @functools.lru_cache(maxsize=None)
-def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_min: bool,
+def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_min: bool, regime_shift: int,
                        staged: bool) -> Callable[..., Any]:
-    """The parallel kernel ``(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value,
+    """The parallel kernel ``(bits, x, p0, p1, qmin_bits, pos_limit, neg_limit, min_value,
     element, table, lo, gap, results, divide, seed, out)`` for one family, built once; its serial
     twin is registered in ``numba_cpu.SERIAL``.
 
-    ``bits``: x's int32 view. ``p0, p1, p2`` (int32): a minifloat's ``man_bits << 23``, a
-    grid's ``0x7F800000`` (its step never changes), a posit's ``(127 + scale) << 23``,
-    ``23 + es`` and ``n - 1 - es`` (its exponent-field arithmetic; ``|scale| ≤ 128``).
+    ``bits``: x's int32 view. ``p0, p1`` (int32): a minifloat's ``man_bits << 23``, a
+    grid's ``0x7F800000`` (its step never changes), a posit's ``(127 + scale) << 23`` and
+    ``n - 1 - es`` (its exponent-field arithmetic; ``|scale| ≤ 128``).
     ``qmin_bits`` (int32): the float32 bits of the smallest spacing (minifloat, grid).
     ``pos_limit``/``neg_limit`` (float32): the largest magnitude the arithmetic may give for
     positive / negative inputs (a grid clamps to it); ``min_value``: the smallest it may give
@@ -96,6 +96,8 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
     posit's float32 values by code (size 1: decode instead). ``lo, gap, results, divide``: the bucket tables of
     `stochastic_tables` for the flagged elements (``lo.size == 1``: none). Closure constants:
     ``zero_positive`` (a result 0 is +0), ``signed_ok`` (negative inputs take the arithmetic),
+    ``check_min``, ``regime_shift`` (a posit's ``23 + es``, 0 otherwise: a constant shift is an
+    int32 vector shift, a variable one was widened to int64 and cost a third of the posit loop),
     ``staged`` (results go through a block buffer: ``out`` may be ``x``).
 
     The loop is written in int32 / float32 only (every integer result cast back to int32, the
@@ -105,20 +107,20 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
     i32, f32 = np.int32, np.float32
 
     @njit(inline="always", cache=True)
-    def spacing(b, p0, p1, p2, qmin_bits):
+    def spacing(b, p0, p1, qmin_bits):
         """float32 bits of the spacing Q at pattern b, and whether the arithmetic applies."""
-        if family == POSIT:  # in exponent-field units: p0 = (127 + scale) << 23, p1 = 23 + es, p2 = n - 1 - es
+        if family == POSIT:  # in exponent-field units: p0 = (127 + scale) << 23, p1 = n - 1 - es
             eb = i32(b & i32(0x7F800000))
-            regime = i32(i32(eb - p0) >> p1)
+            regime = i32(i32(eb - p0) >> i32(regime_shift))
             run = max(i32(regime + i32(2)), i32(i32(1) - regime))  # the regime's length in bits
-            qb = i32(eb + i32(i32(run - p2) << i32(23)))  # x's exponent minus the p2 - run fraction bits left
-            ok = (run < p2) & (qb >= i32(1 << 23))  # a fraction bit left; Q normal (so x is too)
+            qb = i32(eb + i32(i32(run - p1) << i32(23)))  # x's exponent minus the p1 - run fraction bits left
+            ok = (run < p1) & (qb >= i32(1 << 23))  # a fraction bit left; Q normal (so x is too)
             return (qb if ok else i32(127 << 23)), ok
         return max(i32(i32(b & i32(0x7F800000)) - p0), qmin_bits), True
 
     @njit(inline="always", cache=True)
-    def arithmetic(x, b, high, low, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value):
-        qb, ok = spacing(b, p0, p1, p2, qmin_bits)
+    def arithmetic(x, b, high, low, p0, p1, qmin_bits, pos_limit, neg_limit, min_value):
+        qb, ok = spacing(b, p0, p1, qmin_bits)
         if family == POSIT:
             ok = ok | (x == f32(0))  # Q = 1 there: ±0 gives +0
         step = i32(qb).view(np.float32)
@@ -136,14 +138,15 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
             ok = ok & (r >= min_value)
         if not signed_ok:
             ok = ok & (not negative)
-        if zero_positive:
-            r = f32(-r) if (negative and r != f32(0)) else r
-        else:
-            r = f32(-r) if negative else r
-        return r, ok
+        # x's sign onto r >= 0 by bit operations (a conditional here became three masked stores)
+        rb = f32(r).view(np.int32)
+        sign = i32(b & i32(-0x80000000))
+        if zero_positive:  # a result 0 is +0: keep the sign only where rb != 0
+            sign = i32(sign & i32(i32(-rb) >> i32(31)))
+        return i32(rb | sign).view(np.float32), ok
 
     @njit(inline="always", cache=True)
-    def element_value(x, u, p0, p1, p2, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9):
+    def element_value(x, u, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9):
         """The element kernels' result for one element (scalars only: an array argument would cost
         reference counting per call, ~30 ns)."""
         if family == MINIFLOAT:
@@ -158,7 +161,7 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
         return f32(_k._store(_k._posit_decode(code, n, es, scale), _k.OUT_F32, _FMAX32, _TINY32))
 
     @njit(cache=True)
-    def rows(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+    def rows(bits, x, p0, p1, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
              divide, seed, start, out):
         n = x.size
         high = np.empty(BLOCK, dtype=np.float32)
@@ -189,7 +192,7 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
                     for t in range(a + BLOCK, min(a + 2 * BLOCK, n), _LINE):
                         touched = i32(touched | bits[t])
                 for j in range(m):
-                    r, ok = arithmetic(xb[j], bb[j], high[j], low[j], p0, p1, p2, qmin_bits, pos_limit, neg_limit,
+                    r, ok = arithmetic(xb[j], bb[j], high[j], low[j], p0, p1, qmin_bits, pos_limit, neg_limit,
                                        min_value)
                     ob[j] = r
                     flag = i32(0) if ok else i32(1)
@@ -210,25 +213,25 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
                         elif family == POSIT and values:
                             ob[j] = table[_k._posit_encode(v, int64(e0), int64(e1), int64(e2), _k.STOCHASTIC, u)]
                         else:
-                            ob[j] = element_value(v, u, p0, p1, p2, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9)
+                            ob[j] = element_value(v, u, e0, e1, e2, e3, e4, e5, e6, e7, e8, e9)
             if staged:
                 out[a:a + m] = buffer[:m]
         return touched
 
     @njit(cache=True)
-    def serial(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+    def serial(bits, x, p0, p1, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
                divide, seed, out):
-        rows(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+        rows(bits, x, p0, p1, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
              divide, seed, 0, out)
 
     @njit(parallel=True, cache=True)
-    def kernel(bits, x, p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
+    def kernel(bits, x, p0, p1, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap, results,
                divide, seed, out):
         n = x.size
         for c in prange((n + _k.LOOKUP_CHUNK - 1) // _k.LOOKUP_CHUNK):
             a = c * _k.LOOKUP_CHUNK
             b = min(a + _k.LOOKUP_CHUNK, n)
-            rows(bits[a:b], x[a:b], p0, p1, p2, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap,
+            rows(bits[a:b], x[a:b], p0, p1, qmin_bits, pos_limit, neg_limit, min_value, element, table, lo, gap,
                  results, divide, seed, a, out[a:b])
 
     _k.SERIAL[kernel] = serial
