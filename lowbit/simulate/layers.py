@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.formats import LearnedFormat, NumberFormat
+from lowbit.kernels.equality import same_bits
 from lowbit.schemes.power_of_two import ScaleTracker
 from lowbit.schemes.static import StaticRange
 from lowbit.simulate.chunked import conv_running_sum, conv_transpose2d_running_sum
@@ -175,19 +176,6 @@ def _gradient_only(x: torch.Tensor, grad: RoleQuantizer) -> torch.Tensor:
     return x
 
 
-_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors hold the same bit patterns (``-0.0`` and ``0.0`` differ, equal NaNs agree)."""
-    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
-        return False
-    as_int = _INT_VIEW.get(a.element_size())
-    if as_int is None or a.is_meta or not a.dtype.is_floating_point:
-        return False
-    return torch.equal(a.view(as_int), b.view(as_int))
-
-
 @dataclasses.dataclass
 class _CachedWeight:
     """One inference-cache entry: the float tensor's bits, its quantized value (never handed out:
@@ -233,7 +221,12 @@ def _tensor_property(name: str) -> property:
         else:
             del self.__dict__[name]
 
-    return property(get, set_, delete, doc=f"The quantized ``{name}`` (the float Parameter: ``lowbit_float_tensor``).")
+    return _QuantizedTensor(get, set_, delete, doc=f"The quantized ``{name}`` (the float Parameter: ``lowbit_float_tensor``).")
+
+
+class _QuantizedTensor(property):
+    """The property `_tensor_property` makes (a class of its own, so a forward can tell it from a
+    property that shadows it, such as a parametrization's)."""
 
 
 def _rebuild_quantized(float_cls: type, state: "dict[str, Any]") -> nn.Module:
@@ -284,7 +277,11 @@ class QuantLayerMixin:
             return desc.__get__(self, type(self))
         return nn.Module.__getattr__(self, name)  # type: ignore[arg-type]
 
-    def _lowbit_read(self, name: str) -> Any:
+    def _lowbit_read(self, name: str, shared: bool = False) -> Any:
+        """The quantized value of the float tensor ``name`` (see the class doc). An inference read
+        returns a copy of the cached tensor, or with ``shared`` the cached tensor itself: for
+        lowbit's own forwards, which only hand it to torch's functional ops (they never write
+        into a weight), so a batch-1 forward saves writing a fresh copy of every weight."""
         raw = self.lowbit_float_tensor(name)
         roles = self.__dict__.get("lowbit_tensor_roles")
         if roles is None:  # set by quantize_; a layer restored without it quantizes its weight / bias roles
@@ -300,7 +297,7 @@ class QuantLayerMixin:
         # inference_mode change no version counter, so only the values themselves are a safe key
         cache = self.__dict__.get("_lowbit_weight_cache")
         hit = None if cache is None else cache.get(name)
-        if hit is not None and not _same_bits(raw, hit.float_copy):
+        if hit is not None and not same_bits(raw, hit.float_copy):
             hit = None
         tracker, exponent = q.tracker, None
         statistic = None if hit is None else hit.statistic
@@ -311,9 +308,9 @@ class QuantLayerMixin:
                     hit.statistic = statistic
             exponent = tracker.advance(statistic)
             if hit is not None and hit.exponent == exponent:
-                return hit.quantized.clone()
+                return hit.quantized if shared else hit.quantized.clone()
         elif hit is not None:
-            return hit.quantized.clone()
+            return hit.quantized if shared else hit.quantized.clone()
         outside = torch.is_inference_mode_enabled() and not raw.is_inference()
         with torch.inference_mode(False) if outside else contextlib.nullcontext(), torch.no_grad():
             # a cache filled under inference_mode must still serve forwards that autograd records
@@ -324,13 +321,20 @@ class QuantLayerMixin:
         # readers get a copy: a write into it through .data or a numpy view bumps no version
         # counter, so the cached tensor itself must never be shared
         cache[name] = _CachedWeight(ref, qw, exponent, statistic)
-        return qw.clone()
+        return qw if shared else qw.clone()
+
+    def _lowbit_forward_tensor(self, name: str) -> Any:
+        """``getattr(self, name)`` for the layer's own forward: the cached tensor itself at
+        inference where the attribute is lowbit's property (not, e.g., a parametrization's)."""
+        if isinstance(getattr(type(self), name, None), _QuantizedTensor):
+            return self._lowbit_read(name, shared=True)
+        return getattr(self, name)
 
     def _lowbit_weight(self) -> torch.Tensor:
-        return self.weight  # type: ignore[attr-defined,no-any-return]
+        return self._lowbit_forward_tensor("weight")  # type: ignore[no-any-return]
 
     def _lowbit_bias(self) -> "torch.Tensor | None":
-        return self.bias  # type: ignore[attr-defined,no-any-return]
+        return self._lowbit_forward_tensor("bias")  # type: ignore[no-any-return]
 
     def _lowbit_finish(self, y: torch.Tensor) -> torch.Tensor:
         out, grad = self.lowbit_roles.get("output"), self.lowbit_roles.get("grad")
@@ -491,7 +495,9 @@ class QuantEmbedding(QuantLayerMixin, nn.Embedding):
     """Simulated ``nn.Embedding`` (its input is indices: only weight/output/grad roles apply)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        y = F.embedding(x, self._lowbit_weight(), self.padding_idx, self.max_norm, self.norm_type,
+        # max_norm renormalises rows of the weight in place: hand it a copy, never the cached tensor
+        w = self._lowbit_weight() if self.max_norm is None else self.weight
+        y = F.embedding(x, w, self.padding_idx, self.max_norm, self.norm_type,
                         self.scale_grad_by_freq, self.sparse)
         return self._lowbit_finish(y)
 

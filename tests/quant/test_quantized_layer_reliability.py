@@ -100,6 +100,42 @@ def test_writes_into_the_returned_weight_never_reach_later_forwards(write: str, 
     assert torch.equal(q.weight, INT4.quantize(_param(q).detach()))
 
 
+def test_an_embedding_with_max_norm_renormalises_a_copy_never_the_cached_weight() -> None:
+    # F.embedding(max_norm=...) rescales the looked-up rows of the weight it is given in place;
+    # the layer's forward hands the other layers' forwards the cached tensor itself, but not this one
+    torch.manual_seed(0)
+    fmt = lb.parse_format("e4m3fn")
+    q = lb.quantize_(nn.Embedding(10, 6, max_norm=0.5), {"weight": "e4m3fn"}).eval()
+    idx = torch.tensor([[1, 2, 3], [3, 4, 9]])
+    with torch.no_grad():
+        q(idx)  # fills the cache
+        for _ in range(2):
+            got = q(idx)
+            want = nn.functional.embedding(idx, fmt.quantize(_param(q).detach()), max_norm=0.5)
+            assert torch.equal(got, want)
+            assert torch.equal(q.weight, fmt.quantize(_param(q).detach()))  # the cache was not renormalised
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv", "embedding"])
+def test_inference_forwards_through_the_cache_equal_a_fresh_quantization_after_each_edit(layer: str) -> None:
+    torch.manual_seed(0)
+    fmt = lb.parse_format("posit8_es2")
+    if layer == "linear":
+        float_layer, x = nn.Linear(8, 4), torch.randn(3, 8)
+    elif layer == "conv":
+        float_layer, x = nn.Conv2d(2, 3, 3), torch.randn(1, 2, 5, 5)
+    else:
+        float_layer, x = nn.Embedding(10, 4), torch.tensor([1, 5, 9])
+    q = lb.quantize_(copy.deepcopy(float_layer), {"weight": "posit8_es2", "bias": "posit8_es2"}).eval()
+    with torch.no_grad():
+        for step in range(4):
+            for name, p in q.named_parameters():
+                getattr(float_layer, name).copy_(fmt.quantize(p.detach()))
+            assert torch.equal(q(x), float_layer(x)), step
+            assert torch.equal(q(x), float_layer(x)), step  # a cache hit
+            _param(q).data.mul_(1.25)  # an edit that bumps no version counter
+
+
 # ------------------------------------------------------------------ a supported root with children
 def test_quantize_on_a_parametrized_root_layer_quantizes_it() -> None:
     torch.manual_seed(0)
