@@ -548,6 +548,11 @@ def _decode_element_blocks(data, bits, table, wide, use_wide, codes, factors, g,
                 dst[t] = wide[src[t]]
             if (b - a) % 2:  # an odd count: the last code, in the low half of its byte
                 out[b - 1] = table[data[(b - 1) // 2] & 15]
+        elif bits == 8:  # unsigned indices: no wraparound checks (MXFP8 1152x192 1x1: 78 -> 72 us)
+            src = data[a:b]
+            seg8 = out[a:b]
+            for t in range(uint64(seg8.size)):
+                seg8[t] = table[uint64(src[t])]
         else:
             _decode_range(data, bits, table, wide, use_wide, a, b, out, out2)
         cs = codes[a:b]
