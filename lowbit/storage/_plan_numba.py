@@ -36,7 +36,7 @@ key_caches_on_kernel_sources()  # before the first @njit(cache=True) below
 
 from lowbit.storage._decode_numba import decode_blocks_into, decode_into, decode_lines_into
 
-__all__ = ["addressed", "decode_into_at", "decode_lines_at", "decode_blocks_at"]
+__all__ = ["addressed", "decode_blocks_at", "decode_into_at", "decode_lines_at"]
 
 
 @intrinsic

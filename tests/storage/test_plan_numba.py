@@ -13,10 +13,10 @@ import lowbit as lb
 
 pytest.importorskip("numba")
 
-from lowbit.storage import _decode_numba as kernels  # noqa: E402
-from lowbit.storage import _plan_numba as plans  # noqa: E402
-from lowbit.storage.decode import _staged_plan  # noqa: E402
-from lowbit.storage.tiled import _plan as tile_plan  # noqa: E402
+from lowbit.storage import _decode_numba as kernels
+from lowbit.storage import _plan_numba as plans
+from lowbit.storage.decode import _staged_plan
+from lowbit.storage.tiled import _plan as tile_plan
 
 TWINS = {plans.decode_into_at: kernels.decode_into, plans.decode_lines_at: kernels.decode_lines_into,
          plans.decode_blocks_at: kernels.decode_blocks_into}
