@@ -346,6 +346,9 @@ class _StagedPlan(NamedTuple):
     kernel: Callable[..., Any]
     args: "tuple[Any, ...]"
     weight: torch.Tensor
+    #: the kernel's own arguments, kept alive while ``kernel`` is the one-argument twin that
+    #: reads them by address (`_plan_numba.addressed`); else ``args`` itself
+    held: "tuple[Any, ...]" = ()
 
 
 def _staged_plan(layer: "PackedLayerMixin") -> "_StagedPlan | None":
@@ -366,8 +369,9 @@ def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype
     buf, (ints, pairs, floats) = _staging_views(n, dtype, pair)
     with torch.inference_mode(False):  # a plain view, usable inside and outside inference mode
         weight = buf[:n].view(layer._packed_shape)
-    plan = _StagedPlan(layer._packed_table, layer._buffers[_DATA], buf, kernel,
-                       (data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats), weight)
+    args = (data, bits, table, wide, use_wide, scale, row, n, ints, pairs, floats)
+    kernel, call = _one_argument(kernel, args)
+    plan = _StagedPlan(layer._packed_table, layer._buffers[_DATA], buf, kernel, call, weight, args)
     plans = getattr(_STAGING, "plans", None)
     if plans is None:
         plans = _STAGING.plans = weakref.WeakKeyDictionary()
@@ -375,6 +379,21 @@ def _stage_plan(layer: "PackedLayerMixin", lut: _Lut, n: int, dtype: torch.dtype
     if n and plan.kernel(*plan.args):
         return None
     return plan
+
+
+def _one_argument(kernel: Callable[..., Any], args: "tuple[Any, ...]") -> "tuple[Callable[..., Any], tuple[Any, ...]]":
+    """The prepared call ``kernel(*args)`` as a call with one argument array where a twin kernel
+    takes it (`_plan_numba.addressed`: numba then types and unboxes one argument per forward,
+    not eleven), else as it is. The caller keeps ``args`` alive with the call."""
+    twin = _plans_numba().addressed(kernel, args)
+    return (kernel, args) if twin is None else twin
+
+
+@functools.lru_cache(maxsize=1)
+def _plans_numba():  # type: ignore[no-untyped-def]
+    from lowbit.storage import _plan_numba
+
+    return _plan_numba
 
 
 def _fast_decode(fast: "tuple[Any, ...]", n: int, dtype: torch.dtype, staging: bool) -> "torch.Tensor | None":

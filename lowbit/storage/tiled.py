@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from lowbit.storage.decode import _DATA, _PAIR, _STAGING, _staging_views
+from lowbit.storage.decode import _DATA, _PAIR, _STAGING, _one_argument, _staging_views
 
 if TYPE_CHECKING:
     from lowbit.storage.packed_layers import PackedLinear
@@ -68,6 +68,7 @@ class _Tile(NamedTuple):
     r1: int
     weight_t: torch.Tensor  # weight.t(), the GEMM's operand
     bias: "torch.Tensor | None"  # the layer's bias[r0:r1] (a view), when it has a bias
+    held: "tuple[Any, ...]" = ()  # the kernel's own arguments, read by address (`decode._one_argument`)
 
 
 class _TilePlan(NamedTuple):
@@ -172,7 +173,8 @@ def _make_plan(layer: "PackedLinear", tile_bytes: int) -> _TilePlan:
         with torch.inference_mode(False):  # plain views, usable inside and outside inference mode
             weight = buf[:b - a].view(r1 - r0, cols)
             part_bias = None if bias is None else bias.detach()[r0:r1]
-            tiles.append(_Tile(kernel, args, weight, r0, r1, weight.t(), part_bias))
+            tile_kernel, call = _one_argument(kernel, args)
+            tiles.append(_Tile(tile_kernel, call, weight, r0, r1, weight.t(), part_bias, args))
     return _TilePlan(layer._packed_table, data, buf, tile_bytes, tuple(tiles), rows, cols, bias,
                      tuple(t.r1 - t.r0 for t in tiles), whole)
 

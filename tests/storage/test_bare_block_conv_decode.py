@@ -213,3 +213,77 @@ def test_a_scaled_block_linear_computing_in_another_dtype_decodes_the_reference(
     with torch.inference_mode():
         assert _same(packed._lowbit_weight(), reference)
         assert _same(packed(x), torch.nn.functional.linear(x, reference, packed.bias))
+
+
+# -- rows no longer than a block (kxk convs, depthwise _r rows) against a numpy oracle --------------
+
+def _short_rows(bits: int, values: np.ndarray, factors: np.ndarray, g: "float | None", length: int, rows: int,
+                seed: int = 0) -> "tuple[np.ndarray, np.ndarray]":
+    """(kernel output, oracle) of `_decode_numba._decode_short_rows` on ``rows`` random rows of
+    ``length`` element codes, one random scale code per row (every code 0..255 among them when
+    there are 256 rows or more)."""
+    from lowbit.storage import _decode_numba as kernels
+    from lowbit.storage.bitpack import pack_bits
+
+    rng = np.random.default_rng(seed)
+    n = rows * length
+    elements = rng.integers(0, 1 << bits, n)
+    scales = rng.integers(0, 256, rows).astype(np.uint8)
+    scales[: min(rows, 256)] = np.arange(min(rows, 256))
+    data = pack_bits(torch.from_numpy(elements), bits).numpy()
+    table = values.view(np.int32)
+    wide = torch.from_numpy(values)[(torch.arange(256).unsqueeze(1) >> torch.tensor([0, 4])) & 15]
+    wide = wide.contiguous().view(torch.int64).reshape(-1).numpy() if bits == 4 else np.zeros(1, np.int64)
+    out = np.full(n + 1, 12345.0, dtype=np.float32)  # one more: the kernel writes the first n only
+    pairs = out[: (n + 1) // 2 * 2].view(np.int64)
+    scaled = g is not None
+    kernels._decode_short_rows(data, bits, table, wide, scales, factors, np.float32(g if scaled else 1.0), scaled,
+                               length, n, out.view(np.int32), pairs, out)
+    assert out[n] == 12345.0
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN products are part of the oracle
+        f = factors[scales] if g is None else np.float32(g) * factors[scales]
+        return out[:n], values[elements] * np.repeat(f, length)
+
+
+#: (row length, rows): the kernel widths 3 and 5 and the depthwise _r rows 9 and 25, over several
+#: chunks (4096 codes) with a shorter last one and odd code counts; rows of 1, 2 and of a whole
+#: MX block (32); a single row
+SHORT_ROWS = [(3, 3001), (5, 1601), (9, 457), (25, 701), (1, 9001), (2, 4099), (32, 300), (5, 1)]
+
+
+@pytest.mark.parametrize("length,rows", SHORT_ROWS)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_short_rows_equal_value_times_their_rows_factor_for_every_scale_code(bits, length, rows):
+    pytest.importorskip("numba")
+    values = _e2m1_values() if bits == 4 else torch.arange(256, dtype=torch.uint8).view(
+        torch.float8_e4m3fn).to(torch.float32).numpy()
+    got, want = _short_rows(bits, values, _pow2_factors(), None, length, rows, seed=length)
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("length,rows", [(3, 3001), (25, 701)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_short_rows_with_a_tensor_scale_multiply_it_into_each_factor_first(bits, length, rows):
+    # NVFP4 on a depthwise conv: f = g · scale(c), then value · f (two float32 roundings, in that order)
+    pytest.importorskip("numba")
+    values = _e2m1_values() if bits == 4 else torch.arange(256, dtype=torch.uint8).view(
+        torch.float8_e4m3fn).to(torch.float32).numpy()
+    factors = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32).numpy()
+    for g in (0.1, 3.7e-3, 448.0 * 6):
+        got, want = _short_rows(bits, values, factors, g, length, rows, seed=int(g * 10))
+        assert np.array_equal(got.view(np.int32), want.view(np.int32)), g
+
+
+#: depthwise and stem-like weights larger than one decode chunk (4096 codes), odd code counts
+LARGE_CONVS = [((601, 1, 3, 3), 601), ((301, 1, 5, 5), 301), ((33, 3, 3, 3), 1)]
+
+
+@pytest.mark.parametrize("shape,groups", LARGE_CONVS)
+@pytest.mark.parametrize("spec", SPECS + ["mxfp4_e2m1fn_r", "mxfp8_e4m3fn_r", "nvfp4_r"])
+def test_large_kxk_conv_weights_decode_to_the_reference_bits_through_the_staging_kernel(spec, shape, groups):
+    layer = _packed(spec, shape, groups)
+    reference = layer.packed_weight.decode(torch.float32)
+    with torch.inference_mode():
+        assert torch.equal(_bits(layer._lowbit_weight()), _bits(reference))
+        assert torch.equal(_bits(layer._lowbit_weight()), _bits(reference))
+    assert torch.equal(_bits(layer.weight), _bits(reference))
