@@ -351,13 +351,16 @@ def _posit_decode(fmt: Posit, codes: torch.Tensor, dtype: torch.dtype) -> "torch
     out = hugepages.empty(flat.shape, dtype)
     fmax, tiny = _limits(dtype)
     kind = _OUT_KIND[dtype]
-    if dtype == torch.float32 and fmt.max <= fmax and fmt.min_positive >= tiny:
-        kind = posit_decode_numba.OUT_F32_IN_RANGE  # nothing to saturate: a plain cast rounds
+    if dtype == torch.float32 and fmt.max <= fmax and fmt.min_positive >= torch.finfo(torch.float32).tiny:
+        kind = posit_decode_numba.OUT_F32_IN_RANGE  # every value rounds to a normal float32: no finish
+    target = _array(out)
+    if dtype == torch.float32:
+        target = target.view("int32")  # written as bit patterns
     wide = flat.dtype == torch.int64
     words = flat.numpy().view("uint32")  # 1 (int32) or 2 (int64) words per code
     kernel = posit_decode_numba.posit_decode(kind)
     low, high = _run(kernel, words, 2 if wide else 1, 0 if sys.byteorder == "little" else 1, fmt.n, fmt.es,
-                     fmt.scale, _array(out), fmax, tiny)
+                     fmt.scale, target, fmax, tiny)
     # a code outside [0, 2^n): a high word of an int64 code set, or a low word too wide (an int32
     # code must also be nonnegative: below 2^31)
     if int(high) or int(low) >> (fmt.n if wide else min(fmt.n, 31)):

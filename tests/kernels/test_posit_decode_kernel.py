@@ -6,12 +6,18 @@ rounding of the exact value, saturating; torch's own float64 -> 16-bit casts rou
 Codes cover every pattern class of every posit<n, es>, n = 17..32, es = 0..5: each regime run
 length of zeros and of ones (so exponent bits cut off by the word's end, and the longest runs
 with no terminating bit), random exponent and fraction bits after each run, zero, NaR, ±maxpos,
-±minpos, and scales at both ends of what the format allows.
+±minpos, and scales at both ends of what the format allows. float32 / float16 / bfloat16 outputs
+(assembled in 32-bit integer arithmetic, `lowbit.kernels.posit_bits_ir`) are also checked against
+the oracle's value rounded once by the exact minifloat oracle, with lowbit's saturation and
+no-flush rules applied on top.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import random
+from fractions import Fraction
 
 import pytest
 import torch
@@ -19,6 +25,7 @@ import torch
 import lowbit as lb
 from lowbit.kernels import posit_decode_numba, runtime
 from lowbit.reference.posit import posit_decode as oracle_decode
+from lowbit.reference.quire import round_once
 from lowbit.testing import assert_same_bits
 
 pytestmark = pytest.mark.skipif("numba" not in lb.kernels.available_backends(), reason="numba is not installed")
@@ -168,3 +175,107 @@ def test_int64_codes_read_as_word_pairs_give_the_same_values_in_either_word_orde
     want = _oracle_float64([int(c) for c in codes[:-2]], 32, 3, -7)
     assert_same_bits(results[0], want)
     assert_same_bits(results[1], want)
+
+
+# ------------------------------------------------ 32-bit outputs assembled in 32-bit integer arithmetic
+# Expected values: the exact Fraction oracle's value, rounded once to nearest even by the exact
+# minifloat oracle (`lowbit.reference.quire.round_once`, IEEE: overflow gives inf), then lowbit's
+# output rules: saturation at the largest finite value, and no nonzero value rounds to zero.
+_FLOAT_MAX = {torch.float32: float(torch.finfo(torch.float32).max), torch.float16: 65504.0,
+              torch.bfloat16: float(torch.finfo(torch.bfloat16).max)}
+_FLOAT_TINY = {torch.float32: 2.0**-149, torch.float16: 2.0**-24, torch.bfloat16: 2.0**-133}
+
+
+@functools.lru_cache(maxsize=None)
+def _exact_values(n: int, es: int) -> tuple:
+    """Every code's exact value at scale 0 (None for NaR)."""
+    return tuple(oracle_decode(c, n, es, 0) for c in range(1 << n))
+
+
+_QUIET_NAN = {torch.float32: (torch.int32, 0x7FC00000), torch.float16: (torch.int16, 0x7E00),
+               torch.bfloat16: (torch.int16, 0x7FC0)}
+
+
+def _as(values: list, dtype: torch.dtype) -> torch.Tensor:
+    """Python floats exact in ``dtype`` as a ``dtype`` tensor, NaN as the canonical quiet NaN."""
+    out = torch.tensor(values, dtype=torch.float64).to(dtype)
+    bits_dtype, nan = _QUIET_NAN[dtype]
+    out.view(bits_dtype)[out.isnan()] = nan
+    return out
+
+
+def _rounded_once(value, scale: int, dtype: torch.dtype) -> float:
+    if value is None:
+        return math.nan
+    v = value * Fraction(2) ** scale
+    r = round_once(v, str(dtype).replace("torch.", ""))
+    if math.isinf(r):
+        r = math.copysign(_FLOAT_MAX[dtype], r)  # saturates
+    if r == 0.0 and v != 0:
+        r = math.copysign(_FLOAT_TINY[dtype], v)  # never flushes to zero
+    return r
+
+
+@pytest.mark.parametrize(("dtype", "scale", "every"), [
+    (torch.float32, 0, 1),  # inside float32's normal range
+    (torch.float32, 110, 1),  # up to 2^140: beyond float32's largest, saturated
+    (torch.float32, -140, 1),  # down to 2^-170: float32 subnormals, and below its smallest (never 0)
+    (torch.float16, 0, 5), (torch.float16, -10, 5), (torch.bfloat16, 0, 5), (torch.bfloat16, 110, 5),
+    (torch.bfloat16, -120, 5),
+], ids=str)
+def test_every_posit17_es1_code_decodes_to_the_oracle_value_rounded_once(dtype, scale, every):
+    codes = list(range(0, 1 << 17, every))
+    exact = _exact_values(17, 1)
+    want = _as([_rounded_once(exact[c], scale, dtype) for c in codes], dtype)
+    fmt = lb.formats.Posit(17, 1, scale)
+    for code_dtype in (torch.int32, torch.int64):
+        got = fmt.decode(torch.tensor(codes, dtype=code_dtype), dtype, backend="numba")
+        assert_same_bits(got, want, torch.tensor(codes), what=f"{fmt} from {code_dtype} to {dtype}")
+
+
+@pytest.mark.parametrize("spec", ["posit32_es2_s100", "posit32_es2_s-10", "posit28_es3_s-60", "posit32_es0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_values_needing_saturation_or_subnormals_anywhere_among_many_codes_match_the_oracle(spec, dtype):
+    # a block holding one flagged value is finished element by element; the values around it keep
+    # their fast path bits. Wide posits: up to 27 fraction bits, so the rounding itself is tested
+    fmt = lb.parse_format(spec)
+    size = runtime.SERIAL_BELOW * 3 + 17
+    g = torch.Generator().manual_seed(fmt.n + fmt.scale)
+    codes = torch.randint(0, 1 << fmt.n, (size,), generator=g, dtype=torch.int64)
+    picked = torch.randint(0, size, (3000,), generator=g)
+    want = _as([_rounded_once(oracle_decode(int(c), fmt.n, fmt.es, fmt.scale), 0, dtype) for c in codes[picked]],
+               dtype)
+    with runtime.num_threads(2):
+        got = fmt.decode(codes.to(fmt.code_dtype), dtype, backend="numba")
+    assert_same_bits(got[picked], want, codes[picked], what=f"{spec} -> {dtype}")
+    assert_same_bits(got, fmt.decode(codes, dtype, backend="reference"), codes, what=f"{spec} -> {dtype}")
+
+
+def test_float32_output_of_a_format_reaching_float32_subnormals_is_rounded_exactly():
+    # posit32_es2_s-10 reaches 2^-130: inside [2^-149, 2^-126), float32's subnormals
+    fmt = lb.parse_format("posit32_es2_s-10")
+    assert fmt.min_positive < torch.finfo(torch.float32).tiny
+    codes = [1, 2, 3, 7, 0x3F, 0x101, (1 << 32) - 1, (1 << 32) - 3, 0x00100000 + 5]
+    want = _as([_rounded_once(oracle_decode(c, 32, 2, -10), 0, torch.float32) for c in codes], torch.float32)
+    assert (want.abs() < torch.finfo(torch.float32).tiny).any()
+    assert_same_bits(fmt.decode(torch.tensor(codes), torch.float32, backend="numba"), want, torch.tensor(codes))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_int32_bits_of_every_pattern_class_round_like_the_float64_path(dtype):
+    # every regime length, with fraction bits cut at each position of the output's significand
+    for n in (17, 20, 24, 27, 31, 32):
+        codes = torch.tensor(_pattern_codes(n, seed=300 + n))
+        for es in ES:
+            for scale in sorted({0, 100, -100, *_scales(n, es)}):
+                if abs(scale) > 1000 - ((n - 2) << es):
+                    continue  # beyond what the format allows
+                fmt = lb.formats.Posit(n, es, scale)
+                want = _as([_rounded_once(oracle_decode(int(c), n, es, scale), 0, dtype) for c in codes], dtype)
+                assert_same_bits(fmt.decode(codes, dtype, backend="numba"), want, codes, what=f"{fmt} -> {dtype}")
+
+
+def test_an_unknown_output_kind_is_refused_naming_the_allowed_kinds():
+    allowed = "numba_cpu.OUT_F64, OUT_F32, OUT_F16, OUT_BF16 or OUT_F32_IN_RANGE"
+    with pytest.raises(ValueError, match=f"out_kind must be {allowed}, got 7"):
+        posit_decode_numba.posit_decode(7)
