@@ -60,3 +60,4 @@ bench: install
 	$(PYTHON) benchmarks/bench_quire.py --out benchmarks/results
 	$(PYTHON) benchmarks/bench_training.py --busy 2 --out benchmarks/results
 	$(PYTHON) benchmarks/bench_packed_inference.py --out benchmarks/results
+	$(PYTHON) benchmarks/bench_scaled_roles.py --threads 1 --out benchmarks/results

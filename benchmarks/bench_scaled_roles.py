@@ -13,20 +13,24 @@ batch 8, FP32 against the same stack with scaled roles:
 Variants are timed interleaved (each repeat runs every variant once), and each ratio is the
 median time over the FP32 median. Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/bench_scaled_roles.py --threads 1
+    PYTHONPATH=. python benchmarks/bench_scaled_roles.py --threads 1 [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-import lowbit as lb
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lowbit, not an installed one
+import lowbit as lb  # noqa: E402
 
 VARIANTS = {
     "FP32": None,
@@ -54,14 +58,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=41)
     parser.add_argument("--inner", type=int, default=5, help="forwards per timed sample")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=None, help="directory for scaled_roles.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = _stack(args.pairs)
     models = {name: base if cfg is None else lb.quantize_(copy.deepcopy(base), cfg).eval()
               for name, cfg in VARIANTS.items()}
+    load = os.getloadavg()[0]
+    lines = [f"# Scaled roles at inference, × the FP32 forward (load average {load:.1f} at the start)", "",
+             f"`benchmarks/bench_scaled_roles.py`: {args.pairs} × (Linear(384, 1536), GELU, Linear(1536, 384)), eval, "
+             f"no_grad, {args.threads} thread(s), median of {args.repeats} × {args.inner} forwards, variants "
+             "interleaved."]
     print(f"lowbit from {lb.__file__}")
-    print(f"{args.pairs} x (Linear(384,1536), GELU, Linear(1536,384)), eval, no_grad, {args.threads} thread(s), "
-          f"median of {args.repeats} x {args.inner} forwards, variants interleaved")
+    print(lines[2])
     for shape in ((1, 384), (8, 8, 384)):
         x = torch.randn(shape)
         times: dict[str, list[float]] = {name: [] for name in models}
@@ -78,10 +87,14 @@ def main() -> None:
         fp32 = statistics.median(times["FP32"])
         print(f"\ninput {tuple(shape)}")
         print(f"{'variant':<22} {'median':>10} {'vs FP32':>8}")
+        lines += ["", f"## input {tuple(shape)}", "", "| variant | ms | × FP32 |", "|---|---:|---:|"]
         for name, ts in times.items():
             m = statistics.median(ts)
             print(f"{name:<22} {m * 1e3:>7.3f} ms {m / fp32:>7.2f}x")
-
+            lines.append(f"| {name} | {m * 1e3:.3f} | {m / fp32:.2f} |")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scaled_roles.md").write_text("\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()
