@@ -58,11 +58,16 @@ def rate(fn: Callable[[], object], n: int, repeats: int) -> float:
 def paired_rates(fn: Callable[[], object], baseline: Callable[[], object], n: int,
                  repeats: int) -> "tuple[float, float]":
     """(rate of fn, rate of baseline), the two timed alternately (median of ``repeats`` each), so
-    that a noisy neighbour slows both alike and their ratio holds."""
+    that a noisy neighbour slows both alike and their ratio holds. Each timed call follows an
+    untimed call of the same operation: right after a torch op, torch's OpenMP workers keep
+    spinning (libgomp's default spin-wait, ~15 ms here) on the cores the next kernel needs, which
+    made a lowbit kernel timed straight after ``torch.add`` 1.5-1.7x slower than in its own steady
+    state (and a torch op after a lowbit kernel pays nothing: numba's workqueue threads sleep)."""
     fn(), baseline()  # warm up
     times: "tuple[list[float], list[float]]" = ([], [])
     for _ in range(repeats):
         for f, kept in ((baseline, times[1]), (fn, times[0])):
+            f()  # settle: the other operation's threads out of the way
             t0 = time.perf_counter()
             f()
             kept.append(time.perf_counter() - t0)
