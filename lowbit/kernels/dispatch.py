@@ -184,14 +184,6 @@ def quantize(fmt: ScalarFormat, x: torch.Tensor, mode: Rounding, generator: "tor
                     and flat.numel() >= _STOCHASTIC_TABLES_FROM else None)
     if big and x.dtype in _HALF:
         _run(k.table_lookup16, _array(flat), _half_table(fmt, m, x.dtype), _array(result))
-    elif table32 is not None and mode is Rounding.NEAREST_EVEN and _stochastic32(fmt) is not None:
-        # the arithmetic kernel in its nearest mode: 8 lanes wide, the table for flagged elements only
-        from lowbit.kernels import stochastic_numba
-
-        flags, params = _stochastic32(fmt)  # type: ignore[misc]
-        staged = result.data_ptr() == flat.data_ptr()
-        _run(stochastic_numba.stochastic_float32(*flags, staged, True), flat.view(torch.int32).numpy(), flat.numpy(),
-             *params, _NO_TABLES[0], _NO_TABLES[1], table32, False, 0, _array(result))
     elif table32 is not None:
         _run(k.table_lookup32, flat.view(torch.int32).numpy(), table32, _array(result))
     elif arithmetic32 is not None or stochastic32 is not None:

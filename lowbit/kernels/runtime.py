@@ -250,7 +250,8 @@ def _call(numba: Any, kernel: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     try:
         return kernel(*args)
     except numba.core.errors.NumbaError as err:  # the kernel does not compile on this machine
-        _broken = f"a kernel does not compile ({type(err).__name__}: {str(err).splitlines()[0]})"
+        name = getattr(getattr(kernel, "py_func", kernel), "__qualname__", "?")
+        _broken = f"a kernel does not compile ({name}: {type(err).__name__}: {str(err).splitlines()[0]})"
         raise KernelUnavailable(_broken) from err
     except Exception as err:
         cache = getattr(kernel, "_cache", None)

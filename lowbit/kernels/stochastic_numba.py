@@ -79,7 +79,7 @@ def fill_halves(high, low, seed, start, m):
 
 @functools.lru_cache(maxsize=None)
 def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_min: bool, regime_shift: int,
-                       staged: bool, nearest: bool = False) -> Callable[..., Any]:
+                       staged: bool) -> Callable[..., Any]:
     """The parallel kernel ``(bits, x, p0, p1, qmin_bits, pos_limit, neg_limit, min_value,
     element, table, lo, gap, results, divide, seed, out)`` for one family, built once; its serial
     twin is registered in ``numba_cpu.SERIAL``.
@@ -99,12 +99,6 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
     ``check_min``, ``regime_shift`` (a posit's ``23 + es``, 0 otherwise: a constant shift is an
     int32 vector shift, a variable one was widened to int64 and cost a third of the posit loop),
     ``staged`` (results go through a block buffer: ``out`` may be ``x``).
-
-    With ``nearest`` the same kernel rounds to nearest, ties to even (``kept = rint(s)``: the
-    parity of ``s`` is the parity of the result's code wherever the arithmetic applies), draws no
-    uniforms, and finishes the flagged elements from ``results``: the format's float32
-    nearest-rounding table (`dispatch._float32_table`, one value per bucket slot). 8-wide, it runs
-    at memory speed where the table lookup alone ran at ~0.4-0.45x of ``torch.add(out=)``.
 
     The loop is written in int32 / float32 only (every integer result cast back to int32, the
     flags summed in an int32), so LLVM vectorises it 8 lanes wide: with one int64 value in it,
@@ -132,12 +126,9 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
         step = i32(qb).view(np.float32)
         inverse = i32(i32(0x7F000000) - qb).view(np.float32)  # 2^-q
         s = abs(x) * inverse  # exact
-        if nearest:
-            r = np.rint(s) * step  # ties to even
-        else:
-            kept = np.floor(s)
-            # u < s - kept, exactly: u = high + low, and (s - kept) - high is exact (see fill_halves)
-            r = (kept + (f32(1) if low < (s - kept) - high else f32(0))) * step
+        kept = np.floor(s)
+        # u < s - kept, exactly: u = high + low, and (s - kept) - high is exact (see fill_halves)
+        r = (kept + (f32(1) if low < (s - kept) - high else f32(0))) * step
         negative = b < i32(0)
         limit = neg_limit if negative else pos_limit
         if family == GRID:  # clamps (±inf too); min(NaN, limit) is NaN, flagged below
@@ -186,22 +177,6 @@ def stochastic_float32(family: int, zero_positive: bool, signed_ok: bool, check_
             m = min(BLOCK, n - a)
             xb, bb = x[a:a + m], bits[a:a + m]
             ob = buffer[:m] if staged else out[a:a + m]
-            if nearest:  # no uniforms; the flagged elements from the nearest-rounding table
-                flagged_count = i32(0)
-                for j in range(m):
-                    r, ok = arithmetic(xb[j], bb[j], f32(0), f32(0), p0, p1, qmin_bits, pos_limit, neg_limit,
-                                       min_value)
-                    ob[j] = r
-                    flag = i32(0) if ok else i32(1)
-                    flags[j] = flag
-                    flagged_count = i32(flagged_count + flag)
-                if flagged_count:
-                    for j in range(m):
-                        if flags[j]:
-                            ob[j] = results[_slot(bb[j])]
-                if staged:
-                    out[a:a + m] = buffer[:m]
-                continue
             fill_halves(high, low, seed, start + a, m)
             flagged_count = i32(0)
             if family == TABLES or skip > 0:  # every element by the bucket tables, in a tight loop
