@@ -120,23 +120,29 @@ def _pow2_factors() -> np.ndarray:
     return f.astype(np.float32)
 
 
+def _kernel_arrays(bits: int, values: np.ndarray, elements: np.ndarray, n: int) -> "tuple[np.ndarray, ...]":
+    """The packed codes, value table (int32 bits), 4-bit pair table, output (one element more:
+    the kernel writes the first n only) and its int64 view that the decode kernels take."""
+    from lowbit.storage.bitpack import pack_bits
+
+    data = pack_bits(torch.from_numpy(elements), bits).numpy()
+    wide = torch.from_numpy(values)[(torch.arange(256).unsqueeze(1) >> torch.tensor([0, 4])) & 15]
+    wide = wide.contiguous().view(torch.int64).reshape(-1).numpy() if bits == 4 else np.zeros(1, np.int64)
+    out = np.full(n + 1, 12345.0, dtype=np.float32)
+    return data, values.view(np.int32), wide, out, out[: (n + 1) // 2 * 2].view(np.int64)
+
+
 def _element_blocks(bits: int, values: np.ndarray, factors: np.ndarray, g: "float | None", n: int, seed: int = 0
                     ) -> "tuple[np.ndarray, np.ndarray]":
     """(kernel output, oracle) for ``n`` random element codes, each with its own random scale
     code (every code 0..255 among them)."""
     from lowbit.storage import _decode_numba as kernels
-    from lowbit.storage.bitpack import pack_bits
 
     rng = np.random.default_rng(seed)
     elements = rng.integers(0, 1 << bits, n)
     scales = rng.integers(0, 256, n).astype(np.uint8)
     scales[:256] = np.arange(256)
-    data = pack_bits(torch.from_numpy(elements), bits).numpy()
-    table = values.view(np.int32)
-    wide = torch.from_numpy(values)[(torch.arange(256).unsqueeze(1) >> torch.tensor([0, 4])) & 15]
-    wide = wide.contiguous().view(torch.int64).reshape(-1).numpy() if bits == 4 else np.zeros(1, np.int64)
-    out = np.full(n + 1, 12345.0, dtype=np.float32)  # one more: the kernel writes the first n only
-    pairs = out[: (n + 1) // 2 * 2].view(np.int64)
+    data, table, wide, out, pairs = _kernel_arrays(bits, values, elements, n)
     scaled = g is not None
     kernels._decode_element_blocks(data, bits, table, wide, bits == 4, scales, factors,
                                    np.float32(g if scaled else 1.0), scaled, n, out.view(np.int32), pairs, out)
@@ -223,19 +229,13 @@ def _short_rows(bits: int, values: np.ndarray, factors: np.ndarray, g: "float | 
     ``length`` element codes, one random scale code per row (every code 0..255 among them when
     there are 256 rows or more)."""
     from lowbit.storage import _decode_numba as kernels
-    from lowbit.storage.bitpack import pack_bits
 
     rng = np.random.default_rng(seed)
     n = rows * length
     elements = rng.integers(0, 1 << bits, n)
     scales = rng.integers(0, 256, rows).astype(np.uint8)
     scales[: min(rows, 256)] = np.arange(min(rows, 256))
-    data = pack_bits(torch.from_numpy(elements), bits).numpy()
-    table = values.view(np.int32)
-    wide = torch.from_numpy(values)[(torch.arange(256).unsqueeze(1) >> torch.tensor([0, 4])) & 15]
-    wide = wide.contiguous().view(torch.int64).reshape(-1).numpy() if bits == 4 else np.zeros(1, np.int64)
-    out = np.full(n + 1, 12345.0, dtype=np.float32)  # one more: the kernel writes the first n only
-    pairs = out[: (n + 1) // 2 * 2].view(np.int64)
+    data, table, wide, out, pairs = _kernel_arrays(bits, values, elements, n)
     scaled = g is not None
     kernels._decode_short_rows(data, bits, table, wide, scales, factors, np.float32(g if scaled else 1.0), scaled,
                                length, n, out.view(np.int32), pairs, out)
